@@ -1,0 +1,112 @@
+r"""A small decoder-only Transformer LM on the Brown corpus (Bengio et al. 2003 protocol).
+
+Arguments (after the colon): kind=dense|albert|svd, rank=R (E for albert, R for
+svd; ignored by dense), head=tied|untied, runlocal (shrink everything: trains in
+seconds, for tests and smoke runs), gpu (a larger model for accelerators).
+
+Launch commands:
+
+  # The dense baseline (about 30 minutes on a 2-core CPU):
+  python train.py --config=configs/brown.py --workdir=runs/dense
+  # A factorized embedding, rank 64:
+  python train.py --config=configs/brown.py:kind=svd,rank=64 --workdir=runs/svd64
+  python train.py --config=configs/brown.py:kind=albert,rank=64 --workdir=runs/albert64
+  # Untied output head (separates input-side factorization from the softmax bottleneck):
+  python train.py --config=configs/brown.py:kind=svd,rank=64,head=untied --workdir=runs/svd64u
+  # Seconds-long smoke run:
+  python train.py --config=configs/brown.py:runlocal --workdir=/tmp/brown_local
+  # Accelerator-sized model:
+  python train.py --config=configs/brown.py:gpu,kind=svd,rank=128 --workdir=runs/gpu_svd128
+  # Any field can be overridden:
+  python train.py --config=configs/brown.py --config.train.lr=1e-3 --workdir=runs/lr1e-3
+  # Evaluate exactly on the test split:
+  python eval.py --workdir=runs/svd64 --split=test
+"""
+
+import ml_collections
+
+from factorized.config_args import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the Brown config; see the module docstring for `arg`."""
+  arg = parse_arg(arg, kind='dense', rank=64, head='tied', runlocal=False, gpu=False)
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Refuse to reuse a workdir whose saved config differs, unless this is set.
+  config.overwrite = False
+
+  config.data = ml_collections.ConfigDict()
+  config.data.corpus = 'brown'  # brown | text | hf
+  config.data.train_files = ''  # text: paths or globs, comma-separated
+  config.data.valid_files = ''
+  config.data.test_files = ''
+  config.data.hf_name = ''  # hf: e.g. 'wikitext' (or a local `save_to_disk` directory)
+  config.data.hf_config = ''  # hf: e.g. 'wikitext-103-raw-v1'
+  config.data.hf_train_split = 'train'
+  config.data.hf_valid_split = 'validation'
+  config.data.hf_test_split = 'test'
+  config.data.text_column = 'text'
+  config.data.tokenizer = 'word'  # word | bpe
+  config.data.vocab_size = 0  # bpe: vocabulary size; word: a cap (0 = no cap)
+  config.data.min_freq = 4  # word: Bengio's protocol maps words seen <= 3 times to <unk>
+  config.data.seq_len = 128
+  config.data.cache_dir = ''  # '' = $FACTORIZED_CACHE_DIR or ~/.cache/factorized
+
+  config.model = ml_collections.ConfigDict()
+  config.model.embed = ml_collections.ConfigDict()
+  config.model.embed.kind = arg.kind  # dense | albert | svd
+  config.model.embed.rank = arg.rank  # E for albert, R for svd; ignored by dense
+  config.model.embed.head = arg.head  # tied | untied
+  config.model.embed.albert_head = 'mlm'  # mlm (ALBERT's MLM head) | transpose (x P^T A^T)
+  config.model.embed.ortho_penalty = 0.0  # lambda of (|U^T U - I|^2 + |V V^T - I|^2), svd only
+  config.model.model_dim = 128
+  config.model.num_layers = 2
+  config.model.num_heads = 4
+  config.model.mlp_dim = 512
+  config.model.dropout = 0.2
+  config.model.positions = 'rope'  # rope | learned
+  config.model.dtype = 'float32'  # compute dtype; params, logits and loss stay float32
+
+  config.train = ml_collections.ConfigDict()
+  config.train.num_steps = 6000
+  config.train.batch_size = 32  # global: across all devices and processes
+  config.train.grad_accum_steps = 1  # micro-batches per step (batch_size must divide)
+  config.train.lr = 3e-3
+  config.train.min_lr_ratio = 0.1  # cosine decays to lr * min_lr_ratio
+  config.train.warmup_steps = 300
+  config.train.weight_decay = 0.1
+  config.train.grad_clip = 1.0  # global-norm clipping
+  config.train.b1 = 0.9
+  config.train.b2 = 0.98
+  config.train.eval_every = 1000
+  config.train.eval_batch_size = 64
+  config.train.ckpt_every = 1000
+  config.train.keep_checkpoints = 2
+  config.train.log_every = 50
+
+  if arg.gpu:
+    config.model.model_dim = 512
+    config.model.num_layers = 6
+    config.model.num_heads = 8
+    config.model.mlp_dim = 2048
+    config.model.dtype = 'bfloat16'
+    config.train.batch_size = 128
+    config.train.lr = 1e-3
+
+  if arg.runlocal:
+    config.data.vocab_size = 2000
+    config.data.seq_len = 32
+    config.model.model_dim = 32
+    config.model.num_layers = 1
+    config.model.num_heads = 2
+    config.model.mlp_dim = 64
+    config.model.embed.rank = min(arg.rank, 16)
+    config.train.num_steps = 30
+    config.train.batch_size = 8
+    config.train.warmup_steps = 5
+    config.train.eval_every = 15
+    config.train.eval_batch_size = 64
+    config.train.ckpt_every = 15
+    config.train.log_every = 5
+  return config
