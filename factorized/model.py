@@ -1,0 +1,200 @@
+"""A small decoder-only Transformer LM around any embedding of embeddings.py.
+
+Shapes: B batch, L length, D model width, V vocabulary, H heads, K head width
+(D / H), M MLP width.
+
+Pre-LayerNorm blocks (causal multi-head attention through
+`jax.nn.dot_product_attention(..., is_causal=True)` with a fused QKV projection,
+then a GELU MLP), residual dropout after the embeddings and after each attention
+and MLP branch (no dropout on attention probabilities: the fused attention call
+has none), a final LayerNorm and the tied head `embed.attend` or an untied DxV
+matrix. Choices, and why:
+  - token embeddings are multiplied by 0.02 sqrt(D): tables have per-coordinate
+    std 1/sqrt(D) (tied logits of unit variance; factors that Adam moves at
+    comparable rates, see embeddings.py) while the residual stream starts at
+    std 0.02 (GPT-2, BERT). A large input (Vaswani's sqrt(D)) would dominate the
+    final hidden state at init, align it with the table's row space, and so
+    inflate tied logits by about sqrt(D/R) at rank R, and make the current
+    token the likeliest next one;
+  - RoPE (rotate-half form, base 10000) uses cos/sin tables computed once per
+    (L, K) in numpy: XLA constants, not parameters, so the optimizer never sees them;
+    learned positions are an LxD parameter ~ N(0, 0.02^2) (GPT-2);
+  - GELU is the tanh approximation (cheaper on CPU; ALBERT's `gelu_new` too);
+  - kernels are LeCun-normal, the two residual output projections scaled by
+    1/sqrt(2 num_layers) (GPT-2), biases zero;
+  - parameters are float32 and cast to `model.dtype` at use; logits are float32;
+  - dropout is keyed per example: the caller passes one key per example
+    (`dropout_keys_B`, the trainer derives it from the step and the example's index in
+    the global batch) and each dropout site folds in its own number. An example's
+    masks therefore do not depend on which device or micro-batch it lands on, so a
+    run gives the same result on 1 or 8 devices, with or without gradient
+    accumulation. No keys: no dropout (evaluation). The module holds no RNG state.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from factorized import embeddings
+
+ROPE_BASE = 10000.0
+# Per-coordinate std of the residual stream's input (GPT-2, BERT and ALBERT's 0.02).
+INPUT_STD = 0.02
+
+
+@functools.lru_cache(maxsize=32)
+def rope_tables(length: int, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+  """cos and sin tables, Lx1x(K/2) float32, for rotate-half RoPE."""
+  inv_freq = ROPE_BASE ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+  angles_LxK2 = np.arange(length, dtype=np.float64)[:, None] * inv_freq[None, :]
+  return (np.cos(angles_LxK2)[:, None].astype(np.float32),
+          np.sin(angles_LxK2)[:, None].astype(np.float32))
+
+
+def apply_rope(x_BxLxHxK: jax.Array) -> jax.Array:
+  """Rotates each (i, i + K/2) pair of x by position-dependent angles."""
+  _, length, _, head_dim = x_BxLxHxK.shape
+  cos, sin = (jnp.asarray(t, x_BxLxHxK.dtype) for t in rope_tables(length, head_dim))
+  x1, x2 = jnp.split(x_BxLxHxK, 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+class ExampleDropout(nnx.Module):
+  """Inverted dropout whose mask for example b is drawn from fold_in(keys_B[b], site)."""
+
+  def __init__(self, rate: float, site: int):
+    self.rate = float(rate)
+    self.site = site
+
+  def __call__(self, x_BxLxD: jax.Array, keys_B: jax.Array | None) -> jax.Array:
+    if keys_B is None or self.rate == 0.0:
+      return x_BxLxD
+    if keys_B.shape != x_BxLxD.shape[:1]:
+      raise ValueError(f'dropout_keys_B has shape {keys_B.shape}; expected one key per '
+                       f'example, shape {x_BxLxD.shape[:1]}.')
+    keep_prob = 1.0 - self.rate
+    keep_BxLxD = jax.vmap(lambda key: jax.random.bernoulli(
+        jax.random.fold_in(key, self.site), keep_prob, x_BxLxD.shape[1:]))(keys_B)
+    return jnp.where(keep_BxLxD, x_BxLxD / jnp.asarray(keep_prob, x_BxLxD.dtype),
+                     jnp.zeros((), x_BxLxD.dtype))
+
+
+class Block(nnx.Module):
+  """x + attn(LN(x)), then x + mlp(LN(x)), with residual dropout."""
+
+  def __init__(self, model_config: ml_collections.ConfigDict, layer: int, *, rngs: nnx.Rngs):
+    dim, mlp_dim = model_config.model_dim, model_config.mlp_dim
+    dtype = embeddings.compute_dtype(model_config)
+    out_init = jax.nn.initializers.variance_scaling(
+        1.0 / (2 * model_config.num_layers), 'fan_in', 'truncated_normal')
+    self.num_heads = model_config.num_heads
+    self.rope = model_config.positions == 'rope'
+    self.attn_norm = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
+    self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
+    self.attn_out = nnx.Linear(dim, dim, dtype=dtype, kernel_init=out_init, rngs=rngs)
+    self.mlp_norm = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
+    self.mlp_in = nnx.Linear(dim, mlp_dim, dtype=dtype, rngs=rngs)
+    self.mlp_out = nnx.Linear(mlp_dim, dim, dtype=dtype, kernel_init=out_init, rngs=rngs)
+    self.attn_dropout = ExampleDropout(model_config.dropout, site=2 * layer + 1)
+    self.mlp_dropout = ExampleDropout(model_config.dropout, site=2 * layer + 2)
+
+  def __call__(self, x_BxLxD: jax.Array, dropout_keys_B: jax.Array | None) -> jax.Array:
+    """One pre-LN block; causal."""
+    batch, length, dim = x_BxLxD.shape
+    head_dim = dim // self.num_heads
+    qkv_BxLx3xHxK = self.qkv(self.attn_norm(x_BxLxD)).reshape(
+        batch, length, 3, self.num_heads, head_dim)
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+    if self.rope:
+      q_BxLxHxK, k_BxLxHxK = apply_rope(q_BxLxHxK), apply_rope(k_BxLxHxK)
+    attn_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True)
+    attn_BxLxD = self.attn_out(attn_BxLxHxK.reshape(batch, length, dim))
+    x_BxLxD = x_BxLxD + self.attn_dropout(attn_BxLxD, dropout_keys_B)
+    h_BxLxM = jax.nn.gelu(self.mlp_in(self.mlp_norm(x_BxLxD)), approximate=True)
+    mlp_BxLxD = self.mlp_out(h_BxLxM)
+    return x_BxLxD + self.mlp_dropout(mlp_BxLxD, dropout_keys_B)
+
+
+class UntiedHead(nnx.Module):
+  """A separate DxV output matrix ~ N(0, 1/D), stored transposed (VxD: faster on CPU)."""
+
+  def __init__(self, dim: int, vocab_size: int, dtype: jnp.dtype, *, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.W_VxD = nnx.Param(
+        jax.random.normal(rngs.params(), (vocab_size, dim), jnp.float32) / math.sqrt(dim))
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    """logits_BxLxV = x W^T, float32."""
+    return embeddings.project_to_vocab(x_BxLxD.astype(self.dtype), self.W_VxD[...])
+
+
+class TransformerLM(nnx.Module):
+  """Embedding -> pre-LN causal blocks -> final LN -> tied or untied head."""
+
+  def __init__(self, model_config: ml_collections.ConfigDict, vocab_size: int, max_len: int,
+               *, rngs: nnx.Rngs, dense_table: jax.typing.ArrayLike | None = None):
+    embeddings.validate_model_config(model_config, vocab_size)  # Before any parameter exists.
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len <= 0:
+      raise ValueError(f'data.seq_len={max_len!r} (max_len) must be a positive integer.')
+    dim = model_config.model_dim
+    self.dtype = embeddings.compute_dtype(model_config)
+    self.max_len = max_len
+    self.embed_scale = INPUT_STD * math.sqrt(dim)  # Tables have std 1/sqrt(D).
+    self.embed = embeddings.make_embedding(model_config, vocab_size, rngs=rngs,
+                                           dense_table=dense_table)
+    if model_config.positions == 'learned':
+      self.positions_LxD = nnx.Param(
+          INPUT_STD * jax.random.normal(rngs.params(), (max_len, dim), jnp.float32))
+    else:
+      self.positions_LxD = None
+    self.blocks = nnx.List([Block(model_config, layer, rngs=rngs)
+                            for layer in range(model_config.num_layers)])
+    self.final_norm = nnx.LayerNorm(dim, dtype=self.dtype, rngs=rngs)
+    if model_config.embed.head == 'untied':
+      self.head = UntiedHead(dim, vocab_size, self.dtype, rngs=rngs)
+    else:
+      self.head = None
+    self.dropout = ExampleDropout(model_config.dropout, site=0)
+
+  def embed_tokens(self, ids_BxL: jax.Array) -> jax.Array:
+    """The residual stream's input: 0.02 sqrt(D) embed(ids) (+ learned positions)."""
+    length = ids_BxL.shape[1]
+    if length > self.max_len:
+      raise ValueError(f'Sequence length {length} exceeds max_len=data.seq_len={self.max_len}.')
+    x_BxLxD = self.embed(ids_BxL) * jnp.asarray(self.embed_scale, self.dtype)
+    if self.positions_LxD is not None:
+      x_BxLxD = x_BxLxD + self.positions_LxD[...][:length].astype(self.dtype)
+    return x_BxLxD
+
+  def decode(self, x_BxLxD: jax.Array, *, dropout_keys_B: jax.Array | None = None) -> jax.Array:
+    """Blocks, final LN and head on the embedded inputs: logits_BxLxV float32."""
+    x_BxLxD = self.dropout(x_BxLxD, dropout_keys_B)
+    for block in self.blocks:
+      x_BxLxD = block(x_BxLxD, dropout_keys_B)
+    x_BxLxD = self.final_norm(x_BxLxD)
+    if self.head is None:
+      return self.embed.attend(x_BxLxD)
+    return self.head(x_BxLxD)
+
+  def __call__(self, ids_BxL: jax.Array, *, dropout_keys_B: jax.Array | None = None
+               ) -> jax.Array:
+    """logits_BxLxV (float32) for int32 ids; dropout (training) given one key per example."""
+    return self.decode(self.embed_tokens(ids_BxL), dropout_keys_B=dropout_keys_B)
+
+  def penalty(self) -> jax.Array:
+    """The sum of the regularisers to add to the loss (float32 scalar)."""
+    return self.embed.penalty()
+
+
+def build_model(config: ml_collections.ConfigDict, vocab_size: int, *, rngs: nnx.Rngs,
+                dense_table: jax.typing.ArrayLike | None = None) -> TransformerLM:
+  """The TransformerLM of a full config (max_len = data.seq_len), validated first."""
+  return TransformerLM(config.model, vocab_size, config.data.seq_len, rngs=rngs,
+                       dense_table=dense_table)

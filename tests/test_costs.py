@@ -1,0 +1,112 @@
+"""Tests of factorized/costs.py: counts agree with built models, FLOPs with XLA."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from configs import brown
+from factorized import costs
+from factorized.model import build_model
+
+
+def make_config(kind, rank, head='tied', albert_head='mlm', positions='rope', dim=32,
+                num_layers=1):
+  config = brown.get_config('runlocal')
+  config.model.update({'model_dim': dim, 'mlp_dim': 3 * dim, 'num_layers': num_layers,
+                       'positions': positions})
+  config.model.embed.update({'kind': kind, 'rank': rank, 'head': head,
+                             'albert_head': albert_head})
+  return config
+
+
+def counts_of_built_model(model) -> dict[str, int]:
+  """Parameters of a built model, split by where they sit in it."""
+  counts = {'embedding': 0, 'output_head': 0, 'blocks': 0, 'other': 0}
+  for path, param in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    if path[0] == 'embed':
+      part = 'output_head' if str(path[1]).startswith('mlm_') else 'embedding'
+    else:
+      part = {'head': 'output_head', 'blocks': 'blocks'}.get(path[0], 'other')
+    counts[part] += param[...].size
+  return counts
+
+
+CASES = [  # (kind, rank, head, albert_head, positions, vocab, dim, num_layers)
+    ('dense', 0, 'tied', 'mlm', 'rope', 50, 32, 1),
+    ('dense', 0, 'untied', 'mlm', 'learned', 37, 16, 2),
+    ('albert', 8, 'tied', 'mlm', 'rope', 50, 32, 1),
+    ('albert', 5, 'tied', 'transpose', 'learned', 61, 16, 2),
+    ('albert', 16, 'untied', 'mlm', 'rope', 50, 32, 1),
+    ('svd', 8, 'tied', 'mlm', 'rope', 50, 32, 2),
+    ('svd', 16, 'untied', 'mlm', 'learned', 40, 16, 1),
+]
+
+
+@pytest.mark.parametrize('kind,rank,head,albert_head,positions,vocab,dim,num_layers', CASES)
+def test_param_counts_agree_with_the_built_model(kind, rank, head, albert_head, positions,
+                                                 vocab, dim, num_layers):
+  config = make_config(kind, rank, head, albert_head, positions, dim, num_layers)
+  counts = costs.param_counts(config, vocab)
+  built = counts_of_built_model(build_model(config, vocab, rngs=nnx.Rngs(0)))
+  assert counts['embedding'] == built['embedding']
+  assert counts['output_head'] == built['output_head']
+  assert counts['blocks'] == built['blocks']
+  assert counts['non_embedding'] == built['blocks'] + built['other']
+  assert counts['total'] == sum(built.values())
+
+
+def test_param_counts_follow_the_formulas():
+  vocab, dim, rank, mlp_dim = 1000, 32, 8, 96
+  expected_embedding = {'dense': vocab * dim, 'albert': vocab * rank + rank * dim + dim,
+                        'svd': vocab * rank + rank + rank * dim}
+  per_block = 4 * dim + 4 * dim * dim + 4 * dim + 2 * dim * mlp_dim + mlp_dim + dim
+  for kind, embedding in expected_embedding.items():
+    tied = costs.param_counts(make_config(kind, rank), vocab)
+    untied = costs.param_counts(make_config(kind, rank, head='untied'), vocab)
+    assert tied['embedding'] == untied['embedding'] == embedding
+    assert tied['blocks'] == per_block
+    assert tied['non_embedding'] == per_block + 2 * dim
+    mlm = dim * rank + rank + 2 * rank + vocab if kind == 'albert' else 0
+    assert tied['output_head'] == mlm
+    assert untied['output_head'] == dim * vocab
+  transpose = costs.param_counts(make_config('albert', rank, albert_head='transpose'), vocab)
+  assert transpose['output_head'] == 0
+
+
+def test_flops_per_token_follow_the_convention():
+  vocab, dim, rank, length = 1000, 32, 8, 32  # runlocal: seq_len 32, mlp_dim 3 D here.
+  blocks = 2 * dim * 3 * dim + 2 * dim * dim + 4 * length * dim + 4 * dim * 3 * dim
+  expected = {
+      'dense': (0, 2 * dim * vocab),
+      'albert': (2 * rank * dim, 2 * dim * rank + 2 * rank * vocab),
+      'svd': (2 * rank * dim, 2 * dim * rank + 2 * rank * vocab),
+  }
+  for kind, (embedding, head) in expected.items():
+    flops = costs.flops_per_token(make_config(kind, rank), vocab)
+    assert flops == {'embedding': embedding, 'output_head': head, 'blocks': blocks,
+                     'total': embedding + head + blocks}
+    untied = costs.flops_per_token(make_config(kind, rank, head='untied'), vocab)
+    assert untied['output_head'] == 2 * dim * vocab
+
+
+@pytest.mark.parametrize('kind,head', [('dense', 'tied'), ('albert', 'tied'), ('svd', 'untied')])
+def test_flops_per_token_are_close_to_xla_cost_analysis(kind, head):
+  """XLA counts the same matmuls plus elementwise work: a few percent more."""
+  vocab = 2000
+  config = make_config(kind, 16, head, dim=64, num_layers=2)
+  graphdef, state = nnx.split(build_model(config, vocab, rngs=nnx.Rngs(0)))
+  ids_BxL = jnp.zeros((2, config.data.seq_len), jnp.int32)
+  forward = jax.jit(lambda state, ids: nnx.merge(graphdef, state)(ids))
+  analysis = forward.lower(state, ids_BxL).compile().cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, list) else analysis
+  xla_per_token = analysis['flops'] / ids_BxL.size
+  ours = costs.flops_per_token(config, vocab)['total']
+  assert ours <= xla_per_token <= 1.1 * ours, (ours, xla_per_token)
+
+
+def test_costs_validate_the_config():
+  with pytest.raises(ValueError, match='model.embed.rank=40'):
+    costs.param_counts(make_config('svd', 40), 1000)
+  with pytest.raises(ValueError, match="model.embed.kind='lora'"):
+    costs.flops_per_token(make_config('lora', 8), 1000)
