@@ -7,26 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from configs import brown
 from factorized import data
 from factorized import tokenizer as tokenizer_lib
-
-
-@pytest.fixture
-def text_config(tmp_path):
-  """A generated corpus: random sentences over 40 Zipf-ish words, as `text` files."""
-  rng = np.random.default_rng(0)
-  words = [f'w{i}' for i in range(40)]
-  probs = 1.0 / np.arange(1, 41)
-  for split, num_lines in (('train', 120), ('valid', 30), ('test', 20)):
-    lines = [' '.join(rng.choice(words, size=rng.integers(1, 9), p=probs / probs.sum()))
-             for _ in range(num_lines)]
-    (tmp_path / f'{split}.txt').write_text('\n'.join(lines) + '\n')
-  config = brown.get_config('runlocal').data
-  config.update(corpus='text', vocab_size=0, min_freq=2, seq_len=8,
-                cache_dir=str(tmp_path / 'cache'),
-                **{f'{s}_files': str(tmp_path / f'{s}.txt') for s in data.SPLITS})
-  return config
 
 
 def test_stats_has_the_documented_fields(text_config):

@@ -1,0 +1,148 @@
+"""Pure train and eval steps, data-parallel over the ('data',) mesh with jax.shard_map.
+
+Shapes: B batch (per device inside shard_map), L length, V vocabulary.
+
+The loss is the global token-weighted mean NLL: every device sums its NLL, the sums
+and the token counts are psum-ed, and the gradient is the psum of per-device
+gradients of (local NLL sum / global token count). This is exact whatever the
+device count, never a mean of per-device means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from factorized.parallel import DATA_AXIS
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a train step reads and writes; a pure pytree, donated to each step."""
+
+  step: jax.Array  # int32 scalar: number of updates applied so far
+  params: nnx.State
+  opt_state: optax.OptState
+  rng: jax.Array  # uint32 key data of the base key (typed keys do not checkpoint)
+
+
+def token_nll(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
+  """Per-token negative log-likelihood in float32."""
+  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+  return optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParts:
+  """The static half of an NNX model (graphdef) and its non-trainable constants."""
+
+  graphdef: nnx.GraphDef
+  consts: nnx.State
+
+  def merge(self, params: nnx.State) -> nnx.Module:
+    return nnx.merge(self.graphdef, params, self.consts)
+
+
+def make_train_step(
+    parts: ModelParts,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: Mesh,
+    *,
+    grad_accum_steps: int = 1,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Returns the jitted step `(state, batch) -> (state, metrics)`; `state` is donated.
+
+  Dropout keys: fold_in(base_key, step), then one per example, folding in the example's
+  row in the global batch; so the masks, and the result, do not depend on the device
+  count or on gradient accumulation. Metrics are replicated scalars: loss (train NLL per
+  token, without the regulariser), penalty, grad_norm and lr.
+  """
+
+  def per_device(state: TrainState, consts: nnx.State, batch: dict):
+    num_devices = lax.psum(1, DATA_AXIS)
+    local_tokens = batch['targets'].size
+    total_tokens = local_tokens * num_devices
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    local_batch = batch['targets'].shape[0]
+    rows_B = lax.axis_index(DATA_AXIS) * local_batch + jnp.arange(local_batch)
+    batch = {**batch, 'dropout_keys': jax.vmap(jax.random.fold_in, (None, 0))(step_key, rows_B)}
+
+    def micro_loss(params, micro_batch):
+      model = nnx.merge(parts.graphdef, params, consts)
+      logits = model(micro_batch['inputs'], dropout_keys_B=micro_batch['dropout_keys'])
+      nll_sum = token_nll(logits, micro_batch['targets']).sum()
+      penalty = model.penalty()
+      # psum over devices and the sum over micro-batches restore the global objective.
+      loss = nll_sum / total_tokens + penalty / (num_devices * grad_accum_steps)
+      return loss, (nll_sum, penalty)
+
+    # Differentiate with respect to a per-device (varying) view of the replicated params:
+    # then each device's gradient is its own, and the one explicit psum below is the only
+    # reduction (w.r.t. replicated params, shard_map would already psum the cotangent).
+    local_params = lax.pcast(state.params, DATA_AXIS, to='varying')
+    grad_fn = jax.grad(micro_loss, has_aux=True)
+    if grad_accum_steps == 1:
+      grads, (nll_sum, penalty) = grad_fn(local_params, batch)
+    else:
+      micro_batches = jax.tree.map(
+          lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
+
+      def accumulate(carry, micro_batch):
+        grads_sum, nll_total = carry
+        grads, (nll_sum, penalty) = grad_fn(local_params, micro_batch)
+        return (jax.tree.map(jnp.add, grads_sum, grads), nll_total + nll_sum), penalty
+
+      # The carry holds per-device (varying) values: mark the zeros as such for shard_map.
+      zeros = lax.pcast(
+          (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32)),
+          DATA_AXIS, to='varying')
+      (grads, nll_sum), penalties = lax.scan(accumulate, zeros, micro_batches)
+      penalty = penalties[0]
+
+    grads = lax.psum(grads, DATA_AXIS)
+    loss = lax.psum(nll_sum, DATA_AXIS) / total_tokens
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        'loss': loss,
+        'penalty': penalty,
+        'grad_norm': optax.tree.norm(grads),
+        'lr': schedule(state.step),
+    }
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+  sharded = jax.shard_map(
+      per_device, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)), out_specs=(P(), P()))
+
+  step = jax.jit(sharded, donate_argnums=0)
+  return lambda state, batch: step(state, parts.consts, batch)
+
+
+def make_eval_step(parts: ModelParts, mesh: Mesh) -> Callable[[nnx.State, dict], jax.Array]:
+  """Returns the jitted `(params, batch) -> [nll_sum, token_count]`, summed over devices.
+
+  `batch['mask']` is 1 for real targets and 0 for padding, so padded rows count nothing.
+  """
+
+  def per_device(params: nnx.State, consts: nnx.State, batch: dict):
+    model = nnx.merge(parts.graphdef, params, consts)
+    logits = model(batch['inputs'])
+    mask = batch['mask'].astype(jnp.float32)
+    nll_sum = (token_nll(logits, batch['targets']) * mask).sum()
+    return lax.psum(jnp.stack([nll_sum, mask.sum()]), DATA_AXIS)
+
+  sharded = jax.shard_map(
+      per_device, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)), out_specs=P())
+  step = jax.jit(sharded)
+  return lambda params, batch: step(params, parts.consts, batch)

@@ -1,0 +1,288 @@
+"""The training loop: data -> pure data-parallel step -> evaluation, checkpoints, events.
+
+`train_and_evaluate(config, workdir)` runs or resumes a run and returns its summary.
+Inside the step loop nothing waits for the device except at log, eval and checkpoint
+steps, and there the metrics read are those of the step before (already finished).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from flax import nnx
+from jax.sharding import Mesh
+
+from factorized import checkpointing, costs, embeddings, optim, parallel, spectrum
+from factorized import data as data_lib
+from factorized import model as model_lib
+from factorized import summary as summary_lib
+from factorized import workdir as workdir_lib
+from factorized.evaluate import Evaluator
+from factorized.metric_writer import HPARAM_METRICS, MetricWriter
+from factorized.step import ModelParts, TrainState, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(Exception):
+  """Raised after SIGTERM/SIGINT once a checkpoint of the current step is written."""
+
+
+class NonFiniteLoss(FloatingPointError):
+  """Raised when the train loss or gradient norm becomes NaN or Inf."""
+
+
+@dataclasses.dataclass
+class Run:
+  """What a run is built from, shared by training, eval.py and post-hoc compression."""
+
+  config: ml_collections.ConfigDict
+  corpus: data_lib.Corpus
+  mesh: Mesh
+  parts: ModelParts
+  state: TrainState
+
+  def evaluator(self, split: str) -> Evaluator:
+    """The exact evaluator of `split` ('valid' or 'test')."""
+    return Evaluator(
+        self.parts, self.mesh, self.corpus.splits[split],
+        seq_len=self.config.data.seq_len,
+        batch_size=self.config.train.eval_batch_size,
+        num_words=self.corpus.words[split] if self.config.data.tokenizer == 'bpe' else None)
+
+  def model(self, params: nnx.State | None = None) -> nnx.Module:
+    """The NNX model holding `params` (default: the current state's)."""
+    return self.parts.merge(self.state.params if params is None else params)
+
+
+def build_run(
+    config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None
+) -> Run:
+  """Validates the config, prepares the corpus and creates a fresh replicated state.
+
+  Every config check runs before the model is built or anything is compiled.
+  """
+  optim.validate_train_config(config.train)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  parallel.check_batch_size(config.train.batch_size, mesh,
+                            micro_batches=config.train.grad_accum_steps)
+  parallel.check_batch_size(config.train.eval_batch_size, mesh, field='train.eval_batch_size')
+  corpus = parallel.primary_first(
+      lambda: data_lib.prepare_corpus(config.data, tokenizer_dir=workdir), 'prepare_corpus')
+  embeddings.validate_model_config(config.model, corpus.vocab_size)
+
+  def create():
+    model = model_lib.build_model(config, corpus.vocab_size, rngs=nnx.Rngs(params=config.seed))
+    return nnx.split(model, nnx.Param, ...)
+
+  graphdef, _, _ = nnx.eval_shape(create)
+  replicated = parallel.replicated(mesh)
+  params, consts = jax.jit(lambda: create()[1:], out_shardings=replicated)()
+  optimizer = optim.make_optimizer(config.train)
+  state = jax.jit(
+      lambda p: TrainState(
+          step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p),
+          rng=jax.random.key_data(jax.random.key(config.seed))),
+      out_shardings=replicated)(params)
+  return Run(config, corpus, mesh, ModelParts(graphdef, consts), state)
+
+
+def embedding_spectrum(model: nnx.Module) -> dict[str, float]:
+  """Stable rank and entropy effective rank of the input embedding, from its factors."""
+  singular_values = np.asarray(spectrum.singular_values(model.embed.factors()))
+  return {
+      'spectrum/stable_rank': float(spectrum.stable_rank(singular_values)),
+      'spectrum/entropy_effective_rank': float(spectrum.entropy_effective_rank(singular_values)),
+  }
+
+
+class _StopRequest:
+  """Turns SIGTERM and SIGINT into a flag that the loop checks once per step."""
+
+  def __init__(self):
+    self.signal_name = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal_name = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class _Throughput:
+  """Tokens per second between metric reads; the first interval (compilation) is left out
+  of the steady-state figure, and pauses (evaluation, checkpoints) out of every figure."""
+
+  def __init__(self):
+    self._start = self._mark = time.perf_counter()
+    self._paused = 0.0
+    self._tokens, self._seconds, self._first = 0, 0.0, True
+
+  def interval(self, tokens: int) -> float:
+    now = time.perf_counter()
+    seconds, self._mark = now - self._mark, now
+    if not self._first:
+      self._tokens, self._seconds = self._tokens + tokens, self._seconds + seconds
+    self._first = False
+    return tokens / max(seconds, 1e-9)
+
+  def pause(self, seconds: float) -> None:
+    self._mark += seconds
+    self._paused += seconds
+
+  def wall_time(self) -> float:
+    return time.perf_counter() - self._start
+
+  def steady_tokens_per_s(self) -> float | None:
+    return self._tokens / self._seconds if self._seconds else None
+
+
+def _check_finite(step: int, metrics: dict, checkpointer: checkpointing.Checkpointer) -> None:
+  if not (math.isfinite(metrics['loss']) and math.isfinite(metrics['grad_norm'])):
+    good = checkpointer.latest_step()
+    raise NonFiniteLoss(
+        f'train loss {metrics["loss"]} / grad norm {metrics["grad_norm"]} at step {step} is '
+        f'not finite. The last good checkpoint (step {good}) is kept in '
+        f'{checkpointer.directory}; lower train.lr or raise train.warmup_steps, then resume '
+        'with --config.overwrite=True (or another workdir).')
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None
+) -> dict:
+  """Trains (or resumes) the run in `workdir` to `train.num_steps`; returns its summary.
+
+  However it ends (finished, interrupted, non-finite loss), pending checkpoint writes
+  complete and the event file is closed before this returns or raises.
+  """
+  resuming = parallel.primary_first(
+      lambda: workdir_lib.prepare_workdir(workdir, config), 'prepare_workdir')
+  run = build_run(config, workdir, mesh=mesh)
+  checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  writer = MetricWriter(workdir)
+  try:
+    return _fit(run, workdir, checkpointer, writer, resuming)
+  finally:
+    checkpointer.close()  # waits for asynchronous saves
+    writer.close()
+
+
+def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
+         writer: MetricWriter, resuming: bool) -> dict:
+  config = run.config
+  train_cfg, vocab_size = config.train, run.corpus.vocab_size
+  batches = data_lib.TrainBatches(
+      run.corpus.splits['train'], seq_len=config.data.seq_len,
+      global_batch_size=train_cfg.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  progress = {'elapsed_s': 0.0, 'best_valid_ppl': math.inf, 'valid_ppl': math.nan}
+  state = run.state
+  if resuming and checkpointer.latest_step() is not None:
+    state, extra = checkpointer.restore(state)
+    batches.set_state(extra['data'])
+    progress.update(extra['progress'])
+    log.warning('Resumed %s at step %d.', workdir, int(state.step))
+
+  valid_eval, test_eval = run.evaluator('valid'), run.evaluator('test')
+  params_count = costs.param_counts(config, vocab_size)
+  embed = config.model.embed
+  writer.hparams({'kind': embed.kind, 'rank': embed.rank if embed.kind != 'dense' else 0,
+                  'head': embed.head, 'embedding_params': params_count['embedding'],
+                  'total_params': params_count['total'], 'model_dim': config.model.model_dim,
+                  'seed': config.seed})
+  writer.scalars(0, {f'params/{name}': value for name, value in params_count.items()})
+
+  train_step = make_train_step(
+      run.parts, optim.make_optimizer(train_cfg), optim.learning_rate_schedule(train_cfg),
+      run.mesh, grad_accum_steps=train_cfg.grad_accum_steps)
+  tokens_per_step = train_cfg.batch_size * config.data.seq_len
+  start_step = int(state.step)
+  last_metrics = {'loss': math.nan}
+  throughput = _Throughput()
+  elapsed_before = progress['elapsed_s']
+
+  def evaluate(step: int, params: nnx.State) -> dict:
+    result = valid_eval(params)
+    progress['valid_ppl'] = result['ppl']
+    progress['best_valid_ppl'] = min(progress['best_valid_ppl'], result['ppl'])
+    writer.scalars(step, {'valid/loss': result['loss'], 'valid/ppl': result['ppl'],
+                          HPARAM_METRICS[0]: result['ppl'],
+                          **embedding_spectrum(run.model(params))})
+    return result
+
+  def read(metrics) -> dict:
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+  bar = tqdm.tqdm(total=train_cfg.num_steps, initial=start_step, unit='step', dynamic_ncols=True,
+                  disable=jax.process_index() != 0)
+  pending = None  # (step, device metrics) of the step dispatched before this one
+  with _StopRequest() as stop, bar:
+    for step in range(start_step + 1, train_cfg.num_steps + 1):
+      batch = parallel.global_batch(next(batches), run.mesh)
+      state, metrics = train_step(state, batch)
+      bar.update(1)
+      if pending is not None and pending[0] % train_cfg.log_every == 0:
+        last_metrics = read(pending[1])
+        _check_finite(pending[0], last_metrics, checkpointer)
+        tokens_per_s = throughput.interval(tokens_per_step * train_cfg.log_every)
+        writer.scalars(pending[0], {
+            'train/loss': last_metrics['loss'],
+            'train/ppl': math.exp(min(last_metrics['loss'], 50.0)),
+            'train/lr': last_metrics['lr'],
+            'train/grad_norm': last_metrics['grad_norm'],
+            'train/penalty': last_metrics['penalty'],
+            'train/tokens_per_s': tokens_per_s})
+        bar.set_postfix(loss=f'{last_metrics["loss"]:.3f}', tok_s=f'{tokens_per_s:,.0f}')
+      pending = (step, metrics)
+      final = step == train_cfg.num_steps
+      do_eval = final or step % train_cfg.eval_every == 0
+      if final or do_eval or step % train_cfg.ckpt_every == 0 or stop.signal_name:
+        paused_at = time.perf_counter()
+        last_metrics = read(metrics)
+        _check_finite(step, last_metrics, checkpointer)
+        valid = evaluate(step, state.params) if do_eval else None
+        progress['elapsed_s'] = elapsed_before + throughput.wall_time()
+        checkpointer.save(step, state, {'data': batches.get_state(), 'progress': progress},
+                          valid_ppl=valid['ppl'] if valid else None)
+        writer.flush()
+        throughput.pause(time.perf_counter() - paused_at)  # evaluation is not training time
+      if stop.signal_name and not final:
+        raise TrainingInterrupted(
+            f'{stop.signal_name} at step {step}: checkpoint written to '
+            f'{checkpointer.directory}; run the same command again to resume.')
+
+  checkpointer.wait()
+  best_step = checkpointer.best_step()
+  best_params = state.params
+  if best_step is not None and best_step != int(state.step):
+    best_params = checkpointer.restore(state, step=best_step)[0].params
+  test = test_eval(best_params)
+  writer.scalars(int(state.step), {'test/loss': test['loss'], 'test/ppl': test['ppl'],
+                                   HPARAM_METRICS[1]: test['ppl']})
+  writer.end_session()
+  summary = summary_lib.build_summary(
+      config, vocab_size,
+      valid_ppl=progress['valid_ppl'], best_valid_ppl=progress['best_valid_ppl'],
+      best_step=best_step, test_ppl=test['ppl'], test_word_ppl=test.get('word_ppl'),
+      train_loss=last_metrics['loss'], steps=int(state.step),
+      tokens_seen=int(state.step) * tokens_per_step, wall_time_s=progress['elapsed_s'],
+      tokens_per_s=throughput.steady_tokens_per_s())
+  summary_lib.write_summary(workdir, summary)
+  return summary

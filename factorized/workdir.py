@@ -1,0 +1,106 @@
+"""A run's working directory: its saved config, and atomic JSON files in it.
+
+Layout: config.json (the resolved config, written on the first start), tokenizer files,
+checkpoints/ (orbax), TensorBoard events, summary.json and eval_<split>.json.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+import ml_collections
+
+CONFIG_FILE = 'config.json'
+# Fields that may differ between a saved and a new config without refusing the workdir.
+_IGNORED_FIELDS = ('overwrite',)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+  """Writes `obj` as JSON through a temporary file and a rename: never half-written."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'w') as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+      f.write('\n')
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{name}.'))
+    else:
+      flat[name] = value
+  return flat
+
+
+def config_differences(saved: dict, new: dict) -> list[str]:
+  """Lists 'field: saved -> new' for every field that differs (ignoring `overwrite`)."""
+  saved_flat, new_flat = _flatten(saved), _flatten(new)
+  lines = []
+  for name in sorted(set(saved_flat) | set(new_flat)):
+    if name in _IGNORED_FIELDS:
+      continue
+    old_value, new_value = saved_flat.get(name, '<absent>'), new_flat.get(name, '<absent>')
+    if old_value != new_value:
+      lines.append(f'{name}: {old_value!r} -> {new_value!r}')
+  return lines
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  """The config as plain JSON types (round-tripped through JSON, as it is saved)."""
+  return json.loads(config.to_json())
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config saved in `workdir`; a FileNotFoundError that says how to make one."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(
+        f'{path} not found: {workdir} is not a training workdir '
+        f'(train.py --workdir={workdir} writes it).')
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def prepare_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> bool:
+  """Creates `workdir` or checks that its saved config matches `config`.
+
+  Returns True when the workdir holds an earlier run of the same config (resume).
+  A different saved config is refused unless `config.overwrite`; then the earlier
+  run's files are moved, not deleted, into `overwritten-<UTC time>/`.
+  """
+  workdir = pathlib.Path(workdir)
+  path = workdir / CONFIG_FILE
+  new = config_to_dict(config)
+  if path.exists():
+    saved = json.loads(path.read_text())
+    differences = config_differences(saved, new)
+    if not differences:
+      return True
+    if not config.overwrite:
+      raise ValueError(
+          f'{workdir} holds a run with a different config ({path}):\n  '
+          + '\n  '.join(differences)
+          + '\nUse another --workdir, or pass --config.overwrite=True to move that run '
+          'aside (into overwritten-<time>/) and start afresh.')
+    archive = workdir / datetime.datetime.now(datetime.timezone.utc).strftime(
+        'overwritten-%Y%m%dT%H%M%SZ')
+    archive.mkdir()
+    for entry in workdir.iterdir():
+      if entry != archive and not entry.name.startswith('overwritten-'):
+        entry.rename(archive / entry.name)
+  workdir.mkdir(parents=True, exist_ok=True)
+  write_json_atomic(path, new)
+  return False

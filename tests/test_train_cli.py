@@ -1,0 +1,122 @@
+"""train.py and eval.py as a user runs them: flags, multi-process, SIGTERM, errors."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from configs import brown
+from factorized import parallel, trainer
+from tests.test_trainer import final_params
+
+
+def override_flags(config) -> list[str]:
+  """--config.<field>=<value> for each field where `config` differs from brown:runlocal."""
+  base = brown.get_config('runlocal')
+  flags = []
+  for section in ('data', 'model', 'train'):
+    for key, value in config[section].items():
+      if section == 'model' and key == 'embed':
+        for sub, sub_value in value.items():
+          if sub_value != base.model.embed[sub]:
+            flags.append(f'--config.model.embed.{sub}={sub_value}')
+      elif value != base[section][key]:
+        flags.append(f'--config.{section}.{key}={value}')
+  return flags
+
+
+def command(repo_root, workdir, config, *extra):
+  return [sys.executable, str(repo_root / 'train.py'), '--config=configs/brown.py:runlocal',
+          f'--workdir={workdir}', *override_flags(config), *extra]
+
+
+def cli_env(devices: int) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  return env
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tiny_config, tmp_path, repo_root):
+  tiny_config.train.num_steps = 6
+  reference = trainer.train_and_evaluate(
+      tiny_config, str(tmp_path / 'one'), mesh=parallel.make_mesh(jax.devices()[:4]))
+  port = free_port()
+  workdir = tmp_path / 'two'
+  procs = [
+      subprocess.Popen(
+          command(repo_root, workdir, tiny_config, '--distributed',
+                  f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+                  f'--process_id={i}'),
+          cwd=repo_root, env=cli_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+          text=True)
+      for i in range(2)
+  ]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, out in zip(procs, outputs, strict=True):
+    assert p.returncode == 0, out[-3000:]
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert summary['devices']['count'] == 4 and summary['devices']['processes'] == 2
+  np.testing.assert_allclose(summary['train_loss'], reference['train_loss'], rtol=1e-5)
+  np.testing.assert_allclose(summary['valid_ppl'], reference['valid_ppl'], rtol=1e-5)
+  for a, b in zip(final_params(tmp_path / 'one', 4), final_params(workdir, 4), strict=True):
+    np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_sigterm_writes_a_checkpoint_and_the_same_command_resumes(tiny_config, tmp_path,
+                                                                   repo_root):
+  tiny_config.train.update(num_steps=400, ckpt_every=1000, eval_every=1000, log_every=10)
+  cmd = command(repo_root, tmp_path, tiny_config)
+  proc = subprocess.Popen(cmd, cwd=repo_root, env=cli_env(1), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 120
+  while not list(tmp_path.glob('events.out.tfevents*')) and time.time() < deadline:
+    time.sleep(0.2)  # events appear once training has started
+  time.sleep(1.0)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 143, out[-3000:]
+  assert 'SIGTERM at step' in out and 'run the same command again to resume' in out
+  steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  assert len(steps) == 1 and 0 < steps[0] < 400
+  done = subprocess.run(cmd, cwd=repo_root, env=cli_env(1), capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert json.loads(done.stdout.strip().splitlines()[-1])['steps'] == 400
+
+
+def test_unknown_config_field_is_named(tmp_path, repo_root):
+  result = subprocess.run(
+      [sys.executable, 'train.py', '--config=configs/brown.py:runlocal',
+       f'--workdir={tmp_path}', '--config.train.learning_rate=1e-3'],
+      cwd=repo_root, env=cli_env(1), capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert 'learning_rate' in result.stderr
+  assert not any(tmp_path.iterdir())
+
+
+def test_eval_cli_prints_and_writes_the_perplexity(tiny_config, tmp_path, repo_root):
+  tiny_config.train.update(num_steps=2, warmup_steps=1, eval_every=2, ckpt_every=2)
+  summary = trainer.train_and_evaluate(tiny_config, str(tmp_path))
+  result = subprocess.run(
+      [sys.executable, 'eval.py', f'--workdir={tmp_path}', '--split=valid'],
+      cwd=repo_root, env=cli_env(1), capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  printed = json.loads(result.stdout)
+  np.testing.assert_allclose(printed['valid_ppl'], summary['valid_ppl'], rtol=1e-6)
+  assert json.loads((tmp_path / 'eval_valid.json').read_text()) == printed
+  missing = subprocess.run(
+      [sys.executable, 'eval.py', f'--workdir={tmp_path / "nothing"}'],
+      cwd=repo_root, env=cli_env(1), capture_output=True, text=True, timeout=120)
+  assert missing.returncode == 1 and 'not a training workdir' in missing.stderr

@@ -1,0 +1,176 @@
+"""Training end to end: loss falls, device-count invariance, exact resume, bad input."""
+
+import json
+import math
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from configs import brown
+from factorized import checkpointing, eval_run, parallel, trainer
+from factorized import data as data_lib
+
+
+def scalar_series(workdir, tag):
+  events = event_accumulator.EventAccumulator(str(workdir), size_guidance={'scalars': 0})
+  events.Reload()
+  return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def final_params(workdir, devices=1):
+  run, _ = eval_run.restore_run(str(workdir), mesh=parallel.make_mesh(jax.devices()[:devices]))
+  return jax.tree.leaves(jax.device_get(run.state.params))
+
+
+def test_runlocal_brown_trains_in_seconds_and_its_loss_falls(brown_zip, tmp_path):
+  del brown_zip  # the fixture makes sure $FACTORIZED_DATA_DIR holds it
+  summary = trainer.train_and_evaluate(brown.get_config('runlocal'), str(tmp_path))
+  losses = [value for _, value in scalar_series(tmp_path, 'train/loss')]
+  assert losses[-1] < losses[0] - 0.5
+  assert summary['valid_ppl'] < summary['vocab_size'] / 3
+  expected = {'config', 'vocab_size', 'params', 'flops_per_token', 'valid_ppl', 'best_valid_ppl',
+              'test_ppl', 'train_loss', 'steps', 'tokens_seen', 'wall_time_s', 'tokens_per_s',
+              'devices', 'versions'}
+  saved = json.loads((tmp_path / 'summary.json').read_text())
+  assert expected <= set(saved)
+  assert saved['steps'] == 30 and saved['tokens_seen'] == 30 * 8 * 32
+  assert set(saved['versions']) == {'jax', 'flax', 'optax', 'orbax-checkpoint'}
+  assert saved['params']['total'] == sum(
+      saved['params'][k] for k in ('embedding', 'output_head', 'non_embedding'))
+
+
+@pytest.mark.parametrize('kind', ['dense', 'svd'])
+def test_four_devices_match_one_device(tiny_config, tmp_path, kind):
+  tiny_config.model.embed.kind = kind
+  tiny_config.train.num_steps = 5
+  results = {}
+  for devices in (1, 4):
+    workdir = str(tmp_path / f'dev{devices}')
+    summary = trainer.train_and_evaluate(
+        tiny_config, workdir, mesh=parallel.make_mesh(jax.devices()[:devices]))
+    results[devices] = summary, final_params(workdir, devices)
+  (one, params_one), (four, params_four) = results[1], results[4]
+  np.testing.assert_allclose(four['train_loss'], one['train_loss'], rtol=1e-5)
+  np.testing.assert_allclose(four['valid_ppl'], one['valid_ppl'], rtol=1e-5)
+  for a, b in zip(params_one, params_four, strict=True):
+    np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_grad_accumulation_matches_one_big_batch(tiny_config, tmp_path):
+  tiny_config.train.num_steps = 4  # dropout stays on: its keys are per example
+  one_device = parallel.make_mesh(jax.devices()[:1])
+  trainer.train_and_evaluate(tiny_config, str(tmp_path / 'one'), mesh=one_device)
+  tiny_config.train.grad_accum_steps = 2
+  trainer.train_and_evaluate(tiny_config, str(tmp_path / 'two'), mesh=one_device)
+  for a, b in zip(final_params(tmp_path / 'one'), final_params(tmp_path / 'two'), strict=True):
+    np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def interrupt_at(monkeypatch, batch_number):
+  """Sends this process SIGTERM while the loop fetches batch `batch_number` (1-based)."""
+  original = data_lib.TrainBatches.__next__
+  calls = {'n': 0}
+
+  def next_batch(self):
+    calls['n'] += 1
+    if calls['n'] == batch_number:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(self)
+
+  monkeypatch.setattr(data_lib.TrainBatches, '__next__', next_batch)
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_config, tmp_path,
+                                                                  monkeypatch):
+  trainer.train_and_evaluate(tiny_config, str(tmp_path / 'straight'))
+  with monkeypatch.context() as patch:
+    interrupt_at(patch, 7)
+    with pytest.raises(trainer.TrainingInterrupted, match='SIGTERM at step 7'):
+      trainer.train_and_evaluate(tiny_config, str(tmp_path / 'resumed'))
+  assert checkpointing.Checkpointer(str(tmp_path / 'resumed')).latest_step() == 7
+  assert not (tmp_path / 'resumed' / 'summary.json').exists()
+  summary = trainer.train_and_evaluate(tiny_config, str(tmp_path / 'resumed'))
+  assert summary['steps'] == tiny_config.train.num_steps
+  straight = final_params(tmp_path / 'straight')
+  resumed = final_params(tmp_path / 'resumed')
+  for a, b in zip(straight, resumed, strict=True):
+    np.testing.assert_array_equal(a, b)  # bitwise on CPU
+
+
+def test_eval_matches_the_in_training_evaluation(tiny_config, tmp_path):
+  summary = trainer.train_and_evaluate(tiny_config, str(tmp_path))
+  result = eval_run.evaluate_workdir(str(tmp_path), 'valid')
+  assert result['step'] == tiny_config.train.num_steps
+  np.testing.assert_allclose(result['ppl'], summary['valid_ppl'], rtol=1e-6)
+  assert result['tokens'] == len(data_lib.prepare_corpus(tiny_config.data).splits['valid'])
+  saved = json.loads((tmp_path / 'eval_valid.json').read_text())
+  assert saved['valid_ppl'] == result['ppl']
+  best = eval_run.evaluate_workdir(str(tmp_path), 'test', 'best')
+  np.testing.assert_allclose(best['ppl'], summary['test_ppl'], rtol=1e-6)
+
+
+def test_batch_not_divisible_by_the_devices_is_refused_before_compiling(tiny_config, tmp_path):
+  tiny_config.train.batch_size = 6
+  with pytest.raises(ValueError, match=r'train\.batch_size=6 must be a positive multiple of '
+                                       r'the device count \(4, .*--config\.train\.batch_size=4'):
+    trainer.train_and_evaluate(tiny_config, str(tmp_path),
+                               mesh=parallel.make_mesh(jax.devices()[:4]))
+
+
+def test_a_workdir_with_another_config_is_refused(tiny_config, tmp_path):
+  tiny_config.train.update(num_steps=2, warmup_steps=1, eval_every=2, ckpt_every=2)
+  trainer.train_and_evaluate(tiny_config, str(tmp_path))
+  before = sorted(p.name for p in tmp_path.iterdir())
+  tiny_config.train.lr = 1e-4
+  with pytest.raises(ValueError, match=r'train\.lr: 0\.003 -> 0\.0001'):
+    trainer.train_and_evaluate(tiny_config, str(tmp_path))
+  assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_eval_without_a_checkpoint_says_to_train_first(tiny_config, tmp_path):
+  from factorized import workdir as workdir_lib
+
+  workdir_lib.prepare_workdir(tmp_path, tiny_config)
+  with pytest.raises(FileNotFoundError, match='No checkpoint in .*train first'):
+    eval_run.evaluate_workdir(str(tmp_path), 'valid')
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, tmp_path,
+                                                                     caplog):
+  trainer.train_and_evaluate(tiny_config, str(tmp_path))
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  steps = checkpointer.all_steps()
+  latest = steps[-1]
+  for root, _, files in os.walk(tmp_path / 'checkpoints' / str(latest) / 'state'):
+    for name in files:
+      if name != '_METADATA':
+        with open(os.path.join(root, name), 'r+b') as f:
+          f.write(b'\0garbage' * 16)
+  run = trainer.build_run(tiny_config, str(tmp_path))
+  with caplog.at_level('WARNING'):
+    state, _ = checkpointer.restore(run.state)
+  assert int(state.step) == steps[-2]
+  assert f'Checkpoint of step {latest}' in caplog.text and 'unreadable' in caplog.text
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tiny_config, tmp_path, monkeypatch):
+  original = data_lib.TrainBatches.__next__
+  calls = {'n': 0}
+
+  def poisoned(self):  # from batch 6 on, targets out of range make the loss NaN
+    calls['n'] += 1
+    batch = original(self)
+    if calls['n'] >= 6:
+      batch['targets'] = np.full_like(batch['targets'], -(10**6))
+    return batch
+
+  monkeypatch.setattr(data_lib.TrainBatches, '__next__', poisoned)
+  with pytest.raises(trainer.NonFiniteLoss, match='last good checkpoint .step 4.'):
+    trainer.train_and_evaluate(tiny_config, str(tmp_path))
+  assert checkpointing.Checkpointer(str(tmp_path)).all_steps() == [4]
+  assert not math.isnan(final_params(tmp_path)[0].sum())
