@@ -1,8 +1,8 @@
 """Exact evaluation: perplexity = exp(total NLL / total tokens), every token once.
 
 The same Evaluator serves periodic evaluation in training and `eval.py`. Per-batch
-sums stay on device while batches are dispatched (no host sync per batch) and are
-added up in float64 on the host at the end.
+sums are written on device into one [num_batches, 2] array (no host sync per batch)
+and added up in float64 on the host at the end.
 """
 
 from __future__ import annotations
@@ -49,9 +49,14 @@ class Evaluator:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    sums = [self._eval_step(params, parallel.global_batch(batch, self.mesh))
-            for batch in batches]
-    nll_sum, token_count = np.sum(np.asarray(jax.device_get(sums), np.float64), axis=0)
+    num_batches = data_lib.num_eval_batches(
+        len(self.tokens), seq_len=self.seq_len, global_batch_size=self.batch_size)
+    sums_Nx2 = jax.device_put(np.zeros((num_batches, 2), np.float32),
+                              parallel.replicated(self.mesh))
+    for index, batch in enumerate(batches):
+      sums_Nx2 = self._eval_step(params, parallel.global_batch(batch, self.mesh), sums_Nx2,
+                                 np.int32(index))
+    nll_sum, token_count = np.asarray(jax.device_get(sums_Nx2), np.float64).sum(axis=0)
     if round(token_count) != len(self.tokens):
       raise RuntimeError(
           f'evaluation counted {token_count:.0f} tokens, the split has {len(self.tokens)}')

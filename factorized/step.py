@@ -129,10 +129,15 @@ def make_train_step(
   return lambda state, batch: step(state, parts.consts, batch)
 
 
-def make_eval_step(parts: ModelParts, mesh: Mesh) -> Callable[[nnx.State, dict], jax.Array]:
-  """Returns the jitted `(params, batch) -> [nll_sum, token_count]`, summed over devices.
+def make_eval_step(parts: ModelParts, mesh: Mesh
+                   ) -> Callable[[nnx.State, dict, jax.Array, jax.Array], jax.Array]:
+  """Returns the jitted `(params, batch, sums_Nx2, index) -> sums_Nx2` (sums donated).
 
-  `batch['mask']` is 1 for real targets and 0 for padding, so padded rows count nothing.
+  Row `index` of `sums_Nx2` receives this batch's [nll_sum, token_count], summed over
+  devices; `batch['mask']` is 1 for real targets and 0 for padding. Threading one results
+  array through every batch chains the executions: they run one after another without a
+  host sync per batch. (Independent dispatches would run concurrently, and on a host with
+  few cores the collectives of many concurrent programs can starve each other of threads.)
   """
 
   def per_device(params: nnx.State, consts: nnx.State, batch: dict):
@@ -144,5 +149,10 @@ def make_eval_step(parts: ModelParts, mesh: Mesh) -> Callable[[nnx.State, dict],
 
   sharded = jax.shard_map(
       per_device, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)), out_specs=P())
-  step = jax.jit(sharded)
-  return lambda params, batch: step(params, parts.consts, batch)
+
+  def step(params, consts, batch, sums_Nx2, index):
+    return lax.dynamic_update_slice(sums_Nx2, sharded(params, consts, batch)[None], (index, 0))
+
+  jitted = jax.jit(step, donate_argnums=3)
+  return lambda params, batch, sums_Nx2, index: jitted(
+      params, parts.consts, batch, sums_Nx2, index)

@@ -127,25 +127,33 @@ class _StopRequest:
 
 
 class _Throughput:
-  """Tokens per second between metric reads; the first interval (compilation) is left out
-  of the steady-state figure, and pauses (evaluation, checkpoints) out of every figure."""
+  """Tokens per second between host syncs (metric reads, evaluations, checkpoints).
 
-  def __init__(self):
+  The first interval holds the compilation and is left out of the steady-state figure;
+  pauses (evaluation, checkpointing) are left out of every figure.
+  """
+
+  def __init__(self, start_step: int, tokens_per_step: int):
     self._start = self._mark = time.perf_counter()
-    self._paused = 0.0
+    self._step, self._tokens_per_step = start_step, tokens_per_step
     self._tokens, self._seconds, self._first = 0, 0.0, True
+    self._last_rate = math.nan
 
-  def interval(self, tokens: int) -> float:
+  def interval(self, step: int) -> float:
+    """Closes the interval ending after `step` (whose result the host has just read)."""
+    if step == self._step:  # already closed at a checkpoint: report that interval's rate
+      return self._last_rate
     now = time.perf_counter()
-    seconds, self._mark = now - self._mark, now
+    tokens = (step - self._step) * self._tokens_per_step
+    seconds, self._mark, self._step = now - self._mark, now, step
     if not self._first:
       self._tokens, self._seconds = self._tokens + tokens, self._seconds + seconds
     self._first = False
-    return tokens / max(seconds, 1e-9)
+    self._last_rate = tokens / max(seconds, 1e-9)
+    return self._last_rate
 
   def pause(self, seconds: float) -> None:
     self._mark += seconds
-    self._paused += seconds
 
   def wall_time(self) -> float:
     return time.perf_counter() - self._start
@@ -215,7 +223,7 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
   tokens_per_step = train_cfg.batch_size * config.data.seq_len
   start_step = int(state.step)
   last_metrics = {'loss': math.nan}
-  throughput = _Throughput()
+  throughput = _Throughput(start_step, tokens_per_step)
   elapsed_before = progress['elapsed_s']
 
   def evaluate(step: int, params: nnx.State) -> dict:
@@ -241,7 +249,7 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
       if pending is not None and pending[0] % train_cfg.log_every == 0:
         last_metrics = read(pending[1])
         _check_finite(pending[0], last_metrics, checkpointer)
-        tokens_per_s = throughput.interval(tokens_per_step * train_cfg.log_every)
+        tokens_per_s = throughput.interval(pending[0])
         writer.scalars(pending[0], {
             'train/loss': last_metrics['loss'],
             'train/ppl': math.exp(min(last_metrics['loss'], 50.0)),
@@ -254,8 +262,9 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
       final = step == train_cfg.num_steps
       do_eval = final or step % train_cfg.eval_every == 0
       if final or do_eval or step % train_cfg.ckpt_every == 0 or stop.signal_name:
-        paused_at = time.perf_counter()
         last_metrics = read(metrics)
+        throughput.interval(step)
+        paused_at = time.perf_counter()
         _check_finite(step, last_metrics, checkpointer)
         valid = evaluate(step, state.params) if do_eval else None
         progress['elapsed_s'] = elapsed_before + throughput.wall_time()
