@@ -4,6 +4,12 @@ r"""Evaluates a trained run exactly (every token once) on its valid or test spli
 
 Rebuilds the model and tokenizer from the config saved in the workdir, restores the
 checkpoint, prints the result as JSON and writes workdir/eval_<split>.json.
+
+Post-hoc SVD compression of a dense run (factorized/posthoc.py): the trained embedding
+(and the tied head) replaced by its best rank-R approximation, without retraining, and
+optionally fine-tuned for N steps; writes workdir/posthoc_svd_<split>.json:
+
+  python eval.py --workdir=runs/sweep/dense --svd_ranks=8,16,32,64,128 [--svd_finetune_steps=N]
 """
 
 import json
@@ -14,6 +20,10 @@ from absl import app, flags
 flags.DEFINE_string('workdir', None, 'A training workdir (holds config.json and checkpoints/).')
 flags.DEFINE_enum('split', 'test', ['valid', 'test'], 'Which split to evaluate.')
 flags.DEFINE_string('checkpoint', 'latest', 'latest, best (by valid ppl) or a step number.')
+flags.DEFINE_list('svd_ranks', [], 'Post-hoc SVD of a dense run: ranks to truncate its '
+                  'embedding to, e.g. 8,16,32 (no retraining).')
+flags.DEFINE_integer('svd_finetune_steps', 0, 'With --svd_ranks: also fine-tune each '
+                     'SVD-initialised model for this many steps and report its perplexity.')
 flags.mark_flag_as_required('workdir')
 FLAGS = flags.FLAGS
 
@@ -21,11 +31,18 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from factorized import eval_run
+  from factorized import eval_run, posthoc
 
+  if FLAGS.svd_finetune_steps and not FLAGS.svd_ranks:
+    raise app.UsageError('--svd_finetune_steps needs --svd_ranks.')
   try:
-    result = eval_run.evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint)
-  except (ValueError, FileNotFoundError) as error:
+    if FLAGS.svd_ranks:
+      ranks = posthoc.parse_ranks(FLAGS.svd_ranks)
+      result = posthoc.posthoc_svd(FLAGS.workdir, FLAGS.split, ranks, checkpoint=FLAGS.checkpoint,
+                                   finetune_steps=FLAGS.svd_finetune_steps)
+    else:
+      result = eval_run.evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint)
+  except (ValueError, FileNotFoundError, FloatingPointError) as error:  # incl. NonFiniteLoss
     sys.exit(f'error: {error}')
   print(json.dumps(result, indent=2))
 

@@ -7,6 +7,13 @@ same workdir resumes from its latest checkpoint; SIGTERM or Ctrl-C writes a chec
 first. Several hosts: start one process per host with --coordinator_address,
 --num_processes and --process_id (or none of them where jax.distributed.initialize()
 detects the cluster itself, e.g. on Cloud TPU), plus --distributed.
+
+A config file that defines get_sweep() runs a sweep instead (factorized/sweep.py): every
+point in its own sub-workdir of --workdir, --sweep_workers at a time, finished points
+skipped and unfinished ones resumed, then summary.csv/.md, ppl_vs_rank.png and a `sweep`
+TensorBoard run in --workdir:
+
+  python train.py --config=configs/rank_sweep.py --workdir=runs/sweep [--sweep_workers=2]
 """
 
 import json
@@ -23,6 +30,8 @@ flags.DEFINE_bool('distributed', False, 'Join a multi-process run via jax.distri
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
 flags.DEFINE_integer('process_id', None, 'This process index (multi-process).')
+flags.DEFINE_integer('sweep_workers', 1, 'Sweep configs (with get_sweep()): points trained '
+                     'in parallel, each in its own process.')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -30,6 +39,19 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from factorized import sweep
+
+  points = sweep.load_sweep(FLAGS['config'].config_filename)
+  if points is not None:
+    if FLAGS.distributed:
+      raise app.UsageError('A sweep runs each point as its own single-process run; '
+                           'drop --distributed.')
+    try:
+      points = sweep.make_points(FLAGS.config, points,
+                                 overridden=FLAGS['config'].override_values)
+      sys.exit(sweep.run_sweep(points, FLAGS.workdir, workers=FLAGS.sweep_workers))
+    except ValueError as error:
+      sys.exit(f'error: {error}')
   import jax
 
   if FLAGS.distributed:

@@ -1,0 +1,98 @@
+r"""The main job: perplexity versus embedding rank, dense against ALBERT and SVD, on Brown.
+
+`get_config(arg)` is configs/brown.py's dense config; `get_sweep(arg)` lists the points as
+dicts of config overrides: the dense baseline, then `albert` and `svd` at ranks 8, 16, 32,
+64, 128 and 256, keeping the ranks <= model.model_dim (128 here, 32 with runlocal, 512
+with gpu). Everything else is identical across points. train.py runs each point in its own
+sub-workdir named after its overrides (dense, albert_rank8, ..., svd_rank64_untied), skips
+finished points and resumes unfinished ones, then writes summary.csv, summary.md,
+ppl_vs_rank.png and a `sweep` TensorBoard run (see factorized/sweep_report.py).
+
+Arguments (after the colon, comma-separated):
+  head=tied|untied|both   the output head of every point; `both` runs each point twice
+                          (untied points get an `_untied` suffix);
+  kinds=dense+albert+svd  which kinds to run ('+'-separated);
+  ranks=8+16+32+64+128+256  the ranks of albert (E) and svd (R), before the cap at D;
+  runlocal                brown.py's runlocal sizes: the whole sweep (7 points) takes a
+                          few minutes on a 2-core CPU;
+  gpu                     brown.py's accelerator-sized model.
+An svd rank must also be <= the vocabulary size; with Brown's ~16k words it always is.
+
+Launch commands:
+
+  # The main job (11 points, each a full run of configs/brown.py: hours on a 2-core CPU):
+  python train.py --config=configs/rank_sweep.py --workdir=runs/sweep
+  # Two points at a time (a killed sweep continues where it stopped: run it again):
+  python train.py --config=configs/rank_sweep.py --workdir=runs/sweep --sweep_workers=2
+  # Untied output heads (input-side factorization without the softmax bottleneck):
+  python train.py --config=configs/rank_sweep.py:head=untied --workdir=runs/sweep_untied
+  # Smoke run of the whole sweep (a few minutes on a 2-core CPU):
+  python train.py --config=configs/rank_sweep.py:runlocal --workdir=/tmp/sweep_local
+  # Only some points; overrides apply to every point:
+  python train.py --config=configs/rank_sweep.py:kinds=dense+svd,ranks=16+64 \
+      --config.train.num_steps=3000 --workdir=runs/sweep_short
+  # Post-hoc SVD of the trained dense baseline (rows `posthoc_svd` in the sweep table):
+  python eval.py --workdir=runs/sweep/dense --svd_ranks=8,16,32,64,128
+  python eval.py --workdir=runs/sweep/dense --svd_ranks=8,16,32,64,128 --svd_finetune_steps=300
+  # Compare: HParams (table, scatter) and Scalars (ppl_vs_rank/<kind>) dashboards:
+  tensorboard --logdir=runs/sweep
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import brown
+from factorized.config_args import parse_arg
+
+KINDS = ('dense', 'albert', 'svd')
+
+
+def _parse(arg: str | None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, head='tied', kinds='dense+albert+svd', ranks='8+16+32+64+128+256',
+                  runlocal=False, gpu=False)
+  if arg.head not in ('tied', 'untied', 'both'):
+    raise ValueError(f'Config argument head={arg.head!r} must be tied, untied or both.')
+  kinds = [kind for kind in arg.kinds.split('+') if kind]
+  unknown = sorted(set(kinds) - set(KINDS))
+  if unknown or not kinds:
+    raise ValueError(f'Config argument kinds={arg.kinds!r}: expected a +-separated subset of '
+                     f'{"+".join(KINDS)}.')
+  try:
+    ranks = sorted({int(rank) for rank in arg.ranks.split('+') if rank})
+  except ValueError:
+    raise ValueError(f'Config argument ranks={arg.ranks!r}: expected +-separated integers, '
+                     'e.g. ranks=8+16+32.') from None
+  if any(rank < 1 for rank in ranks):
+    raise ValueError(f'Config argument ranks={arg.ranks!r}: ranks must be >= 1.')
+  arg.kinds, arg.ranks = '+'.join(kinds), '+'.join(map(str, ranks))
+  return arg
+
+
+def _base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  head = 'tied' if arg.head == 'both' else arg.head
+  flags = [name for name in ('runlocal', 'gpu') if arg[name]]
+  return brown.get_config(','.join(['kind=dense', f'head={head}', *flags]))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The base config of every point: configs/brown.py's dense config (see the docstring)."""
+  return _base_config(_parse(arg))
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+  """The points: dicts of dotted config overrides, the dense baseline first."""
+  arg = _parse(arg)
+  dim = _base_config(arg).model.model_dim
+  ranks = [rank for rank in map(int, arg.ranks.split('+')) if rank <= dim]  # capped at D
+  heads = ('tied', 'untied') if arg.head == 'both' else (arg.head,)
+  points = []
+  for head in heads:
+    untied = {'model.embed.head': 'untied'} if head == 'untied' else {}
+    for kind in arg.kinds.split('+'):
+      if kind == 'dense':
+        points.append({'model.embed.kind': 'dense', **untied})
+      else:
+        points.extend({'model.embed.kind': kind, 'model.embed.rank': rank, **untied}
+                      for rank in ranks)
+  return points

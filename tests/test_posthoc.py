@@ -1,0 +1,115 @@
+"""Post-hoc SVD compression of a trained dense embedding: exact at full rank, monotone in rank."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from tensorboard.backend.event_processing import event_accumulator
+
+from configs import brown
+from factorized import posthoc, sweep_report, trainer
+from factorized import workdir as workdir_lib
+from tests.test_train_cli import cli_env
+
+
+def scalars(workdir, tag):
+  events = event_accumulator.EventAccumulator(str(workdir), size_guidance={'scalars': 0})
+  events.Reload()
+  return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def write_markov_corpus(directory) -> dict[str, str]:
+  """A Markov chain over 40 words: the next word depends on the current one, so the model
+  predicts from its input embedding (i.i.d. words would need none)."""
+  rng = np.random.default_rng(0)
+  files = {}
+  for split, num_lines in (('train', 400), ('valid', 60), ('test', 40)):
+    lines = []
+    for _ in range(num_lines):
+      word, sentence = int(rng.integers(40)), []
+      for _ in range(int(rng.integers(4, 12))):
+        sentence.append(f'w{word}')
+        word = (7 * word + 3) % 40 if rng.random() < 0.8 else (word + 1) % 40
+      lines.append(' '.join(sentence))
+    files[f'{split}_files'] = str(directory / f'{split}.txt')
+    (directory / f'{split}.txt').write_text('\n'.join(lines) + '\n')
+  return files
+
+
+@pytest.fixture(scope='module')
+def trained_dense(tmp_path_factory):
+  """A tiny dense run (model_dim 16, ~40 words) trained 300 steps, as the dense point of a
+  sweep directory; returns its workdir and summary."""
+  root = tmp_path_factory.mktemp('posthoc')
+  config = brown.get_config('runlocal')  # tiny_config's sizes, on the Markov corpus
+  config.data.update(corpus='text', vocab_size=0, min_freq=2, seq_len=8,
+                     cache_dir=str(root / 'cache'), **write_markov_corpus(root))
+  config.model.update(model_dim=16, mlp_dim=32)
+  config.train.update(num_steps=300, batch_size=8, eval_batch_size=8, warmup_steps=30,
+                      eval_every=300, ckpt_every=300, log_every=100)
+  workdir = root / 'sweep' / 'dense'
+  summary = trainer.train_and_evaluate(config, str(workdir))
+  sweep_report.write_reports(workdir.parent)
+  return workdir, summary
+
+
+def test_full_rank_is_the_dense_model_and_ppl_does_not_fall_with_the_rank(trained_dense):
+  workdir, summary = trained_dense
+  ranks = [1, 2, 4, 8, 16]  # 16 = min(V, D)
+  result = posthoc.posthoc_svd(str(workdir), 'valid', ranks)
+  np.testing.assert_allclose(result['dense_ppl'], summary['valid_ppl'], rtol=1e-6)
+  np.testing.assert_allclose(result['ppl_by_rank']['16'], result['dense_ppl'], rtol=1e-4)
+  ppl = [result['ppl_by_rank'][str(rank)] for rank in ranks]
+  assert all(np.diff(ppl) <= 0), ppl
+  assert ppl[0] > 2 * ppl[-1], ppl  # the model relies on its embedding
+  saved = json.loads((workdir / 'posthoc_svd_valid.json').read_text())
+  assert saved == json.loads(json.dumps(result))
+  assert {'split', 'dense_ppl', 'ppl_by_rank'} <= set(saved) and saved['split'] == 'valid'
+  assert saved['params_by_rank']['4']['embedding'] == summary['vocab_size'] * 4 + 4 + 4 * 16
+  logged = scalars(workdir, 'posthoc_svd/valid_ppl')
+  assert [step for step, _ in logged] == ranks
+  np.testing.assert_allclose([value for _, value in logged], ppl, rtol=1e-6)
+  with pytest.raises(ValueError, match=r'--svd_ranks: \[17\] outside \[1, min\(vocab_size, '
+                                       r'model_dim\)=16\]'):
+    posthoc.posthoc_svd(str(workdir), 'valid', [8, 17])
+
+
+def test_eval_cli_fine_tunes_and_adds_rows_to_the_sweep_table(trained_dense, repo_root):
+  workdir, _ = trained_dense
+  result = subprocess.run(
+      [sys.executable, 'eval.py', f'--workdir={workdir}', '--split=test', '--svd_ranks=2,16',
+       '--svd_finetune_steps=30'],
+      cwd=repo_root, env=cli_env(1), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  printed = json.loads(result.stdout)
+  assert printed == json.loads((workdir / 'posthoc_svd_test.json').read_text())
+  assert printed['finetune_steps'] == 30
+  assert set(printed['ppl_by_rank']) == set(printed['finetuned_ppl_by_rank']) == {'2', '16'}
+  # Fine-tuning recovers much of what truncation to rank 2 lost.
+  assert printed['finetuned_ppl_by_rank']['2'] < printed['ppl_by_rank']['2']
+  rows = list(csv.DictReader((workdir.parent / 'summary.csv').open()))
+  test_rows = {(r['kind'], r['rank']): float(r['test_ppl']) for r in rows if r['test_ppl']}
+  assert test_rows[('posthoc_svd', '2')] == printed['ppl_by_rank']['2']
+  assert test_rows[('posthoc_svd_ft30', '16')] == printed['finetuned_ppl_by_rank']['16']
+  assert [s for s, _ in scalars(workdir, 'posthoc_svd_finetuned/test_ppl')] == [2, 16]
+  with pytest.raises(ValueError, match='--svd_ranks=4,x: expected integers'):
+    posthoc.parse_ranks(['4', 'x'])  # what eval.py reports (exit status 1)
+
+
+def test_untied_head_is_kept_and_only_dense_runs_are_compressed(tiny_config, tmp_path):
+  tiny_config.model.embed.head = 'untied'
+  dense = trainer.build_run(tiny_config, str(tmp_path / 'untied'))  # untrained is enough
+  svd = posthoc.svd_run_from_dense(dense, 16)
+  dense_params, svd_params = (nnx.to_pure_dict(jax.device_get(run.state.params))
+                              for run in (dense, svd))
+  np.testing.assert_array_equal(svd_params['head']['W_VxD'], dense_params['head']['W_VxD'])
+  np.testing.assert_allclose(svd.evaluator('valid')(svd.state.params)['ppl'],
+                             dense.evaluator('valid')(dense.state.params)['ppl'], rtol=1e-4)
+  workdir_lib.prepare_workdir(tmp_path / 'svd', brown.get_config('runlocal,kind=svd'))
+  with pytest.raises(ValueError, match="compresses a dense run; .* model.embed.kind='svd'"):
+    posthoc.posthoc_svd(str(tmp_path / 'svd'), 'test', [4])

@@ -1,0 +1,177 @@
+"""Rank sweeps: the points, a killed and resumed sweep end to end, failures, the reports."""
+
+import csv
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from configs import brown, rank_sweep
+from factorized import sweep, sweep_report
+from tests.test_train_cli import cli_env
+
+
+def names(arg):
+  return [sweep.point_name(point) for point in rank_sweep.get_sweep(arg)]
+
+
+def test_the_sweep_is_dense_then_albert_and_svd_at_ranks_capped_at_the_model_width():
+  ranks = [8, 16, 32, 64, 128]  # brown.py's model_dim is 128: 256 is dropped
+  assert names(None) == (['dense'] + [f'albert_rank{r}' for r in ranks]
+                         + [f'svd_rank{r}' for r in ranks])
+  assert names('gpu')[-1] == 'svd_rank256'  # model_dim 512
+  assert names('runlocal') == ['dense', 'albert_rank8', 'albert_rank16', 'albert_rank32',
+                               'svd_rank8', 'svd_rank16', 'svd_rank32']
+  assert names('runlocal,head=untied')[:2] == ['dense_untied', 'albert_rank8_untied']
+  assert names('runlocal,head=both,kinds=svd,ranks=4+64') == ['svd_rank4', 'svd_rank4_untied']
+  # Points differ from the base config in exactly their overrides.
+  base = rank_sweep.get_config('runlocal')
+  points = sweep.make_points(base, rank_sweep.get_sweep('runlocal'))
+  assert base.to_dict() == brown.get_config('runlocal').to_dict()
+  svd16 = next(p for p in points if p.name == 'svd_rank16').config
+  expected = brown.get_config('runlocal,kind=svd,rank=16').to_dict()
+  assert svd16.to_dict() == expected
+  with pytest.raises(ValueError, match=r"overrides 'model\.embed\.size', which is not a config"):
+    sweep.make_points(base, [{'model.embed.size': 3}])
+  with pytest.raises(ValueError, match=r'kinds=.*expected a \+-separated subset'):
+    rank_sweep.get_sweep('kinds=dense+lora')
+
+
+def has_checkpoint(run_dir) -> bool:
+  checkpoints = run_dir / 'checkpoints'
+  return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+
+
+def sweep_command(repo_root, workdir, text_config, *extra):
+  data = text_config
+  return [sys.executable, 'train.py',
+          '--config=configs/rank_sweep.py:runlocal,kinds=dense+svd,ranks=4+32',
+          f'--workdir={workdir}', '--config.data.corpus=text',
+          f'--config.data.train_files={data.train_files}',
+          f'--config.data.valid_files={data.valid_files}',
+          f'--config.data.test_files={data.test_files}', '--config.data.vocab_size=0',
+          '--config.data.min_freq=2', '--config.data.seq_len=8',
+          f'--config.data.cache_dir={data.cache_dir}',
+          # model_dim 16 < rank 32: that point fails (its rank is out of range).
+          '--config.model.model_dim=16', '--config.model.mlp_dim=32',
+          '--config.train.num_steps=400', '--config.train.batch_size=8',
+          '--config.train.eval_batch_size=8', '--config.train.warmup_steps=2',
+          '--config.train.eval_every=200', '--config.train.ckpt_every=100',
+          '--config.train.log_every=50', *extra]
+
+
+def test_a_killed_sweep_resumes_skips_finished_points_and_isolates_failures(
+    text_config, tmp_path, repo_root):
+  workdir = tmp_path / 'sweep'
+  cmd = sweep_command(repo_root, workdir, text_config)
+  # 1. One point at a time; SIGTERM once dense has finished and svd_rank4 has a checkpoint.
+  first = subprocess.Popen(cmd, cwd=repo_root, env=cli_env(1), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and first.poll() is None and not has_checkpoint(
+      workdir / 'svd_rank4'):
+    time.sleep(0.05)
+  first.send_signal(signal.SIGTERM)
+  out, _ = first.communicate(timeout=180)
+  assert first.returncode == 143, out[-3000:]
+  assert "interrupted ['svd_rank4'], not started ['svd_rank32']" in out
+  assert 'Run the same command again to resume' in out
+  assert (workdir / 'dense' / 'summary.json').exists()
+  assert not (workdir / 'svd_rank4' / 'summary.json').exists()
+
+  # 2. The same command, two points at a time: dense is skipped, svd_rank4 resumes half-way,
+  # and svd_rank32, failing beside it, does not stop it.
+  second = subprocess.run([*cmd, '--sweep_workers=2'], cwd=repo_root, env=cli_env(1),
+                          capture_output=True, text=True, timeout=300)
+  assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
+  assert 'dense: finished earlier, skipped' in second.stdout
+  listed = second.stdout.split('1 of 3 points failed:')[-1]
+  assert 'svd_rank32: exit 1' in listed
+  assert 'model.embed.rank=32 is out of range' in listed  # the tail of its train.log
+  resumed = re.findall(r'Resumed \S+ at step (\d+)',
+                       (workdir / 'svd_rank4' / 'train.log').read_text())
+  assert len(resumed) == 1 and 0 < int(resumed[0]) < 400
+  for name in ('dense', 'svd_rank4'):
+    summary = json.loads((workdir / name / 'summary.json').read_text())
+    assert summary['steps'] == 400
+    assert summary['config']['model']['model_dim'] == 16  # overrides reach every point
+  assert json.loads((workdir / 'svd_rank32' / 'config.json').read_text())['train'][
+      'num_steps'] == 400
+
+  rows = list(csv.DictReader((workdir / 'summary.csv').open()))
+  assert [(r['run'], r['kind'], r['rank']) for r in rows] == [('dense', 'dense', ''),
+                                                              ('svd_rank4', 'svd', '4')]
+  svd4 = json.loads((workdir / 'svd_rank4' / 'summary.json').read_text())
+  assert float(rows[1]['test_ppl']) == svd4['test_ppl']
+  assert int(rows[1]['embedding_params']) == svd4['params']['embedding']
+  assert 'Not finished (no summary.json yet): svd_rank32' in (workdir / 'summary.md').read_text()
+  assert (workdir / 'ppl_vs_rank.png').read_bytes()[:4] == b'\x89PNG'
+  assert read_scalars(workdir / 'sweep', 'ppl_vs_rank/svd') == [(4, pytest.approx(
+      svd4['test_ppl'], rel=1e-6))]
+
+
+def read_scalars(run_dir, tag):
+  events = event_accumulator.EventAccumulator(str(run_dir), size_guidance={'scalars': 0})
+  events.Reload()
+  return [(e.step, e.value) for e in events.Scalars(tag)] if tag in events.Tags()[
+      'scalars'] else []
+
+
+def fake_run(root, name, kind, rank, head='tied', valid=50.0, test=60.0):
+  """A run directory holding only what the reports read from summary.json."""
+  vocab, dim = 1000, 64
+  embedding = {'dense': vocab * dim, 'albert': vocab * rank + rank * dim + dim,
+               'svd': vocab * rank + rank + rank * dim}[kind]
+  summary = {'config': {'model': {'model_dim': dim,
+                                  'embed': {'kind': kind, 'rank': rank, 'head': head}}},
+             'vocab_size': vocab, 'params': {'embedding': embedding, 'total': embedding + 5000},
+             'valid_ppl': valid, 'test_ppl': test, 'tokens_per_s': 1234.5}
+  (root / name).mkdir(parents=True)
+  (root / name / 'summary.json').write_text(json.dumps(summary))
+
+
+def test_reports_are_rebuilt_from_the_directory_each_time(tmp_path):
+  fake_run(tmp_path, 'dense', 'dense', 16, valid=40.0, test=45.0)
+  fake_run(tmp_path, 'svd_rank8', 'svd', 8, valid=70.0, test=75.0)
+  fake_run(tmp_path, 'svd_rank4', 'svd', 4, valid=90.0, test=95.0)
+  fake_run(tmp_path, 'albert_rank4_untied', 'albert', 4, head='untied')
+  posthoc = {'split': 'test', 'dense_ppl': 45.0, 'head': 'tied',
+             'ppl_by_rank': {'4': 300.0, '8': 200.0},
+             'params_by_rank': {'4': {'embedding': 4260, 'total': 9260},
+                                '8': {'embedding': 8520, 'total': 13520}},
+             'finetune_steps': 10, 'finetuned_ppl_by_rank': {'4': 100.0, '8': 80.0}}
+  (tmp_path / 'dense' / 'posthoc_svd_test.json').write_text(json.dumps(posthoc))
+  (tmp_path / 'half_done').mkdir()
+  (tmp_path / 'half_done' / 'config.json').write_text('{}')
+
+  table = sweep_report.write_reports(tmp_path)
+  assert table == (tmp_path / 'summary.md').read_text()
+  assert 'Not finished (no summary.json yet): half_done.' in table
+  first_csv = (tmp_path / 'summary.csv').read_text()
+  rows = list(csv.DictReader(first_csv.splitlines()))
+  assert [(r['run'], r['kind'], r['rank']) for r in rows] == [
+      ('dense', 'dense', ''), ('svd_rank4', 'svd', '4'), ('svd_rank8', 'svd', '8'),
+      ('dense', 'posthoc_svd', '4'), ('dense', 'posthoc_svd', '8'),
+      ('dense', 'posthoc_svd_ft10', '4'), ('dense', 'posthoc_svd_ft10', '8'),
+      ('albert_rank4_untied', 'albert', '4')]
+  assert rows[3]['valid_ppl'] == '' and float(rows[3]['test_ppl']) == 300.0
+  assert set(rows[0]) == set(sweep_report.COLUMNS)
+
+  sweep_report.write_reports(tmp_path)  # a rerun rewrites, it does not append
+  assert (tmp_path / 'summary.csv').read_text() == first_csv
+  assert len(list((tmp_path / 'sweep').glob('events.out.tfevents*'))) == 1
+  run = tmp_path / 'sweep'
+  assert read_scalars(run, 'ppl_vs_rank/svd') == [(4, 95.0), (8, 75.0)]
+  assert read_scalars(run, 'valid_ppl_vs_rank/svd') == [(4, 90.0), (8, 70.0)]
+  assert read_scalars(run, 'ppl_vs_rank/posthoc_svd') == [(4, 300.0), (8, 200.0)]
+  assert read_scalars(run, 'ppl_vs_rank/posthoc_svd_ft10') == [(4, 100.0), (8, 80.0)]
+  assert read_scalars(run, 'ppl_vs_rank/dense') == [(64, 45.0)]  # at its full rank min(V, D)
+  assert read_scalars(run, 'ppl_vs_embedding_params/svd') == [(4260, 95.0), (8520, 75.0)]
+  assert read_scalars(run, 'ppl_vs_embedding_params/dense') == [(64000, 45.0)]
+  assert read_scalars(run, 'ppl_vs_rank/albert_untied') == [(4, 60.0)]
+  assert (tmp_path / 'ppl_vs_rank.png').read_bytes()[:4] == b'\x89PNG'
