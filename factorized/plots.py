@@ -1,0 +1,218 @@
+"""Figures of a sweep and of trained embeddings, drawn from what analysis.py returns.
+
+Every function returns a matplotlib Figure, closed in pyplot so that a notebook shows it
+once (as the cell's value). Sweep tables are analysis.load_sweep_table's: one curve per
+`series` (kind, `_untied` for untied heads), rank empty for dense runs (drawn as horizontal
+lines), post-hoc SVD rows of kind `posthoc_svd*`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from jax.typing import ArrayLike
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+from factorized import analysis, spectrum
+
+KIND_COLORS = {'dense': 'black', 'albert': 'tab:orange', 'svd': 'tab:blue',
+               'posthoc_svd': 'tab:green'}
+KIND_COLORMAPS = {'dense': 'Greys', 'albert': 'Oranges', 'svd': 'Blues', 'posthoc_svd': 'Greens'}
+
+
+def _figure(panels: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[Figure, list]:
+  fig, axes = plt.subplots(1, panels, figsize=(width * panels, height), layout='constrained',
+                           squeeze=False)
+  plt.close(fig)
+  return fig, list(axes[0])
+
+
+def _kind(series: str) -> str:
+  """'svd_untied' -> 'svd', 'posthoc_svd_ft300' -> 'posthoc_svd', 'svd_rank8' -> 'svd'."""
+  for kind in sorted(KIND_COLORS, key=len, reverse=True):
+    if series.startswith(kind):
+      return kind
+  return series
+
+
+def _shades(kind: str, count: int) -> np.ndarray:
+  """`count` colours of the kind's colour map, light to dark (one: dark)."""
+  where = np.linspace(0.4, 1.0, count) if count > 1 else [0.9]
+  return plt.get_cmap(KIND_COLORMAPS.get(kind, 'viridis'))(where)
+
+
+def _style(series: str) -> dict:
+  return {'color': KIND_COLORS.get(_kind(series)),
+          'ls': '--' if 'untied' in series or 'posthoc' in series else '-'}
+
+
+def _log_rank_axis(ax, ranks) -> None:
+  ranks = sorted({int(r) for r in ranks})
+  ax.set_xscale('log', base=2)
+  if ranks:
+    ax.set_xticks(ranks)
+  ax.xaxis.set_major_formatter(ScalarFormatter())
+  ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _baselines(ax, table: pd.DataFrame, column: str) -> None:
+  for _, row in table[table['rank'].isna()].iterrows():
+    if np.isfinite(row[column]):
+      ax.axhline(row[column], color=KIND_COLORS['dense'], ls=':', lw=1, label=row['run'])
+
+
+def plot_ppl_vs_rank(table: pd.DataFrame, splits: Sequence[str] = ('valid', 'test')) -> Figure:
+  """Perplexity against rank per series of trained runs, one panel per split; dense runs as
+  dotted horizontal lines."""
+  trained = analysis.trained_points(table)
+  fig, axes = _figure(len(splits))
+  for ax, split in zip(axes, splits, strict=True):
+    column = f'{split}_ppl'
+    curves = trained[trained['rank'].notna()]
+    for series, rows in curves.groupby('series', sort=False):
+      rows = rows.sort_values('rank')
+      ax.plot(rows['rank'].astype(float), rows[column], marker='o', label=series,
+              **_style(series))
+    _baselines(ax, trained, column)
+    _log_rank_axis(ax, curves['rank'])
+    ax.set(xlabel='rank (E for albert, R for svd)', ylabel=f'{split} perplexity',
+           title=f'{split} perplexity against rank')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  return fig
+
+
+def plot_ppl_vs_params(table: pd.DataFrame, split: str = 'test') -> Figure:
+  """Perplexity on `split` against embedding parameters for every row (trained and post-hoc),
+  rank annotated, and the Pareto front (no other point is both smaller and better)."""
+  column = f'{split}_ppl'
+  points = table[np.isfinite(table[column].astype(float))]
+  fig, (ax,) = _figure(width=6.5, height=4.2)
+  for series, rows in points.groupby('series', sort=False):
+    ax.scatter(rows['embedding_params'], rows[column], label=series, zorder=3,
+               color=KIND_COLORS.get(_kind(series)),
+               marker='s' if 'posthoc' in series else 'o')
+    for _, row in rows[rows['rank'].notna()].iterrows():
+      ax.annotate(str(row['rank']), (row['embedding_params'], row[column]),
+                  textcoords='offset points', xytext=(4, 3), fontsize=7)
+  front = analysis.pareto_front(points, 'embedding_params', column)
+  ax.step(front['embedding_params'], front[column], where='post', color='gray', lw=1,
+          label='Pareto front', zorder=2)
+  ax.set(xscale='log', xlabel='embedding parameters', ylabel=f'{split} perplexity',
+         title=f'{split} perplexity against embedding parameters')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return fig
+
+
+def plot_training_curves(scalars: pd.DataFrame, table: pd.DataFrame,
+                         tag: str = 'train/loss') -> Figure:
+  """`tag` against step, one panel per series of trained runs, one line per rank."""
+  trained = analysis.trained_points(table)
+  fig, axes = _figure(trained['series'].nunique(), width=4.2)
+  for ax, (series, rows) in zip(axes, trained.groupby('series', sort=False), strict=True):
+    rows = rows.sort_values('rank')
+    colors = _shades(_kind(series), len(rows))
+    for color, (_, row) in zip(colors, rows.iterrows(), strict=True):
+      curve = scalars[(scalars['run'] == row['run']) & (scalars['tag'] == tag)]
+      label = row['run'] if pd.isna(row['rank']) else f'rank {row["rank"]}'
+      ax.plot(curve['step'], curve['value'], color=color, label=label,
+              marker='.' if len(curve) < 20 else None)
+    ax.set(xlabel='step', ylabel=tag, title=series)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  return fig
+
+
+def plot_posthoc_vs_scratch(posthoc: pd.DataFrame, table: pd.DataFrame,
+                            split: str = 'test') -> Figure:
+  """Perplexity on `split` against rank: the trained dense table truncated after training
+  (post-hoc SVD, dashed; fine-tuned if eval.py ran with --svd_finetune_steps) against the
+  factorized kinds trained from scratch at each rank; the untruncated dense model dotted."""
+  column = f'{split}_ppl'
+  trained = analysis.trained_points(table)
+  fig, (ax,) = _figure(width=6.5, height=4.2)
+  curves = trained[trained['rank'].notna()]
+  for series, rows in curves.groupby('series', sort=False):
+    rows = rows.sort_values('rank')
+    ax.plot(rows['rank'].astype(float), rows[column], marker='o', label=f'{series} from scratch',
+            **_style(series))
+  posthoc = posthoc[posthoc['split'] == split]
+  for (run, steps), rows in posthoc.groupby(['run', 'finetune_steps']):
+    label = f'post-hoc SVD of {run}' + (f' + {steps} fine-tuning steps' if steps else '')
+    ax.plot(rows['rank'], rows['ppl'], marker='s', ls='--' if steps == 0 else '-.',
+            color=KIND_COLORS['posthoc_svd'], alpha=1.0 if steps == 0 else 0.6, label=label)
+  for run, rows in posthoc.groupby('run'):
+    ax.axhline(rows['dense_ppl'].iloc[0], color=KIND_COLORS['dense'], ls=':', lw=1,
+               label=f'{run} (untruncated)')
+  _log_rank_axis(ax, list(curves['rank']) + list(posthoc['rank']))
+  ax.set(xlabel='rank', ylabel=f'{split} perplexity',
+         title='truncating after training against training at low rank')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return fig
+
+
+def plot_spectra(singular_values_by_name: Mapping[str, ArrayLike], reference: str | None = None,
+                 fractions: Sequence[float] = analysis.ENERGY_FRACTIONS) -> Figure:
+  """Left: singular values against index (log scale); right: cumulative energy, with
+  `fractions` dotted and the ranks at which `reference` reaches them marked. Names starting
+  with a kind (dense, svd_rank8, albert_rank16) take that kind's colour, darker at higher rank."""
+  fig, (left, right) = _figure(2, width=5.5, height=4.0)
+  by_kind: dict[str, list[str]] = {}
+  for name in singular_values_by_name:
+    by_kind.setdefault(_kind(name), []).append(name)
+  for kind, names in by_kind.items():
+    colors = _shades(kind, len(names))
+    for color, name in zip(colors, names, strict=True):
+      sv = np.asarray(singular_values_by_name[name])
+      index = np.arange(1, sv.size + 1)
+      left.plot(index, sv, color=color, label=name)
+      right.plot(index, spectrum.cumulative_energy(sv), color=color, label=name)
+  for fraction in fractions:
+    right.axhline(fraction, ls=':', color='gray', lw=1)
+    if reference is not None:
+      rank = spectrum.rank_for_energy(singular_values_by_name[reference], fraction)
+      right.axvline(rank, ls=':', color=KIND_COLORS['dense'], lw=1)
+      right.annotate(f'{fraction:.0%} of {reference}: R={rank}', (rank, fraction),
+                     textcoords='offset points', xytext=(4, -12), fontsize=8)
+  left.set(yscale='log', xlabel='index i', ylabel='singular value s_i', title='spectra')
+  right.set(xlabel='rank R', ylabel='fraction of sum s^2 in the top R',
+            title='cumulative energy', ylim=(0, 1.02))
+  for ax in (left, right):
+    ax.grid(alpha=0.3)
+  left.legend(fontsize=7, ncol=2)
+  return fig
+
+
+def plot_reconstruction_error(singular_values: ArrayLike, marked_ranks: Sequence[int] = (),
+                              name: str = 'W') -> Figure:
+  """|W - W_R|_F / |W|_F against R (Eckart-Young), `marked_ranks` annotated."""
+  error = analysis.reconstruction_error(singular_values)
+  fig, (ax,) = _figure(width=6.0)
+  ax.plot(np.arange(error.size), error, color=KIND_COLORS['svd'])
+  for rank in sorted(set(marked_ranks)):
+    ax.plot(rank, error[rank], 'o', color=KIND_COLORS['posthoc_svd'])
+    ax.annotate(f'R={rank}: {error[rank]:.2f}', (rank, error[rank]),
+                textcoords='offset points', xytext=(5, 5), fontsize=8)
+  ax.set(xlabel='rank R', ylabel='relative error', ylim=(0, 1.02),
+         title=f'best rank-R approximation: |{name} - {name}_R|_F / |{name}|_F')
+  ax.grid(alpha=0.3)
+  return fig
+
+
+def plot_parameter_cost(cost: pd.DataFrame) -> Figure:
+  """Embedding parameters of a rank-R SVD, R (V + D + 1), against the dense V D."""
+  fig, (ax,) = _figure(width=6.0)
+  ax.plot(cost['rank'], cost['svd_params'], marker='o' if len(cost) <= 16 else None,
+          color=KIND_COLORS['svd'], label='svd: R (V + D + 1)')
+  ax.axhline(cost['dense_params'].iloc[0], ls=':', color=KIND_COLORS['dense'],
+             label='dense: V D')
+  ax.set(xlabel='rank R', ylabel='embedding parameters', title='parameter cost of rank R')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  return fig
