@@ -1,0 +1,533 @@
+r"""Train-step throughput, MFU and memory of each embedding kind and rank, in one process.
+
+For dense and for each kind x rank (and, with --reference, the plain-JAX step of
+reference_step.py at the dense shape), this builds the project's own jitted train step
+(factorized.step.make_train_step, shard_map over the ('data',) mesh) and eval step on a
+synthetic batch (no corpus needed), then times them. Configurations are interleaved:
+each of --rounds rounds runs every configuration for --steps/--rounds steps, after a
+measurement of the peak (large jitted matmuls in the compute dtype), so that load from
+other processes falls on all of them alike. Reported per row:
+  step_ms_median/min/max   compiled train-step time, blocking on each step's outputs;
+  tokens_per_s             batch_size x seq_len / median step time;
+  flops_per_token          forward matmul FLOPs per token (factorized/costs.py: embedding,
+                           output head, blocks); a train step counts 3x that
+                           (train_flops_per_token: backward = 2x forward);
+  mfu                      tokens_per_s x train_flops_per_token / peak, where the peak is
+                           the best median FLOP/s of jitted NxN matmuls (--peak_sizes) timed
+                           in the same rounds (mfu_vs_max_peak: against the best sample);
+  eval_ms_median, ...      the evaluation step (forward + masked NLL sum) on the same batch;
+  xla_memory_bytes         what XLA's buffer assignment reserves for one train step
+                           (arguments + outputs + temporaries - donated aliases);
+  peak_memory_bytes        the device's peak_bytes_in_use where the backend reports it,
+                           else the process's peak RSS, both read after this row's warm-up
+                           (a high-water mark of the process so far: rows warm up in order);
+  cpu_ms_per_step          CPU time (user + sys, all threads) of the process per timed train
+                           step: less sensitive than wall time to other processes' load;
+  minor_faults_per_step    page faults of the process per timed train step (allocator);
+  recompiles               compilations or traces seen during the timed steps (should be 0).
+The timed steps run under jax.transfer_guard('disallow'): an implicit host transfer in
+the step would raise. --profile DIR then traces 3 more steps of each row with
+jax.profiler (DIR/<row>: TensorBoard's profile plugin or xprof reads it) and prints each
+row's top XLA ops, with shapes and JAX op names from the compiled HLO.
+
+  python benchmarks/step_time.py --kinds=dense,svd,albert --ranks=16,32,64,128 \
+      --dropout=0 --reference --out=/tmp/step_time.json --plot
+
+The fast malloc of factorized/allocator.py is applied first (FACTORIZED_FAST_MALLOC=0
+turns it off); `fast_malloc` in each row says whether it was active.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from factorized.allocator import ensure_fast_malloc, fast_malloc_active  # noqa: E402
+
+if __name__ == '__main__':
+  ensure_fast_malloc()  # Before jax is imported: it re-execs the process.
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import csv  # noqa: E402
+import dataclasses  # noqa: E402
+import glob  # noqa: E402
+import gzip  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference_step  # noqa: E402
+
+from configs import brown  # noqa: E402
+from factorized import costs, optim, parallel  # noqa: E402
+from factorized import model as model_lib  # noqa: E402
+from factorized.step import ModelParts, TrainState, make_eval_step, make_train_step  # noqa: E402
+
+COMPILE_EVENTS = ('/jax/core/compile/backend_compile_duration',
+                  '/jax/core/compile/jaxpr_trace_duration')
+
+
+@dataclasses.dataclass
+class Bench:
+  """One configuration under test: its steps, its live state and its timings."""
+
+  name: str
+  kind: str
+  rank: int
+  config: ml_collections.ConfigDict
+  train: Callable  # state, batch -> (state, metrics or loss)
+  state: object
+  batch: dict
+  evaluate: Callable | None  # () -> device scalar(s)
+  step_s: list[float] = dataclasses.field(default_factory=list)
+  eval_s: list[float] = dataclasses.field(default_factory=list)
+  minor_faults: int = 0
+  cpu_s: float = 0.0
+  hlo_text: str = ''
+  info: dict = dataclasses.field(default_factory=dict)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  """The command-line flags (see the module docstring)."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--kinds', default='dense,svd,albert',
+                      help='comma-separated: dense, svd, albert')
+  parser.add_argument('--ranks', default='16,32,64,128',
+                      help='comma-separated ranks for svd and albert (dense has none)')
+  parser.add_argument('--head', default='tied', choices=('tied', 'untied'))
+  parser.add_argument('--vocab_size', type=int, default=16384)
+  parser.add_argument('--model_dim', type=int, default=256)
+  parser.add_argument('--num_layers', type=int, default=4)
+  parser.add_argument('--num_heads', type=int, default=4)
+  parser.add_argument('--mlp_dim', type=int, default=0, help='0: 4 x model_dim')
+  parser.add_argument('--seq_len', type=int, default=128)
+  parser.add_argument('--batch_size', type=int, default=16)
+  parser.add_argument('--dropout', type=float, default=None,
+                      help="model.dropout (default: configs/brown.py's)")
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--steps', type=int, default=20, help='timed train steps per row (>= 20)')
+  parser.add_argument('--eval_steps', type=int, default=8, help='timed eval steps per row')
+  parser.add_argument('--warmup', type=int, default=3, help='untimed steps after compiling')
+  parser.add_argument('--rounds', type=int, default=4, help='interleaved rounds')
+  parser.add_argument('--peak_sizes', default='1024,2048',
+                      help='N of the NxN peak matmuls; the peak is the best of their medians')
+  parser.add_argument('--reference', action='store_true',
+                      help='also time reference_step.py (plain JAX, dense, tied, float32, '
+                      'no dropout: compare it with --dropout=0)')
+  parser.add_argument('--profile', default='',
+                      help='after timing, trace 3 more steps of each row with jax.profiler into '
+                      'DIR/<row> (TensorBoard profile plugin / xprof) and print its top ops')
+  parser.add_argument('--out', default='', help='write the rows as JSON here (and .csv beside)')
+  parser.add_argument('--plot', nargs='?', const='', default=None,
+                      help='draw tokens/s against rank (PNG; default: beside --out)')
+  args = parser.parse_args(argv)
+  args.kinds = [k.strip() for k in args.kinds.split(',') if k.strip()]
+  args.ranks = [int(r) for r in args.ranks.split(',') if r.strip()]
+  args.mlp_dim = args.mlp_dim or 4 * args.model_dim
+  args.peak_sizes = [int(n) for n in args.peak_sizes.split(',') if n.strip()]
+  unknown = set(args.kinds) - {'dense', 'svd', 'albert'}
+  if unknown:
+    parser.error(f'--kinds: unknown {sorted(unknown)}; allowed: dense, svd, albert')
+  if args.rounds < 1 or args.steps < args.rounds:
+    parser.error('--steps must be >= --rounds >= 1')
+  return args
+
+
+def make_config(args: argparse.Namespace, kind: str, rank: int) -> ml_collections.ConfigDict:
+  """configs/brown.py for `kind` and `rank`, with the sizes of the flags."""
+  config = brown.get_config(f'kind={kind},rank={rank},head={args.head}')
+  config.data.seq_len = args.seq_len
+  config.model.update(model_dim=args.model_dim, num_layers=args.num_layers,
+                      num_heads=args.num_heads, mlp_dim=args.mlp_dim, dtype=args.dtype)
+  if args.dropout is not None:
+    config.model.dropout = args.dropout
+  config.train.batch_size = args.batch_size
+  config.train.eval_batch_size = args.batch_size
+  return config
+
+
+def synthetic_batch(args: argparse.Namespace) -> dict[str, np.ndarray]:
+  """Random int32 inputs and targets (the step's speed does not depend on their values)."""
+  return reference_step.synthetic_batch(args.vocab_size, args.batch_size, args.seq_len)
+
+
+def project_bench(args: argparse.Namespace, kind: str, rank: int, mesh) -> Bench:
+  """The project's train and eval steps, built as trainer.build_run builds them."""
+  config = make_config(args, kind, rank)
+
+  def create():
+    model = model_lib.build_model(config, args.vocab_size, rngs=nnx.Rngs(params=config.seed))
+    return nnx.split(model, nnx.Param, ...)
+
+  graphdef, _, _ = nnx.eval_shape(create)
+  replicated = parallel.replicated(mesh)
+  params, consts = jax.jit(lambda: create()[1:], out_shardings=replicated)()
+  optimizer = optim.make_optimizer(config.train)
+  state = jax.jit(
+      lambda p: TrainState(
+          step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p),
+          rng=jax.random.key_data(jax.random.key(config.seed))),
+      out_shardings=replicated)(params)
+  parts = ModelParts(graphdef, consts)
+  train = make_train_step(parts, optimizer, optim.learning_rate_schedule(config.train), mesh)
+  evaluate_step = make_eval_step(parts, mesh)
+  host_batch = synthetic_batch(args)
+  batch = parallel.global_batch(host_batch, mesh)
+  eval_batch = parallel.global_batch(
+      {**host_batch, 'mask': np.ones_like(host_batch['targets'])}, mesh)
+  name = kind if kind == 'dense' else f'{kind}{rank}'
+  bench = Bench(name, kind, rank if kind != 'dense' else 0, config, train, state, batch, None)
+  bench.evaluate = eval_runner(evaluate_step, bench, eval_batch, mesh)
+  analyse(bench)
+  return bench
+
+
+def eval_runner(evaluate_step: Callable, bench: Bench, eval_batch: dict, mesh
+                ) -> Callable[[], jax.Array]:
+  """`() -> result` of one eval step on `eval_batch` with the current params.
+
+  make_eval_step's step is `(params, batch, sums_Nx2, index) -> sums_Nx2` (sums donated);
+  an older `(params, batch) -> sums` is also accepted.
+  """
+  if evaluate_step.__code__.co_argcount == 2:
+    return lambda: evaluate_step(bench.state.params, eval_batch)
+  replicated = parallel.replicated(mesh)
+  holder = {'sums': jax.device_put(np.zeros((1, 2), np.float32), replicated),
+            'index': jax.device_put(np.int32(0), replicated)}
+
+  def run() -> jax.Array:
+    holder['sums'] = evaluate_step(bench.state.params, eval_batch, holder['sums'],
+                                   holder['index'])
+    return holder['sums']
+
+  return run
+
+
+def reference_bench(args: argparse.Namespace) -> Bench:
+  """reference_step.py's plain-JAX dense step at the same shape."""
+  params = reference_step.init_params(
+      jax.random.key(0), vocab_size=args.vocab_size, model_dim=args.model_dim,
+      num_layers=args.num_layers, mlp_dim=args.mlp_dim)
+  state = reference_step.init_state(params)
+  train = reference_step.make_train_step(args.num_heads)
+  batch = jax.device_put(synthetic_batch(args))
+  config = make_config(args, 'dense', 0)
+  config.model.update(dropout=0.0, dtype='float32')  # What reference_step.py computes.
+  config.model.embed.head = 'tied'
+  bench = Bench('reference', 'reference', 0, config, train, state, batch, None)
+  analyse(bench)
+  return bench
+
+
+def compiled_step(train: Callable, state, batch):
+  """The compiled train step (for its memory analysis and HLO), or None if not reachable."""
+  if hasattr(train, 'lower'):
+    return train.lower(state, batch).compile()
+  # make_train_step returns a closure `lambda state, batch: step(state, parts.consts, batch)`.
+  cells = dict(zip(train.__code__.co_freevars, train.__closure__ or (), strict=True))
+  try:
+    jitted, parts = cells['step'].cell_contents, cells['parts'].cell_contents
+    return jitted.lower(state, parts.consts, batch).compile()
+  except (KeyError, ValueError, AttributeError, TypeError):
+    return None
+
+
+def analyse(bench: Bench) -> None:
+  """Records XLA's memory for one step (arguments + outputs + temporaries - aliases)."""
+  compiled = compiled_step(bench.train, bench.state, bench.batch)
+  stats = compiled.memory_analysis() if compiled is not None else None
+  bench.info['xla_memory_bytes'] = None if stats is None else int(
+      stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+      - stats.alias_size_in_bytes)
+  bench.hlo_text = compiled.as_text() if compiled is not None else ''
+
+
+def peak_memory() -> tuple[int, str]:
+  """(bytes, source): the device's peak bytes in use where reported, else peak RSS."""
+  stats = jax.devices()[0].memory_stats()
+  if stats and 'peak_bytes_in_use' in stats:
+    return int(stats['peak_bytes_in_use']), 'device_peak_bytes_in_use'
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process_peak_rss'
+
+
+class CompileCounter:
+  """Counts JAX traces and backend compilations (jax.monitoring events)."""
+
+  def __init__(self):
+    self.count = 0
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+  def _listen(self, event: str, duration: float, **kwargs) -> None:
+    del duration, kwargs
+    if event in COMPILE_EVENTS:
+      self.count += 1
+
+
+def time_peak(size: int, dtype: str, reps: int) -> list[float]:
+  """FLOP/s samples of a jitted NxN @ NxN matmul in `dtype` (the machine's matmul peak)."""
+  if not hasattr(time_peak, 'cache'):
+    time_peak.cache = {}
+  key = (size, dtype)
+  if key not in time_peak.cache:
+    keys = jax.random.split(jax.random.key(1))
+    a, b = (jax.random.normal(k, (size, size), jnp.float32).astype(dtype) for k in keys)
+    matmul = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=a.dtype))
+    jax.block_until_ready(matmul(a, b))
+    time_peak.cache[key] = (matmul, a, b)
+  matmul, a, b = time_peak.cache[key]
+  samples = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a, b))
+    samples.append(2 * size ** 3 / (time.perf_counter() - start))
+  return samples
+
+
+def run_steps(bench: Bench, count: int, record: bool) -> None:
+  """Runs `count` train steps, blocking on each one's outputs; times them if `record`."""
+  before = resource.getrusage(resource.RUSAGE_SELF)
+  for _ in range(count):
+    start = time.perf_counter()
+    bench.state, metrics = bench.train(bench.state, bench.batch)
+    jax.block_until_ready((bench.state, metrics))
+    if record:
+      bench.step_s.append(time.perf_counter() - start)
+  if record:
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    bench.minor_faults += after.ru_minflt - before.ru_minflt
+    bench.cpu_s += after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def run_evals(bench: Bench, count: int, record: bool) -> None:
+  """Runs `count` eval steps; times them if `record`."""
+  if bench.evaluate is None:
+    return
+  for _ in range(count):
+    start = time.perf_counter()
+    jax.block_until_ready(bench.evaluate())
+    if record:
+      bench.eval_s.append(time.perf_counter() - start)
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+  """`total` as `parts` near-equal counts."""
+  return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def benchmark(args: argparse.Namespace) -> list[dict]:
+  """Builds, warms up and times every row; returns the rows (see the module docstring)."""
+  mesh = parallel.make_mesh()
+  specs = []
+  for kind in args.kinds:
+    specs += [(kind, 0)] if kind == 'dense' else [(kind, rank) for rank in args.ranks]
+  load_start = os.getloadavg()
+  benches = []
+  for kind, rank in specs:
+    benches.append(project_bench(args, kind, rank, mesh))
+    run_steps(benches[-1], args.warmup, record=False)
+    run_evals(benches[-1], 1, record=False)
+    benches[-1].info['peak_memory_bytes'], benches[-1].info['memory_source'] = peak_memory()
+  if args.reference:
+    benches.append(reference_bench(args))
+    run_steps(benches[-1], args.warmup, record=False)
+    benches[-1].info['peak_memory_bytes'], benches[-1].info['memory_source'] = peak_memory()
+  for size in args.peak_sizes:
+    time_peak(size, args.dtype, 1)  # compile
+
+  counter = CompileCounter()
+  peak_samples = {size: [] for size in args.peak_sizes}
+  step_counts = split_evenly(args.steps, args.rounds)
+  eval_counts = split_evenly(args.eval_steps, args.rounds)
+  with jax.transfer_guard('disallow'):
+    for steps, evals in zip(step_counts, eval_counts, strict=True):
+      for size in args.peak_sizes:
+        peak_samples[size] += time_peak(size, args.dtype, 3)
+      for bench in benches:
+        run_steps(bench, steps, record=True)
+        run_evals(bench, evals, record=True)
+  load_end = os.getloadavg()
+  if args.profile:
+    for bench in benches:
+      bench.info['profile_top_ops'] = profile(bench, args.profile)
+
+  peak_by_size = {size: statistics.median(samples) for size, samples in peak_samples.items()}
+  peak = max(peak_by_size.values())
+  peak_max = max(max(samples) for samples in peak_samples.values())
+  tokens = args.batch_size * args.seq_len
+  rows = []
+  for bench in benches:
+    config = bench.config
+    flops = costs.flops_per_token(config, args.vocab_size)
+    median = statistics.median(bench.step_s)
+    tokens_per_s = tokens / median
+    train_flops = 3 * flops['total']
+    row = {
+        'name': bench.name, 'kind': bench.kind, 'rank': bench.rank,
+        'head': config.model.embed.head,
+        'vocab_size': args.vocab_size, 'model_dim': args.model_dim,
+        'num_layers': args.num_layers, 'num_heads': args.num_heads, 'mlp_dim': args.mlp_dim,
+        'seq_len': args.seq_len, 'batch_size': args.batch_size, 'dtype': config.model.dtype,
+        'dropout': float(config.model.dropout),
+        'params': costs.param_counts(config, args.vocab_size)['total'],
+        'steps': len(bench.step_s),
+        'step_ms_median': median * 1e3, 'step_ms_min': min(bench.step_s) * 1e3,
+        'step_ms_max': max(bench.step_s) * 1e3, 'tokens_per_s': tokens_per_s,
+        'flops_per_token': flops['total'], 'flops_embedding': flops['embedding'],
+        'flops_output_head': flops['output_head'], 'flops_blocks': flops['blocks'],
+        'train_flops_per_token': train_flops,
+        'peak_flops': peak, 'peak_flops_max': peak_max,
+        'peak_flops_by_size': {str(size): value for size, value in peak_by_size.items()},
+        'mfu': tokens_per_s * train_flops / peak,
+        'mfu_vs_max_peak': tokens_per_s * train_flops / peak_max,
+        'eval_ms_median': statistics.median(bench.eval_s) * 1e3 if bench.eval_s else None,
+        'eval_ms_min': min(bench.eval_s) * 1e3 if bench.eval_s else None,
+        'eval_ms_max': max(bench.eval_s) * 1e3 if bench.eval_s else None,
+        'eval_tokens_per_s': tokens / statistics.median(bench.eval_s) if bench.eval_s else None,
+        'minor_faults_per_step': bench.minor_faults / len(bench.step_s),
+        'cpu_ms_per_step': bench.cpu_s / len(bench.step_s) * 1e3,
+        **bench.info,
+        'recompiles': counter.count,
+        'load_avg_start': load_start[0], 'load_avg_end': load_end[0],
+        'fast_malloc': fast_malloc_active(), 'backend': jax.default_backend(),
+        'device': jax.devices()[0].device_kind,
+    }
+    rows.append(row)
+  dense = next((r for r in rows if r['kind'] == 'dense'), None)
+  for row in rows:
+    row['speedup_vs_dense'] = row['tokens_per_s'] / dense['tokens_per_s'] if dense else None
+  return rows
+
+
+def profile(bench: Bench, directory: str, steps: int = 3, top: int = 12) -> list[dict]:
+  """Traces `steps` train steps into directory/<row>; returns the top ops per step.
+
+  Each op is an XLA thunk of the compiled step (a fusion, a YNNPACK matmul `ynn_fusion*`,
+  an Eigen matmul `dot*`), with its shape and JAX op name from the compiled HLO. Eigen
+  matmuls run asynchronously on the thunk executor, so the trace under-counts them.
+  """
+  trace_dir = os.path.join(directory, bench.name)
+  jax.profiler.start_trace(trace_dir)
+  run_steps(bench, steps, record=False)
+  jax.profiler.stop_trace()
+  paths = sorted(glob.glob(os.path.join(trace_dir, 'plugins', 'profile', '*', '*.trace.json.gz')))
+  if not paths:
+    return []
+  with gzip.open(paths[-1]) as f:
+    events = json.load(f)['traceEvents']
+  total_us = collections.Counter()
+  for event in events:
+    name = event.get('name', '')
+    if event.get('ph') == 'X' and not name.startswith('$') and name[:1].islower():
+      total_us[name] += event['dur']
+  ops = []
+  for name, micros in total_us.most_common():
+    match = re.search(r'%' + re.escape(name) + r' = (\S+) .*?op_name="([^"]*)"', bench.hlo_text)
+    if match or name.startswith(('ynn_fusion', 'dot', 'all-reduce')):
+      ops.append({'op': name, 'ms_per_step': micros / 1e3 / steps,
+                  'shape': match.group(1) if match else '',
+                  'jax_op': match.group(2) if match else ''})
+    if len(ops) == top:
+      break
+  return ops
+
+
+def format_table(rows: list[dict]) -> str:
+  """A plain-text table of the main columns."""
+  header = (f'{"row":>10} {"params":>9} {"fwd MF/tok":>10} {"step ms (min-max)":>21} '
+            f'{"cpu ms":>7} {"tokens/s":>9} {"x dense":>7} {"MFU":>6} {"eval ms":>8} {"XLA MB":>7} '
+            f'{"peak MB":>8} {"faults/step":>11}')
+  lines = [header, '-' * len(header)]
+  for r in rows:
+    spread = f'{r["step_ms_median"]:.1f} ({r["step_ms_min"]:.0f}-{r["step_ms_max"]:.0f})'
+    eval_ms = f'{r["eval_ms_median"]:.1f}' if r['eval_ms_median'] is not None else '-'
+    xla = f'{r["xla_memory_bytes"] / 2**20:.0f}' if r.get('xla_memory_bytes') else '-'
+    speedup = f'{r["speedup_vs_dense"]:.2f}' if r['speedup_vs_dense'] else '-'
+    lines.append(
+        f'{r["name"]:>10} {r["params"] / 1e6:8.2f}M {r["flops_per_token"] / 1e6:10.2f} '
+        f'{spread:>21} {r["cpu_ms_per_step"]:7.0f} {r["tokens_per_s"]:9,.0f} {speedup:>7} '
+        f'{r["mfu"]:6.1%} {eval_ms:>8} '
+        f'{xla:>7} {r["peak_memory_bytes"] / 2**20:8.0f} {r["minor_faults_per_step"]:11,.0f}')
+  r = rows[0]
+  lines.append(
+      f'peak {r["peak_flops"] / 1e9:.1f} GFLOP/s (best median of NxN matmuls, N in '
+      f'{",".join(r["peak_flops_by_size"])}; best sample {r["peak_flops_max"] / 1e9:.1f}) '
+      f'({jax.default_backend()} {r["device"]}, {r["dtype"]}); MFU = tokens/s x 3 x forward '
+      f'FLOPs/token / peak; load average {r["load_avg_start"]:.2f} -> '
+      f'{r["load_avg_end"]:.2f}; fast malloc {"on" if r["fast_malloc"] else "off"}; '
+      f'recompiles while timing: {r["recompiles"]}; memory: {r["memory_source"]}')
+  return '\n'.join(lines)
+
+
+def write_outputs(rows: list[dict], out: str) -> None:
+  """`out` (JSON list of rows) and the same rows as CSV beside it."""
+  with open(out, 'w') as f:
+    json.dump(rows, f, indent=1)
+  columns = list(dict.fromkeys(key for row in rows for key in row))
+  with open(os.path.splitext(out)[0] + '.csv', 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def plot(rows: list[dict], path: str) -> None:
+  """tokens/s against rank: a line per factorized kind, dense and reference as levels."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for kind in ('svd', 'albert'):
+    points = sorted((r['rank'], r['tokens_per_s']) for r in rows if r['kind'] == kind)
+    if points:
+      ax.plot(*zip(*points, strict=True), marker='o', label=kind)
+  for kind, style in (('dense', '--'), ('reference', ':')):
+    for r in rows:
+      if r['kind'] == kind:
+        ax.axhline(r['tokens_per_s'], linestyle=style, color='gray', label=kind)
+  r = rows[0]
+  ranks = sorted({r['rank'] for r in rows if r['kind'] in ('svd', 'albert')})
+  if ranks:
+    ax.set_xscale('log', base=2)
+    ax.set_xticks(ranks, [str(rank) for rank in ranks])
+  ax.set(xlabel='rank (R for svd, E for albert)', ylabel='train tokens/s',
+         title=f'V={r["vocab_size"]} D={r["model_dim"]} N={r["num_layers"]} '
+               f'L={r["seq_len"]} B={r["batch_size"]} {r["dtype"]} ({r["backend"]})')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+  """Runs the benchmark, prints the table, writes --out and --plot."""
+  args = parse_args(argv)
+  rows = benchmark(args)
+  print(format_table(rows), flush=True)
+  for row in rows:
+    for op in row.get('profile_top_ops', []):
+      print(f'{row["name"]:>10} {op["ms_per_step"]:8.1f} ms/step  {op["op"]:<28} '
+            f'{op["shape"]:<24} {op["jax_op"][-60:]}')
+  if args.out:
+    write_outputs(rows, args.out)
+  if args.plot is not None:
+    path = args.plot or (os.path.splitext(args.out)[0] + '.png' if args.out
+                         else 'step_time.png')
+    plot(rows, path)
+  return rows
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,129 @@
+"""The benchmark scripts run at a tiny size and write well-formed output; the plain-JAX
+reference is the project's model; the speed rewrites keep the maths. No timing asserts."""
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import brown
+from factorized import embeddings
+from factorized import model as model_lib
+
+TINY = ['--vocab_size=300', '--model_dim=32', '--num_layers=1', '--num_heads=2',
+        '--seq_len=16', '--batch_size=8', '--warmup=1', '--eval_steps=2', '--peak_sizes=128']
+
+
+def load_script(repo_root, name: str):
+  """Imports benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(name, repo_root / 'benchmarks' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_step_time_writes_json_csv_and_plot(repo_root, tmp_path):
+  out = tmp_path / 'rows.json'
+  result = subprocess.run(
+      [sys.executable, str(repo_root / 'benchmarks' / 'step_time.py'), *TINY,
+       '--kinds=dense,svd,albert', '--ranks=4,8', '--steps=4', '--rounds=2', '--reference',
+       f'--out={out}', '--plot', f'--profile={tmp_path / "profile"}'],
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'tokens/s' in result.stdout and 'load average' in result.stdout
+  rows = json.loads(out.read_text())
+  assert [(r['kind'], r['rank']) for r in rows] == [
+      ('dense', 0), ('svd', 4), ('svd', 8), ('albert', 4), ('albert', 8), ('reference', 0)]
+  for row in rows:
+    assert row['steps'] == 4
+    assert row['step_ms_min'] <= row['step_ms_median'] <= row['step_ms_max']
+    assert row['tokens_per_s'] == pytest.approx(8 * 16 / row['step_ms_median'] * 1e3)
+    assert row['train_flops_per_token'] == 3 * row['flops_per_token'] > 0
+    assert row['flops_per_token'] == (row['flops_embedding'] + row['flops_output_head']
+                                      + row['flops_blocks'])
+    assert 0 < row['mfu'] == pytest.approx(
+        row['tokens_per_s'] * row['train_flops_per_token'] / row['peak_flops'])
+    assert row['peak_memory_bytes'] > 0 and row['recompiles'] == 0
+    assert row['fast_malloc'] is True  # the script re-exec'd itself with the tunables
+    assert row['profile_top_ops'] and {'op', 'ms_per_step', 'shape', 'jax_op'} == set(
+        row['profile_top_ops'][0])
+    assert (tmp_path / 'profile' / row['name']).is_dir()
+  dense = rows[0]
+  assert dense['speedup_vs_dense'] == 1.0 and dense['eval_ms_median'] > 0
+  assert rows[1]['flops_per_token'] < rows[2]['flops_per_token'] < dense['flops_per_token']
+  assert rows[-1]['eval_ms_median'] is None and rows[-1]['dropout'] == 0.0
+  with open(tmp_path / 'rows.csv') as f:
+    table = list(csv.DictReader(f))
+  assert [r['kind'] for r in table] == [r['kind'] for r in rows]
+  assert float(table[0]['tokens_per_s']) == pytest.approx(dense['tokens_per_s'])
+  assert (tmp_path / 'rows.png').stat().st_size > 0
+
+
+def test_reference_step_runs_standalone(repo_root):
+  result = subprocess.run(
+      [sys.executable, str(repo_root / 'benchmarks' / 'reference_step.py'), *TINY[:6],
+       '--steps=3'], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'tokens/s' in result.stdout
+
+
+def test_reference_is_the_projects_dense_model(repo_root):
+  """Same parameters in, same logits and loss out: the reference does the same maths."""
+  reference_step = load_script(repo_root, 'reference_step')
+  config = brown.get_config('runlocal')
+  config.model.dropout = 0.0
+  vocab_size = 300
+  model = model_lib.build_model(config, vocab_size, rngs=nnx.Rngs(params=0))
+  p = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  blocks = [{
+      'ln1_scale_D': b['attn_norm']['scale'], 'ln1_bias_D': b['attn_norm']['bias'],
+      'qkv_Dx3D': b['qkv']['kernel'], 'qkv_3D': b['qkv']['bias'],
+      'out_DxD': b['attn_out']['kernel'], 'out_D': b['attn_out']['bias'],
+      'ln2_scale_D': b['mlp_norm']['scale'], 'ln2_bias_D': b['mlp_norm']['bias'],
+      'in_DxM': b['mlp_in']['kernel'], 'in_M': b['mlp_in']['bias'],
+      'mlp_out_MxD': b['mlp_out']['kernel'], 'mlp_out_D': b['mlp_out']['bias'],
+  } for _, b in sorted(p['blocks'].items())]
+  params = {'W_VxD': p['embed']['W_VxD'], 'blocks': blocks,
+            'lnf_scale_D': p['final_norm']['scale'], 'lnf_bias_D': p['final_norm']['bias']}
+  # Same shapes as reference_step.init_params builds.
+  fresh = reference_step.init_params(
+      jax.random.key(0), vocab_size=vocab_size, model_dim=config.model.model_dim,
+      num_layers=config.model.num_layers, mlp_dim=config.model.mlp_dim)
+  assert jax.tree.map(jnp.shape, fresh) == jax.tree.map(jnp.shape, params)
+  batch = reference_step.synthetic_batch(vocab_size, 4, config.data.seq_len)
+  expected = model(jnp.asarray(batch['inputs']))
+  logits = reference_step.forward(params, jnp.asarray(batch['inputs']), config.model.num_heads)
+  np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_project_to_vocab_gradients_match_autodiff(dtype):
+  """Its custom VJP (the table's gradient as (h^T g)^T, for speed) changes no number that
+  matters: the same gradients, dtypes and shapes as autodiff of the plain einsum."""
+  k_h, k_t, k_g = jax.random.split(jax.random.key(0), 3)
+  h_BxLxK = jax.random.normal(k_h, (2, 5, 8)).astype(dtype)
+  table_VxK = jax.random.normal(k_t, (50, 8))
+  g_BxLxV = jax.random.normal(k_g, (2, 5, 50))
+
+  def plain(h_BxLxK, table_VxK):
+    return jnp.einsum('...k,vk->...v', h_BxLxK, table_VxK.astype(h_BxLxK.dtype),
+                      preferred_element_type=jnp.float32)
+
+  def grads(project):
+    return jax.jit(jax.grad(lambda h, t: (project(h, t) * g_BxLxV).sum(), argnums=(0, 1)))(
+        h_BxLxK, table_VxK)
+
+  ours = embeddings.project_to_vocab(h_BxLxK, table_VxK)
+  assert ours.dtype == jnp.float32
+  np.testing.assert_array_equal(ours, plain(h_BxLxK, table_VxK))
+  for got, want in zip(grads(embeddings.project_to_vocab), grads(plain), strict=True):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               rtol=1e-5, atol=1e-5)
