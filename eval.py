@@ -15,7 +15,9 @@ optionally fine-tuned for N steps; writes workdir/posthoc_svd_<split>.json:
 import json
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
+
+from factorized.allocator import ensure_fast_malloc
 
 flags.DEFINE_string('workdir', None, 'A training workdir (holds config.json and checkpoints/).')
 flags.DEFINE_enum('split', 'test', ['valid', 'test'], 'Which split to evaluate.')
@@ -31,6 +33,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:  # orbax logs every checkpoint step at INFO
+    logging.set_verbosity(logging.WARNING)
   from factorized import eval_run, posthoc
 
   if FLAGS.svd_finetune_steps and not FLAGS.svd_ranks:
@@ -48,4 +52,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  ensure_fast_malloc()  # re-execs once with a faster malloc; FACTORIZED_FAST_MALLOC=0: off
   app.run(main)

@@ -22,6 +22,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from factorized.allocator import ensure_fast_malloc
+
 config_flags.DEFINE_config_file(
     'config', None, 'Config file, optionally with an argument: configs/brown.py:kind=svd,rank=64',
     lock_config=True)
@@ -39,6 +41,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:  # orbax logs every checkpoint step at INFO
+    logging.set_verbosity(logging.WARNING)
   from factorized import sweep
 
   points = sweep.load_sweep(FLAGS['config'].config_filename)
@@ -73,4 +77,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  ensure_fast_malloc()  # re-execs once with a faster malloc; FACTORIZED_FAST_MALLOC=0: off
   app.run(main)

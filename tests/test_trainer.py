@@ -142,6 +142,8 @@ def test_eval_without_a_checkpoint_says_to_train_first(tiny_config, tmp_path):
     eval_run.evaluate_workdir(str(tmp_path), 'valid')
 
 
+# Reading the garbled files leaves tensorstore's event loop complaining after the fact.
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, tmp_path,
                                                                      caplog):
   trainer.train_and_evaluate(tiny_config, str(tmp_path))
