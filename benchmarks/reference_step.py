@@ -159,9 +159,8 @@ def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 
           for name in ('inputs', 'targets')}
 
 
-def main(argv: list[str] | None = None) -> None:
-  """Times the reference step alone and prints median/min/max and tokens/s."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_shape_flags(parser: argparse.ArgumentParser) -> None:
+  """The model-shape flags of both benchmark scripts (defaults: issue 7's shape)."""
   parser.add_argument('--vocab_size', type=int, default=16384)
   parser.add_argument('--model_dim', type=int, default=256)
   parser.add_argument('--num_layers', type=int, default=4)
@@ -169,6 +168,12 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--mlp_dim', type=int, default=0, help='0: 4 x model_dim')
   parser.add_argument('--seq_len', type=int, default=128)
   parser.add_argument('--batch_size', type=int, default=16)
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Times the reference step alone and prints median/min/max and tokens/s."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_shape_flags(parser)
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--warmup', type=int, default=3)
   args = parser.parse_args(argv)

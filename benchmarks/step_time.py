@@ -65,15 +65,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_step  # noqa: E402
 
 from configs import brown  # noqa: E402
-from factorized import costs, optim, parallel  # noqa: E402
-from factorized import model as model_lib  # noqa: E402
-from factorized.step import ModelParts, TrainState, make_eval_step, make_train_step  # noqa: E402
+from factorized import costs, optim, parallel, trainer  # noqa: E402
+from factorized.step import make_eval_step, make_train_step  # noqa: E402
 
 COMPILE_EVENTS = ('/jax/core/compile/backend_compile_duration',
                   '/jax/core/compile/jaxpr_trace_duration')
@@ -107,13 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--ranks', default='16,32,64,128',
                       help='comma-separated ranks for svd and albert (dense has none)')
   parser.add_argument('--head', default='tied', choices=('tied', 'untied'))
-  parser.add_argument('--vocab_size', type=int, default=16384)
-  parser.add_argument('--model_dim', type=int, default=256)
-  parser.add_argument('--num_layers', type=int, default=4)
-  parser.add_argument('--num_heads', type=int, default=4)
-  parser.add_argument('--mlp_dim', type=int, default=0, help='0: 4 x model_dim')
-  parser.add_argument('--seq_len', type=int, default=128)
-  parser.add_argument('--batch_size', type=int, default=16)
+  reference_step.add_shape_flags(parser)
   parser.add_argument('--dropout', type=float, default=None,
                       help="model.dropout (default: configs/brown.py's)")
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
@@ -166,21 +158,8 @@ def synthetic_batch(args: argparse.Namespace) -> dict[str, np.ndarray]:
 def project_bench(args: argparse.Namespace, kind: str, rank: int, mesh) -> Bench:
   """The project's train and eval steps, built as trainer.build_run builds them."""
   config = make_config(args, kind, rank)
-
-  def create():
-    model = model_lib.build_model(config, args.vocab_size, rngs=nnx.Rngs(params=config.seed))
-    return nnx.split(model, nnx.Param, ...)
-
-  graphdef, _, _ = nnx.eval_shape(create)
-  replicated = parallel.replicated(mesh)
-  params, consts = jax.jit(lambda: create()[1:], out_shardings=replicated)()
+  parts, state = trainer.init_state(config, args.vocab_size, mesh)
   optimizer = optim.make_optimizer(config.train)
-  state = jax.jit(
-      lambda p: TrainState(
-          step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p),
-          rng=jax.random.key_data(jax.random.key(config.seed))),
-      out_shardings=replicated)(params)
-  parts = ModelParts(graphdef, consts)
   train = make_train_step(parts, optimizer, optim.learning_rate_schedule(config.train), mesh)
   evaluate_step = make_eval_step(parts, mesh)
   host_batch = synthetic_batch(args)

@@ -80,8 +80,20 @@ def build_run(
       lambda: data_lib.prepare_corpus(config.data, tokenizer_dir=workdir), 'prepare_corpus')
   embeddings.validate_model_config(config.model, corpus.vocab_size)
 
+  parts, state = init_state(config, corpus.vocab_size, mesh)
+  return Run(config, corpus, mesh, parts, state)
+
+
+def init_state(config: ml_collections.ConfigDict, vocab_size: int,
+               mesh: Mesh) -> tuple[ModelParts, TrainState]:
+  """A freshly initialised model (its static parts) and train state, replicated on `mesh`.
+
+  Parameters are created inside jit with replicated output shardings, so every process
+  of a multi-host run holds the same global arrays without a host round trip.
+  """
+
   def create():
-    model = model_lib.build_model(config, corpus.vocab_size, rngs=nnx.Rngs(params=config.seed))
+    model = model_lib.build_model(config, vocab_size, rngs=nnx.Rngs(params=config.seed))
     return nnx.split(model, nnx.Param, ...)
 
   graphdef, _, _ = nnx.eval_shape(create)
@@ -93,7 +105,7 @@ def build_run(
           step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p),
           rng=jax.random.key_data(jax.random.key(config.seed))),
       out_shardings=replicated)(params)
-  return Run(config, corpus, mesh, ModelParts(graphdef, consts), state)
+  return ModelParts(graphdef, consts), state
 
 
 def embedding_spectrum(model: nnx.Module) -> dict[str, float]:
