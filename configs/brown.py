@@ -85,6 +85,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.ckpt_every = 250
   config.train.keep_checkpoints = 2
   config.train.log_every = 50
+  # Weight decay of the embedding table (factorized/optim.py): table (the table shrinks as a
+  # dense one does, every kind alike) | factors (every factor matrix: the old ablation) | none
+  config.train.embed_decay = 'table'
+
+  config.eval = ml_collections.ConfigDict()
+  # Perplexity per frequency band of the target: ranks in train-split frequency (<unk> apart).
+  config.eval.band_edges = (100, 1000, 10000)
 
   if arg.gpu:
     config.model.model_dim = 512

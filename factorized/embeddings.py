@@ -27,17 +27,34 @@ would otherwise make the logit scale noisy at small ranks):
           transpose head: Var(x P^T) = 1, Var(logit) = E Var(A) = D sigma^2.
   svd     lambda = 0: U ~ N(0, D sigma^2 / R), s = 1, V orthonormal rows (ALBERT's split, so
           Adam moves U s V about as fast as it moves a dense table).
-          lambda > 0: U orthonormal columns too and s = sigma sqrt(V D / R), so the penalty
-          starts at 0 and s are the table's singular values from step 0.
+          lambda > 0: U = sqrt(V/R) Q with Q orthonormal columns, s = 1, so the penalty
+          (on Q = U sqrt(R/V), see below) starts at 0, U's entries have the lambda = 0 scale
+          (and Adam moves the table as fast as at lambda = 0), and s sqrt(V/R) are the
+          table's singular values while the constraint holds.
           Both give Var(x) = R Var(U) s^2 / D = sigma^2 and Var(logit) = D sigma^2.
-  svd from a dense table (`dense_table=`): U, s, V of its truncated SVD (Eckart-Young).
+  svd from a dense table (`dense_table=`), W = Q_U S Q_V (its rank-R truncated SVD,
+          Eckart-Young), split so that one Adam step moves U s V about as far as it moves a
+          dense table (a plain split, U = Q_U and s = S, moves it 18-30x as far: U's entries
+          are ~1/sqrt(V), and every one moves by the learning rate):
+          lambda = 0: direction r gets |U_r|^2 = c_r^2 / (D S_r^2), |V_r|^2 = c_r^2 / (V S_r^2)
+          and s_r = S_r / sqrt(c_r), c_r = (V D S_r^4)^(1/3): with every entry moving by the
+          learning rate, the first step moves the table by about
+          lr^2 sum_r (V |V_r|^2 s_r^2 + D |U_r|^2 s_r^2 + |U_r|^2 |V_r|^2) (U, V and s terms),
+          which these minimise (the three terms equal, c_r each) under |U_r| |V_r| s_r = S_r;
+          lambda > 0: U = sqrt(V/R) Q_U, s = S sqrt(R/V), V = Q_V.
 The untied head (model.py) is a DxV matrix ~ N(0, 1/D): the same logit scale.
 model.py scales x by 0.02 sqrt(D) before the blocks (see there why).
 
 Output-head bookkeeping (costs.py): the tied dense and svd heads, and ALBERT's
 transpose head, add no parameters; ALBERT's MLM head adds M, c, LN_E and o.
-The penalty lambda (|U^T U - I|^2 + |V V^T - I|^2) (`embed.ortho_penalty`) makes s
-readable as singular values; `penalty()` is 0 for the other kinds.
+The penalty lambda (|(R/V) U^T U - I|^2 + |V V^T - I|^2) (`embed.ortho_penalty`) makes
+s sqrt(V/R) readable as singular values; `penalty()` is 0 for the other kinds.
+
+Weight decay (optim.py, `train.embed_decay`): each class names its table's parameters
+(`TABLE_PARAMS`) and the ones whose decoupled decay shrinks the whole table by the same
+factor (1 - lr wd) as decay shrinks a dense W (`TABLE_DECAY`): W; A and b (P is not
+decayed); s (U and V are not). Decaying every factor matrix instead (`factors`, the old
+default) shrinks U s V and A P twice as fast as a dense table.
 """
 
 from __future__ import annotations
@@ -158,6 +175,9 @@ def _orthonormal_rows(rngs: nnx.Rngs, rows: int, cols: int) -> jax.Array:
 class DenseEmbedding(nnx.Module):
   """A full VxD table W: x = W[ids], logits = x W^T."""
 
+  TABLE_PARAMS = ('W_VxD',)
+  TABLE_DECAY = ('W_VxD',)
+
   def __init__(self, model_config: ml_collections.ConfigDict, vocab_size: int, *,
                rngs: nnx.Rngs, dense_table: jax.typing.ArrayLike | None = None):
     validate_model_config(model_config, vocab_size)
@@ -166,7 +186,7 @@ class DenseEmbedding(nnx.Module):
     if dense_table is None:
       table_VxD = _normal(rngs, (vocab_size, dim), 1.0 / dim)
     else:
-      table_VxD = _checked_table(dense_table, vocab_size, dim)
+      table_VxD = jnp.asarray(_checked_table(dense_table, vocab_size, dim))
     self.W_VxD = nnx.Param(table_VxD)
 
   def __call__(self, ids_BxL: jax.Array) -> jax.Array:
@@ -188,6 +208,9 @@ class DenseEmbedding(nnx.Module):
 
 class AlbertEmbedding(nnx.Module):
   """ALBERT's ExH factorization: x = A[ids] P + b; tied head per `albert_head`."""
+
+  TABLE_PARAMS = ('A_VxE', 'P_ExD', 'b_D')
+  TABLE_DECAY = ('A_VxE', 'b_D')  # A P + 1 b^T shrinks by (1 - lr wd), as a dense W does
 
   def __init__(self, model_config: ml_collections.ConfigDict, vocab_size: int, *,
                rngs: nnx.Rngs, dense_table: jax.typing.ArrayLike | None = None):
@@ -236,26 +259,41 @@ class AlbertEmbedding(nnx.Module):
 class SVDEmbedding(nnx.Module):
   """A U diag(s) V factorization: x = (U[ids] * s) V, logits = ((x V^T) * s) U^T."""
 
+  TABLE_PARAMS = ('U_VxR', 's_R', 'V_RxD')
+  TABLE_DECAY = ('s_R',)  # U diag(s) V shrinks by (1 - lr wd); U, V keep their penalty's scale
+
   def __init__(self, model_config: ml_collections.ConfigDict, vocab_size: int, *,
                rngs: nnx.Rngs, dense_table: jax.typing.ArrayLike | None = None):
     validate_model_config(model_config, vocab_size)
     dim, rank = model_config.model_dim, model_config.embed.rank
     self.dtype = compute_dtype(model_config)
     self.ortho_penalty = float(model_config.embed.ortho_penalty)
+    # U = sqrt(V/R) Q, Q with orthonormal columns, when the penalty holds (see the docstring).
+    self.u_scale = math.sqrt(vocab_size / rank)
     if dense_table is not None:
       svd = svd_factors_from_dense(_checked_table(dense_table, vocab_size, dim), rank)
-      u_VxR, s_R, v_RxD = svd['U'], svd['s'], svd['V']
+      u_VxR, s_R, v_RxD = self._split(svd['U'], svd['s'], svd['V'])
     else:
       v_RxD = _orthonormal_rows(rngs, rank, dim)
-      if self.ortho_penalty > 0:  # Start on the constraint set: s are singular values.
-        u_VxR = _orthonormal_rows(rngs, rank, vocab_size).T
-        s_R = jnp.full((rank,), math.sqrt(vocab_size / rank), jnp.float32)  # sigma sqrt(VD/R)
+      if self.ortho_penalty > 0:  # Start on the constraint set.
+        u_VxR = self.u_scale * _orthonormal_rows(rngs, rank, vocab_size).T
       else:
         u_VxR = _normal(rngs, (vocab_size, rank), 1.0 / rank)  # D sigma^2 / R
-        s_R = jnp.ones((rank,), jnp.float32)
+      s_R = jnp.ones((rank,), jnp.float32)
     self.U_VxR = nnx.Param(jnp.asarray(u_VxR, jnp.float32))
     self.s_R = nnx.Param(jnp.asarray(s_R, jnp.float32))
     self.V_RxD = nnx.Param(jnp.asarray(v_RxD, jnp.float32))
+
+  def _split(self, q_VxR: np.ndarray, sv_R: np.ndarray, q_RxD: np.ndarray):
+    """U, s, V with U diag(s) V = Q_U diag(S) Q_V, balanced as the docstring says."""
+    vocab_size, dim = q_VxR.shape[0], q_RxD.shape[1]
+    if self.ortho_penalty > 0:
+      return self.u_scale * q_VxR, sv_R / self.u_scale, q_RxD
+    sv_R = sv_R.astype(np.float64)
+    floor_R = np.maximum(sv_R, 1e-6 * sv_R.max())  # a zero direction keeps U_r, V_r; s_r = 0
+    c_R = np.cbrt(vocab_size * dim * floor_R ** 4)
+    return (q_VxR * (c_R / (floor_R * math.sqrt(dim))), sv_R / np.sqrt(c_R),
+            (c_R / (floor_R * math.sqrt(vocab_size)))[:, None] * q_RxD)
 
   def __call__(self, ids_BxL: jax.Array) -> jax.Array:
     """Looks up x_BxLxD = (U[ids] * s) V in the compute dtype."""
@@ -269,10 +307,10 @@ class SVDEmbedding(nnx.Module):
     return project_to_vocab(h_BxLxR * self.s_R[...].astype(self.dtype), self.U_VxR[...])
 
   def penalty(self) -> jax.Array:
-    """lambda (|U^T U - I|^2 + |V V^T - I|^2), float32 (0 when lambda = 0)."""
+    """lambda (|Q^T Q - I|^2 + |V V^T - I|^2), Q = U sqrt(R/V), float32 (0 when lambda = 0)."""
     if self.ortho_penalty == 0:
       return jnp.zeros((), jnp.float32)
-    u_VxR, v_RxD = self.U_VxR[...], self.V_RxD[...]
+    u_VxR, v_RxD = self.U_VxR[...] / self.u_scale, self.V_RxD[...]
     eye_RxR = jnp.eye(u_VxR.shape[1], dtype=jnp.float32)
     return self.ortho_penalty * (jnp.sum(jnp.square(u_VxR.T @ u_VxR - eye_RxR))
                                  + jnp.sum(jnp.square(v_RxD @ v_RxD.T - eye_RxR)))
@@ -285,8 +323,8 @@ class SVDEmbedding(nnx.Module):
 EMBEDDINGS = {'dense': DenseEmbedding, 'albert': AlbertEmbedding, 'svd': SVDEmbedding}
 
 
-def _checked_table(table: jax.typing.ArrayLike, vocab_size: int, dim: int) -> jax.Array:
-  table = jnp.asarray(table, jnp.float32)
+def _checked_table(table: jax.typing.ArrayLike, vocab_size: int, dim: int) -> np.ndarray:
+  table = np.asarray(table, np.float32)  # a host constant, also while tracing (init_state)
   if table.shape != (vocab_size, dim):
     raise ValueError(f'dense_table has shape {table.shape}; it must be '
                      f'(vocab_size, model.model_dim)=({vocab_size}, {dim}).')

@@ -23,6 +23,10 @@ matrix. Choices, and why:
   - kernels are LeCun-normal, the two residual output projections scaled by
     1/sqrt(2 num_layers) (GPT-2), biases zero;
   - parameters are float32 and cast to `model.dtype` at use; logits are float32;
+  - random streams: the embedding (with any head parameters it owns) and the untied
+    head each draw from a stream of their own, split off the model's `params` stream
+    before anything else is drawn, so at one seed every other parameter (blocks,
+    positions, final norm) is bitwise the same whatever the kind, rank or head;
   - dropout is keyed per example: the caller passes one key per example
     (`dropout_keys_B`, the trainer derives it from the step and the example's index in
     the global batch) and each dropout site folds in its own number. An example's
@@ -147,7 +151,9 @@ class TransformerLM(nnx.Module):
     self.dtype = embeddings.compute_dtype(model_config)
     self.max_len = max_len
     self.embed_scale = INPUT_STD * math.sqrt(dim)  # Tables have std 1/sqrt(D).
-    self.embed = embeddings.make_embedding(model_config, vocab_size, rngs=rngs,
+    # Own streams first (two draws, whatever the kind): the rest of `rngs` is kind-blind.
+    embed_rngs, head_rngs = nnx.Rngs(params=rngs.params()), nnx.Rngs(params=rngs.params())
+    self.embed = embeddings.make_embedding(model_config, vocab_size, rngs=embed_rngs,
                                            dense_table=dense_table)
     if model_config.positions == 'learned':
       self.positions_LxD = nnx.Param(
@@ -158,7 +164,7 @@ class TransformerLM(nnx.Module):
                             for layer in range(model_config.num_layers)])
     self.final_norm = nnx.LayerNorm(dim, dtype=self.dtype, rngs=rngs)
     if model_config.embed.head == 'untied':
-      self.head = UntiedHead(dim, vocab_size, self.dtype, rngs=rngs)
+      self.head = UntiedHead(dim, vocab_size, self.dtype, rngs=head_rngs)
     else:
       self.head = None
     self.dropout = ExampleDropout(model_config.dropout, site=0)

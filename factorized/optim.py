@@ -1,14 +1,27 @@
 """The optimizer: AdamW with linear warm-up then cosine decay, and global-norm clipping.
 
-Weight decay applies to matrices only (ndim >= 2): LayerNorm scales, biases and the
-`svd` diagonal s are 1-D and are not decayed.
+Weight decay applies to matrices (ndim >= 2), not to LayerNorm scales and biases, except
+for the embedding table's own parameters, where `train.embed_decay` decides:
+  table    (default) the parameters each kind names in `TABLE_DECAY` (embeddings.py): the
+           decoupled decay then shrinks the table W = U diag(s) V or A P + b by (1 - lr wd)
+           per step, as it shrinks a dense W, so every kind's table is regularised alike;
+  factors  every factor matrix (ndim >= 2: U and V, A and P), as before this control
+           existed: a factorized table shrinks about twice as fast as a dense one;
+  none     no decay on the table's parameters.
+Parameters the head adds (an untied W, ALBERT's MLM head) follow the general rule.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import ml_collections
 import optax
+
+from factorized import embeddings
+
+EMBED_DECAYS = ('table', 'factors', 'none')
 
 
 def validate_train_config(train_config: ml_collections.ConfigDict) -> None:
@@ -35,6 +48,9 @@ def validate_train_config(train_config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'train.weight_decay={train_config.weight_decay} must be >= 0.')
   if not train_config.grad_clip > 0:
     raise ValueError(f'train.grad_clip={train_config.grad_clip} must be > 0.')
+  if train_config.embed_decay not in EMBED_DECAYS:
+    raise ValueError(f'train.embed_decay={train_config.embed_decay!r} is unknown; allowed: '
+                     f'{"|".join(EMBED_DECAYS)}.')
   for name in ('b1', 'b2'):
     if not 0 <= train_config[name] < 1:
       raise ValueError(f'train.{name}={train_config[name]} must be in [0, 1).')
@@ -51,13 +67,25 @@ def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Sch
   )
 
 
-def decay_mask(params):
-  """True for the parameters that weight decay applies to: those with ndim >= 2."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+def decay_mask(params, *, kind: str, embed_decay: str = 'table'):
+  """True for the parameters that weight decay applies to (see the module docstring)."""
+  embedding = embeddings.EMBEDDINGS[kind]
+
+  def decayed(path, leaf) -> bool:
+    names = [key.key for key in path if isinstance(key, jax.tree_util.DictKey)]
+    if names[:1] == ['embed'] and len(names) == 2 and names[1] in embedding.TABLE_PARAMS:
+      if embed_decay == 'table':
+        return names[1] in embedding.TABLE_DECAY
+      return embed_decay == 'factors' and leaf.ndim >= 2
+    return leaf.ndim >= 2
+
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Global-norm clipping followed by AdamW under the warm-up/cosine schedule."""
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Global-norm clipping followed by AdamW under the warm-up/cosine schedule (config.train),
+  decaying the parameters that `decay_mask` picks for config.model's embedding kind."""
+  train_config = config.train
   return optax.chain(
       optax.clip_by_global_norm(train_config.grad_clip),
       optax.adamw(
@@ -65,6 +93,7 @@ def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTra
           b1=train_config.b1,
           b2=train_config.b2,
           weight_decay=train_config.weight_decay,
-          mask=decay_mask,
+          mask=functools.partial(decay_mask, kind=config.model.embed.kind,
+                                 embed_decay=train_config.embed_decay),
       ),
   )

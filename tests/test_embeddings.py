@@ -108,7 +108,13 @@ def test_truncated_svd_init_is_the_best_rank_r_approximation(rank):
   u, s, vt = np.linalg.svd(table_VxD, full_matrices=False)
   best_VxD = (u[:, :rank] * s[:rank]) @ vt[:rank]  # Eckart-Young.
   np.testing.assert_allclose(table(embed), best_VxD, atol=1e-5)
-  np.testing.assert_allclose(embed.s_R[...], s[:rank], rtol=1e-5)
+  # Split so that Adam's first step moves U, s and V terms equally (see embeddings.py).
+  c = np.cbrt(vocab * dim * s[:rank] ** 4)
+  u_norm = np.linalg.norm(embed.U_VxR[...], axis=0)
+  v_norm = np.linalg.norm(embed.V_RxD[...], axis=1)
+  s_R = np.asarray(embed.s_R[...])
+  for term in (vocab * (v_norm * s_R) ** 2, dim * (u_norm * s_R) ** 2, (u_norm * v_norm) ** 2):
+    np.testing.assert_allclose(term, c, rtol=1e-4)
   residual = np.sum((table_VxD - table(embed)) ** 2)
   np.testing.assert_allclose(residual, np.sum(s[rank:] ** 2), rtol=1e-4, atol=1e-5)
 
@@ -169,7 +175,8 @@ def test_penalty_is_zero_unless_svd_with_lambda():
       model_config('svd', 8, dim, ortho_penalty=0.5), vocab, rngs=nnx.Rngs(0))
   randomize(embed)
   u_VxR, v_RxD, eye = np.asarray(embed.U_VxR[...]), np.asarray(embed.V_RxD[...]), np.eye(8)
-  expected = 0.5 * (np.sum((u_VxR.T @ u_VxR - eye) ** 2) + np.sum((v_RxD @ v_RxD.T - eye) ** 2))
+  q_VxR = u_VxR * np.sqrt(8 / vocab)  # U = sqrt(V/R) Q: the penalty holds Q orthonormal
+  expected = 0.5 * (np.sum((q_VxR.T @ q_VxR - eye) ** 2) + np.sum((v_RxD @ v_RxD.T - eye) ** 2))
   np.testing.assert_allclose(embed.penalty(), expected, rtol=1e-5)
 
 

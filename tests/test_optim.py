@@ -17,13 +17,6 @@ def test_schedule_warms_up_linearly_then_decays_to_the_floor():
   np.testing.assert_allclose(float(schedule(cfg.num_steps)), cfg.lr * cfg.min_lr_ratio, rtol=1e-5)
 
 
-def test_weight_decay_skips_vectors():
-  params = {'kernel': jnp.ones((3, 4)), 'bias': jnp.ones(4), 'scale': jnp.ones(4),
-            's': jnp.ones(5), 'U': jnp.ones((6, 5))}
-  mask = optim.decay_mask(params)
-  assert mask == {'kernel': True, 'bias': False, 'scale': False, 's': False, 'U': True}
-
-
 @pytest.mark.parametrize('field, value, pattern', [
     ('num_steps', 0, r'train\.num_steps=0'),
     ('grad_accum_steps', 3, r'train\.batch_size=8 must be divisible by train\.grad_accum_steps=3'),
@@ -35,4 +28,91 @@ def test_bad_train_fields_are_named(field, value, pattern):
   cfg = brown.get_config('runlocal').train
   cfg[field] = value
   with pytest.raises(ValueError, match=pattern):
+    optim.validate_train_config(cfg)
+
+
+def model_params(kind, rank=8, head='tied', penalty=0.0):
+  """A runlocal model's config and its parameters (nnx.State)."""
+  from flax import nnx
+
+  from factorized import model as model_lib
+
+  config = brown.get_config(f'runlocal,kind={kind},rank={rank},head={head}')
+  config.model.embed.ortho_penalty = penalty
+  model = model_lib.build_model(config, 300, rngs=nnx.Rngs(params=0))
+  return config, model, nnx.state(model, nnx.Param)
+
+
+def table_norm(model) -> float:
+  product = model.embed.factors()[0]
+  for factor in model.embed.factors()[1:]:
+    product = product @ factor
+  return float(jnp.linalg.norm(product))
+
+
+def test_weight_decay_mask_per_embed_decay_mode():
+  _, _, params = model_params('svd')
+  for mode, decayed in (('table', {'s_R'}), ('factors', {'U_VxR', 'V_RxD'}), ('none', set())):
+    mask = nnx_dict(optim.decay_mask(params, kind='svd', embed_decay=mode))
+    assert {name for name, on in mask['embed'].items() if on} == decayed, mode
+    assert mask['blocks'][0]['qkv']['kernel'] and not mask['blocks'][0]['qkv']['bias']
+    assert not mask['final_norm']['scale']
+  _, _, params = model_params('albert')
+  mask = nnx_dict(optim.decay_mask(params, kind='albert'))
+  assert {name for name, on in mask['embed'].items() if on is True} == {'A_VxE', 'b_D'}
+  assert mask['embed']['mlm_dense']['kernel']  # the MLM head is a head: decayed as a matrix
+
+
+def nnx_dict(mask):
+  from flax import nnx
+  return nnx.to_pure_dict(mask)
+
+
+def zero_gradient_steps(optimizer, params, steps: int):
+  """`params` after `steps` optimizer updates with zero gradients (decay alone acts)."""
+  import jax
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+
+  def body(_, carry):
+    params, opt_state = carry
+    updates, opt_state = optimizer.update(zeros, opt_state, params)
+    return optim.optax.apply_updates(params, updates), opt_state
+
+  return jax.jit(lambda p: jax.lax.fori_loop(0, steps, body, (p, optimizer.init(p)))[0])(params)
+
+
+@pytest.mark.parametrize('mode', ['table', 'factors', 'none'])
+def test_zero_gradient_steps_shrink_every_kinds_table_alike(mode):
+  """AdamW's decoupled decay alone (zero gradients): the reconstructed table shrinks by the
+  dense factor for every kind and rank under `table`; twice as fast under `factors`."""
+  from flax import nnx
+
+  shrink = {}
+  for kind, rank in [('dense', 0), ('albert', 8), ('albert', 32), ('svd', 8), ('svd', 32)]:
+    config, model, params = model_params(kind, max(rank, 1))
+    config.train.update(embed_decay=mode, lr=3e-3, weight_decay=0.1, warmup_steps=0,
+                        num_steps=1000, min_lr_ratio=1.0)
+    optimizer = optim.make_optimizer(config)
+    before = table_norm(model)
+
+    nnx.update(model, zero_gradient_steps(optimizer, params, 1000))
+    shrink[(kind, rank)] = table_norm(model) / before
+  dense = shrink.pop(('dense', 0))
+  # Dense: (1 - lr wd)^1000 = 0.741, or no decay at all under `none`.
+  np.testing.assert_allclose(dense, 1.0 if mode == 'none' else (1 - 3e-4) ** 1000, rtol=1e-3)
+  for key, value in shrink.items():
+    if mode == 'table':
+      np.testing.assert_allclose(value, dense, rtol=0.02, err_msg=str(key))
+    elif mode == 'factors':  # U and V (A and P) both decayed: about dense squared
+      np.testing.assert_allclose(value, dense ** 2, rtol=0.02, err_msg=str(key))
+    else:
+      np.testing.assert_allclose(value, 1.0, rtol=1e-6, err_msg=str(key))
+
+
+def test_an_unknown_embed_decay_is_named():
+  cfg = brown.get_config('runlocal').train
+  cfg.embed_decay = 'rows'
+  with pytest.raises(ValueError, match=r"train\.embed_decay='rows' is unknown; allowed: "
+                                       r'table\|factors\|none'):
     optim.validate_train_config(cfg)

@@ -63,8 +63,8 @@ def test_singular_values_of_embedding_factors(kind, penalty):
   expected = np.linalg.svd(table, compute_uv=False)
   got = np.asarray(spectrum.singular_values(embed.factors()))
   np.testing.assert_allclose(got, expected[:len(got)], rtol=1e-4, atol=1e-5 * expected[0])
-  if kind == 'svd' and penalty > 0:  # Orthonormal init: s are the singular values.
-    np.testing.assert_allclose(got, embed.s_R[...], rtol=1e-5)
+  if kind == 'svd' and penalty > 0:  # On the constraint set: s sqrt(V/R) are singular values.
+    np.testing.assert_allclose(got, embed.s_R[...] * np.sqrt(60 / 8), rtol=1e-5)
 
 
 def test_rank_statistics_on_known_spectra():
