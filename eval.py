@@ -1,6 +1,6 @@
 r"""Evaluates a trained run exactly (every token once) on its valid or test split.
 
-  python eval.py --workdir=runs/svd64 --split=test [--checkpoint=best]
+  python eval.py --workdir=runs/svd64 --split=test [--checkpoint=best] [--stride=32]
 
 Rebuilds the model and tokenizer from the config saved in the workdir, restores the
 checkpoint, prints the result as JSON and writes workdir/eval_<split>.json.
@@ -21,7 +21,12 @@ from factorized.allocator import ensure_fast_malloc
 
 flags.DEFINE_string('workdir', None, 'A training workdir (holds config.json and checkpoints/).')
 flags.DEFINE_enum('split', 'test', ['valid', 'test'], 'Which split to evaluate.')
-flags.DEFINE_string('checkpoint', 'latest', 'latest, best (by valid ppl) or a step number.')
+flags.DEFINE_string('checkpoint', 'best', 'best (by valid ppl: the one summary.json\'s '
+                    'test_ppl uses), latest or a step number.')
+flags.DEFINE_integer('stride', None, 'Sliding-window evaluation: windows of data.seq_len '
+                     'tokens every STRIDE tokens, each token scored once with at least '
+                     'seq_len - STRIDE tokens of context (default: seq_len, non-overlapping '
+                     'windows, as in training).')
 flags.DEFINE_list('svd_ranks', [], 'Post-hoc SVD of a dense run: ranks to truncate its '
                   'embedding to, e.g. 8,16,32 (no retraining).')
 flags.DEFINE_integer('svd_finetune_steps', 0, 'With --svd_ranks: also fine-tune each '
@@ -39,13 +44,16 @@ def main(argv):
 
   if FLAGS.svd_finetune_steps and not FLAGS.svd_ranks:
     raise app.UsageError('--svd_finetune_steps needs --svd_ranks.')
+  if FLAGS.stride is not None and FLAGS.svd_ranks:
+    raise app.UsageError('--stride applies to plain evaluation; drop it with --svd_ranks.')
   try:
     if FLAGS.svd_ranks:
       ranks = posthoc.parse_ranks(FLAGS.svd_ranks)
       result = posthoc.posthoc_svd(FLAGS.workdir, FLAGS.split, ranks, checkpoint=FLAGS.checkpoint,
                                    finetune_steps=FLAGS.svd_finetune_steps)
     else:
-      result = eval_run.evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint)
+      result = eval_run.evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint,
+                                         stride=FLAGS.stride)
   except (ValueError, FileNotFoundError, FloatingPointError) as error:  # incl. NonFiniteLoss
     sys.exit(f'error: {error}')
   print(json.dumps(result, indent=2))

@@ -159,7 +159,7 @@ def project_bench(args: argparse.Namespace, kind: str, rank: int, mesh) -> Bench
   """The project's train and eval steps, built as trainer.build_run builds them."""
   config = make_config(args, kind, rank)
   parts, state = trainer.init_state(config, args.vocab_size, mesh)
-  optimizer = optim.make_optimizer(config.train)
+  optimizer = optim.make_optimizer(config)
   train = make_train_step(parts, optimizer, optim.learning_rate_schedule(config.train), mesh)
   evaluate_step = make_eval_step(parts, mesh)
   host_batch = synthetic_batch(args)
@@ -177,13 +177,13 @@ def eval_runner(evaluate_step: Callable, bench: Bench, eval_batch: dict, mesh
                 ) -> Callable[[], jax.Array]:
   """`() -> result` of one eval step on `eval_batch` with the current params.
 
-  make_eval_step's step is `(params, batch, sums_Nx2, index) -> sums_Nx2` (sums donated);
+  make_eval_step's step is `(params, batch, sums_NxKx2, index) -> sums_NxKx2` (sums donated);
   an older `(params, batch) -> sums` is also accepted.
   """
   if evaluate_step.__code__.co_argcount == 2:
     return lambda: evaluate_step(bench.state.params, eval_batch)
   replicated = parallel.replicated(mesh)
-  holder = {'sums': jax.device_put(np.zeros((1, 2), np.float32), replicated),
+  holder = {'sums': jax.device_put(np.zeros((1, 1, 2), np.float32), replicated),
             'index': jax.device_put(np.int32(0), replicated)}
 
   def run() -> jax.Array:

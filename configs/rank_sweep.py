@@ -13,6 +13,9 @@ Arguments (after the colon, comma-separated):
                           (untied points get an `_untied` suffix);
   kinds=dense+albert+svd  which kinds to run ('+'-separated);
   ranks=8+16+32+64+128+256  the ranks of albert (E) and svd (R), before the cap at D;
+  seeds=0+1+2             run every point at each seed (sub-workdirs get `_seed<S>`; the
+                          reports give mean and standard deviation over seeds); without
+                          it, each point runs once at the config's seed, unsuffixed;
   runlocal                brown.py's runlocal sizes: the whole sweep (7 points) takes a
                           few minutes on a 2-core CPU;
   gpu                     brown.py's accelerator-sized model.
@@ -28,6 +31,9 @@ Launch commands:
   python train.py --config=configs/rank_sweep.py:head=untied --workdir=runs/sweep_untied
   # Smoke run of the whole sweep (a few minutes on a 2-core CPU):
   python train.py --config=configs/rank_sweep.py:runlocal --workdir=/tmp/sweep_local
+  # Three seeds of some points (error bars in the reports):
+  python train.py --config=configs/rank_sweep.py:kinds=dense+svd,ranks=32,seeds=0+1+2 \
+      --workdir=runs/sweep
   # Only some points; overrides apply to every point:
   python train.py --config=configs/rank_sweep.py:kinds=dense+svd,ranks=16+64 \
       --config.train.num_steps=3000 --workdir=runs/sweep_short
@@ -50,7 +56,7 @@ KINDS = ('dense', 'albert', 'svd')
 
 def _parse(arg: str | None) -> ml_collections.ConfigDict:
   arg = parse_arg(arg, head='tied', kinds='dense+albert+svd', ranks='8+16+32+64+128+256',
-                  runlocal=False, gpu=False)
+                  seeds='', runlocal=False, gpu=False)
   if arg.head not in ('tied', 'untied', 'both'):
     raise ValueError(f'Config argument head={arg.head!r} must be tied, untied or both.')
   kinds = [kind for kind in arg.kinds.split('+') if kind]
@@ -66,7 +72,19 @@ def _parse(arg: str | None) -> ml_collections.ConfigDict:
   if any(rank < 1 for rank in ranks):
     raise ValueError(f'Config argument ranks={arg.ranks!r}: ranks must be >= 1.')
   arg.kinds, arg.ranks = '+'.join(kinds), '+'.join(map(str, ranks))
+  arg.seeds = '+'.join(map(str, _seeds(arg.seeds)))
   return arg
+
+
+def _seeds(text: str) -> list[int]:
+  try:
+    seeds = sorted({int(seed) for seed in str(text).split('+') if seed != ''})
+  except ValueError:
+    seeds = [-1]
+  if any(seed < 0 for seed in seeds):
+    raise ValueError(f'Config argument seeds={text!r}: expected +-separated integers >= 0, '
+                     'e.g. seeds=0+1+2.')
+  return seeds
 
 
 def _base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -86,13 +104,13 @@ def get_sweep(arg: str | None = None) -> list[dict]:
   dim = _base_config(arg).model.model_dim
   ranks = [rank for rank in map(int, arg.ranks.split('+')) if rank <= dim]  # capped at D
   heads = ('tied', 'untied') if arg.head == 'both' else (arg.head,)
+  seeds = [{'seed': seed} for seed in _seeds(arg.seeds)] or [{}]
   points = []
   for head in heads:
     untied = {'model.embed.head': 'untied'} if head == 'untied' else {}
     for kind in arg.kinds.split('+'):
-      if kind == 'dense':
-        points.append({'model.embed.kind': 'dense', **untied})
-      else:
-        points.extend({'model.embed.kind': kind, 'model.embed.rank': rank, **untied}
-                      for rank in ranks)
+      for rank in [None] if kind == 'dense' else ranks:
+        with_rank = {} if rank is None else {'model.embed.rank': rank}
+        points.extend({'model.embed.kind': kind, **with_rank, **untied, **seed}
+                      for seed in seeds)
   return points

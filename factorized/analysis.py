@@ -132,14 +132,13 @@ def load_sweep_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     raise FileNotFoundError(
         f'{path} does not exist: run the sweep first (python train.py '
         f'--config=configs/rank_sweep.py --workdir={sweep_dir}), or set FACTORIZED_SWEEP_DIR.')
-  table = pd.read_csv(path).astype({'rank': 'Int64'})
-  table['series'] = table['kind'] + np.where(table['head'] == 'untied', '_untied', '')
-  return table
+  return sweep_report.with_series(pd.read_csv(path).astype({'rank': 'Int64', 'seed': 'Int64'}))
 
 
 def trained_points(table: pd.DataFrame) -> pd.DataFrame:
-  """The rows of runs trained from scratch (not the post-hoc SVD rows of a dense run)."""
-  return table[~table['kind'].str.startswith(POSTHOC_KIND)]
+  """The rows of runs trained from scratch (not the post-hoc SVD rows of a dense run, nor its
+  fine-tuned control `dense_ft<N>`)."""
+  return table[~table['kind'].str.startswith((POSTHOC_KIND, 'dense_ft'))]
 
 
 def load_posthoc_svd(sweep_dir: str | os.PathLike) -> pd.DataFrame:

@@ -11,7 +11,11 @@ Parameter counts, split as training logs and summary.json report them:
                head D E + E (dense) + 2 E (LayerNorm) + V (output bias);
   blocks       N (2 D + 3 D^2 + 3 D + D^2 + D + 2 D + 2 D M + M + D);
   non_embedding = total - embedding - output_head
-               = blocks + final LayerNorm (2 D) + learned positions (L D).
+               = blocks + final LayerNorm (2 D) + learned positions (L D);
+  vocab        embedding + output_head: every parameter whose existence or size depends
+               on the embedding choice (kind, rank, head). Kinds are compared on this
+               budget: it counts ALBERT's MLM head, whose V-sized output bias is a
+               unigram prior the other kinds lack, and an untied head's D V.
 
 FLOPs convention: forward pass, per token, 2 FLOPs per multiply-add, matrix
 products only (gathers, norms, softmax, activations, biases and residual adds
@@ -40,7 +44,7 @@ def _shapes(config: ml_collections.ConfigDict, vocab_size: int) -> tuple:
 
 
 def param_counts(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, int]:
-  """Parameters per component: embedding, output_head, blocks, non_embedding, total."""
+  """Parameters per component: embedding, output_head, vocab, blocks, non_embedding, total."""
   kind, head, albert_head, rank, dim, mlp_dim, num_layers = _shapes(config, vocab_size)
   vocab = vocab_size
   embedding = {'dense': vocab * dim,
@@ -61,7 +65,8 @@ def param_counts(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str
   blocks = num_layers * per_block
   positions = config.data.seq_len * dim if config.model.positions == 'learned' else 0
   non_embedding = blocks + 2 * dim + positions
-  return {'embedding': embedding, 'output_head': output_head, 'blocks': blocks,
+  return {'embedding': embedding, 'output_head': output_head,
+          'vocab': embedding + output_head, 'blocks': blocks,
           'non_embedding': non_embedding, 'total': embedding + output_head + non_embedding}
 
 

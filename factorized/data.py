@@ -34,9 +34,16 @@ Batches (B = global batch size, B_local = B / process_count, L = data.seq_len):
 - Eval: every token of the split is a target exactly once, so the number of evaluated targets
   is the split's length. Target j is tokens[j] with input tokens[j - 1]; target 0 gets input
   <eos>, as if the split began a sentence (for `text` and `hf` it does; Brown's valid and test
-  begin mid-sentence, so this one context is approximate). Windows of L targets do not
-  overlap: window w's inputs are the L tokens before its targets, so a target's context is
-  the window's earlier tokens. The last window and the last batch are padded with mask 0.
+  begin mid-sentence, so this one context is approximate). <eos> and <unk> are scored as
+  ordinary targets. Windows of L targets start every S tokens (the stride, default L): window
+  w holds targets [w S, w S + L) with the L tokens before each as inputs; window 0 scores all
+  its targets, every later window only its last S, so each target is scored once, and with
+  at least L - S tokens of context after the first window. S = L (the default) gives
+  non-overlapping windows, where the first target of a window sees one token. The last
+  window and the last batch are padded with mask 0.
+- Frequency bands (`frequency_bands`): every token id gets the band of its rank in the train
+  split's frequency order (rank 1 = most frequent; ties by id): with edges (100, 1000, 10000)
+  the bands are 1-100, 101-1000, 1001-10000 and 10001+, and <unk> is a band of its own.
 """
 
 from __future__ import annotations
@@ -284,30 +291,71 @@ class TrainBatches:
     self._epoch, self._index = epoch, index
 
 
-def num_eval_batches(num_tokens: int, *, seq_len: int, global_batch_size: int) -> int:
+def _window_starts(num_tokens: int, seq_len: int, stride: int) -> np.ndarray:
+  if not isinstance(stride, (int, np.integer)) or not 1 <= stride <= seq_len:
+    raise ValueError(f'--stride={stride!r} must be an integer in [1, data.seq_len={seq_len}].')
+  num_windows = 1 + math.ceil(max(0, num_tokens - seq_len) / stride) if num_tokens else 0
+  return np.arange(num_windows) * stride
+
+
+def num_eval_batches(num_tokens: int, *, seq_len: int, global_batch_size: int,
+                     stride: int | None = None) -> int:
   """How many batches `eval_batches` yields for a split of `num_tokens` tokens."""
-  return math.ceil(math.ceil(num_tokens / seq_len) / global_batch_size)
+  windows = _window_starts(num_tokens, seq_len, seq_len if stride is None else stride).size
+  return math.ceil(windows / global_batch_size)
 
 
 def eval_batches(tokens: np.ndarray, *, seq_len: int, global_batch_size: int,
-                 process_index: int = 0, process_count: int = 1,
+                 process_index: int = 0, process_count: int = 1, stride: int | None = None,
                  eos_id: int = tokenizer_lib.EOS_ID) -> Iterator[dict[str, np.ndarray]]:
-  """Batches covering every token of `tokens` as a target once; padding has mask 0."""
+  """Batches covering every token of `tokens` as a target once (windows every `stride`
+  tokens, default seq_len; see the module docstring); padding has mask 0."""
   local = _check_batching(global_batch_size, process_index, process_count)
+  stride = seq_len if stride is None else stride
   tokens = np.asarray(tokens, dtype=np.int32)
+  starts_W = _window_starts(tokens.size, seq_len, stride)
   num_batches = num_eval_batches(tokens.size, seq_len=seq_len,
-                                 global_batch_size=global_batch_size)
-  size = num_batches * global_batch_size * seq_len
-  targets, inputs = np.zeros(size, np.int32), np.zeros(size, np.int32)
-  mask = np.zeros(size, np.float32)
-  targets[:tokens.size], mask[:tokens.size] = tokens, 1.0
-  inputs[:min(size, 1)], inputs[1:tokens.size] = eos_id, tokens[:-1]
+                                 global_batch_size=global_batch_size, stride=stride)
+  windows = num_batches * global_batch_size
+  positions_WxL = np.full((windows, seq_len), tokens.size, np.int64)  # past the end: padding
+  positions_WxL[:starts_W.size] = starts_W[:, None] + np.arange(seq_len)
+  # inputs[j] = tokens[j - 1] (<eos> before the first); a zero after the end pads.
+  stream = np.concatenate([[eos_id], tokens, np.zeros(1, np.int32)]).astype(np.int32)
+  padded = np.minimum(positions_WxL, tokens.size)
+  scored_WxL = positions_WxL < tokens.size
+  scored_WxL[1:, :seq_len - stride] = False  # later windows score only their last S targets
+  arrays = (('inputs', stream[padded]), ('targets', stream[padded + 1]),
+            ('mask', scored_WxL.astype(np.float32)))
   shape = (num_batches, global_batch_size, seq_len)
   first = process_index * local
-  arrays = (('inputs', inputs), ('targets', targets), ('mask', mask))
   # A generator expression, so that the checks above run at the call, not at the first batch.
   return ({name: array.reshape(shape)[b, first:first + local] for name, array in arrays}
           for b in range(num_batches))
+
+
+def validate_band_edges(edges) -> list[int]:
+  """The band edges as a list; a ValueError naming eval.band_edges unless increasing and > 0."""
+  if (not isinstance(edges, (tuple, list)) or not edges
+      or not all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in edges)
+      or any(b <= a for a, b in itertools.pairwise([0, *edges]))):
+    raise ValueError(f'eval.band_edges={edges!r} must be increasing positive integers, e.g. '
+                     "--config.eval.band_edges='(100, 1000, 10000)'.")
+  return [int(edge) for edge in edges]
+
+
+def frequency_bands(train_tokens: np.ndarray, vocab_size: int,
+                    edges: tuple[int, ...] | list[int]) -> tuple[np.ndarray, list[str]]:
+  """The band of every token id (int32 V) and the bands' names, from train-split counts."""
+  edges = validate_band_edges(edges)
+  counts_V = np.bincount(np.asarray(train_tokens), minlength=vocab_size)
+  order_V = np.argsort(-counts_V, kind='stable')
+  order_V = order_V[order_V != tokenizer_lib.UNK_ID]
+  rank_V = np.empty(vocab_size, np.int64)
+  rank_V[order_V] = np.arange(1, order_V.size + 1)
+  band_V = np.searchsorted(np.asarray(edges), rank_V, side='left').astype(np.int32)
+  names = [f'{lo + 1}-{hi}' for lo, hi in itertools.pairwise([0, *edges])] + [f'{edges[-1] + 1}+']
+  band_V[tokenizer_lib.UNK_ID] = len(names)
+  return band_V, [*names, '<unk>']
 
 
 def _main(argv) -> None:

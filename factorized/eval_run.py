@@ -8,6 +8,7 @@ import jax
 from jax.sharding import Mesh
 
 from factorized import checkpointing, trainer
+from factorized import data as data_lib
 from factorized import workdir as workdir_lib
 
 EVAL_FILE = 'eval_{split}.json'
@@ -46,13 +47,17 @@ def restore_run(workdir: str, checkpoint: str = 'latest', *,
   return run, int(run.state.step)
 
 
-def evaluate_workdir(workdir: str, split: str = 'test', checkpoint: str = 'latest', *,
-                     mesh: Mesh | None = None) -> dict:
-  """Exact perplexity of a saved checkpoint on `split`; writes workdir/eval_<split>.json."""
+def evaluate_workdir(workdir: str, split: str = 'test', checkpoint: str = 'best', *,
+                     stride: int | None = None, mesh: Mesh | None = None) -> dict:
+  """Exact perplexity of a saved checkpoint on `split` (windows every `stride` tokens,
+  default data.seq_len), with its frequency bands; writes workdir/eval_<split>.json."""
   if split not in ('valid', 'test'):
     raise ValueError(f'--split={split!r}: expected valid or test.')
+  config = workdir_lib.load_config(workdir)
+  data_lib.num_eval_batches(1, seq_len=config.data.seq_len, global_batch_size=1,
+                            stride=stride)  # a bad --stride fails now, before the restore
   run, step = restore_run(workdir, checkpoint, mesh=mesh)
-  result = run.evaluator(split)(run.state.params)
+  result = run.evaluator(split, stride=stride)(run.state.params)
   result = {'split': split, 'step': step, 'checkpoint': checkpoint,
             f'{split}_ppl': result['ppl'], **result}
   if jax.process_index() == 0:

@@ -1,8 +1,10 @@
 """Exact evaluation: perplexity = exp(total NLL / total tokens), every token once.
 
 The same Evaluator serves periodic evaluation in training and `eval.py`. Per-batch
-sums are written on device into one [num_batches, 2] array (no host sync per batch)
-and added up in float64 on the host at the end.
+sums are written on device into one [num_batches, 1 + bands, 2] array (no host sync per
+batch) and added up in float64 on the host at the end. Besides the whole split, it
+reports the perplexity of each frequency band of the target (data.frequency_bands), with
+the band's token count, so a comparison can show which words a low rank costs.
 """
 
 from __future__ import annotations
@@ -19,8 +21,17 @@ from factorized import parallel
 from factorized.step import ModelParts, make_eval_step
 
 
+def _nll_result(nll_sum: float, token_count: float) -> dict:
+  """loss, ppl and tokens of a sum (loss and ppl None when there are no tokens)."""
+  if not token_count:
+    return {'loss': None, 'ppl': None, 'tokens': 0}
+  loss = nll_sum / token_count
+  return {'loss': float(loss), 'ppl': float(math.exp(loss)), 'tokens': int(round(token_count))}
+
+
 class Evaluator:
-  """Evaluates parameters on one split: token-weighted NLL, perplexity and word perplexity."""
+  """Evaluates parameters on one split: token-weighted NLL, perplexity, band perplexities
+  and, given `num_words`, word perplexity."""
 
   def __init__(
       self,
@@ -31,42 +42,51 @@ class Evaluator:
       seq_len: int,
       batch_size: int,
       num_words: int | None = None,
+      bands: tuple[np.ndarray, list[str]] | None = None,
+      stride: int | None = None,
   ):
     parallel.check_batch_size(batch_size, mesh, field='train.eval_batch_size')
     self.tokens = tokens
     self.seq_len = seq_len
+    self.stride = seq_len if stride is None else stride
     self.batch_size = batch_size
     self.num_words = num_words
     self.mesh = mesh
-    self._eval_step = make_eval_step(parts, mesh)
+    self.band_V, self.band_names = bands if bands is not None else (None, [])
+    # Checks the stride now, before anything is compiled.
+    self.num_batches = data_lib.num_eval_batches(
+        len(tokens), seq_len=seq_len, global_batch_size=batch_size, stride=self.stride)
+    self._eval_step = make_eval_step(parts, mesh, num_bands=len(self.band_names))
 
-  def __call__(self, params: nnx.State) -> dict[str, float]:
-    """Returns loss (NLL per token), ppl, tokens and, given `num_words`, word_ppl."""
+  def __call__(self, params: nnx.State) -> dict:
+    """Returns loss (NLL per token), ppl, tokens, nll_sum, stride, `bands` ({name: loss, ppl,
+    tokens}) and, given `num_words`, word_ppl."""
     batches = data_lib.eval_batches(
         self.tokens,
         seq_len=self.seq_len,
         global_batch_size=self.batch_size,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        stride=self.stride,
     )
-    num_batches = data_lib.num_eval_batches(
-        len(self.tokens), seq_len=self.seq_len, global_batch_size=self.batch_size)
-    sums_Nx2 = jax.device_put(np.zeros((num_batches, 2), np.float32),
-                              parallel.replicated(self.mesh))
+    rows = 1 + len(self.band_names)
+    sums_NxKx2 = jax.device_put(np.zeros((self.num_batches, rows, 2), np.float32),
+                                parallel.replicated(self.mesh))
     for index, batch in enumerate(batches):
-      sums_Nx2 = self._eval_step(params, parallel.global_batch(batch, self.mesh), sums_Nx2,
-                                 np.int32(index))
-    nll_sum, token_count = np.asarray(jax.device_get(sums_Nx2), np.float64).sum(axis=0)
+      if self.band_V is not None:
+        batch['bands'] = self.band_V[batch['targets']]
+      sums_NxKx2 = self._eval_step(params, parallel.global_batch(batch, self.mesh), sums_NxKx2,
+                                   np.int32(index))
+    sums_Kx2 = np.asarray(jax.device_get(sums_NxKx2), np.float64).sum(axis=0)
+    nll_sum, token_count = sums_Kx2[0]
     if round(token_count) != len(self.tokens):
       raise RuntimeError(
           f'evaluation counted {token_count:.0f} tokens, the split has {len(self.tokens)}')
-    loss = nll_sum / token_count
-    result = {
-        'loss': float(loss),
-        'ppl': float(math.exp(loss)),
-        'tokens': int(round(token_count)),
-        'nll_sum': float(nll_sum),
-    }
+    result = {**_nll_result(nll_sum, token_count), 'nll_sum': float(nll_sum),
+              'stride': self.stride}
+    if self.band_names:
+      result['bands'] = {name: _nll_result(*sums_Kx2[1 + b])
+                         for b, name in enumerate(self.band_names)}
     if self.num_words:
       result['word_ppl'] = float(math.exp(nll_sum / self.num_words))
     return result

@@ -8,6 +8,7 @@ lines), post-hoc SVD rows of kind `posthoc_svd*`.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -17,7 +18,7 @@ from jax.typing import ArrayLike
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from factorized import analysis, spectrum
+from factorized import analysis, spectrum, sweep_report
 
 KIND_COLORS = {'dense': 'black', 'albert': 'tab:orange', 'svd': 'tab:blue',
                'posthoc_svd': 'tab:green'}
@@ -59,54 +60,96 @@ def _log_rank_axis(ax, ranks) -> None:
   ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _baselines(ax, table: pd.DataFrame, column: str) -> None:
-  for _, row in table[table['rank'].isna()].iterrows():
-    if np.isfinite(row[column]):
-      ax.axhline(row[column], color=KIND_COLORS['dense'], ls=':', lw=1, label=row['run'])
+def _baselines(ax, groups: pd.DataFrame, column: str) -> None:
+  """Runs without a rank (dense, dense_ft<N>) as horizontal lines, mean over seeds."""
+  for _, row in groups[groups['rank'].isna()].iterrows():
+    if np.isfinite(row[f'{column}_mean']):
+      ax.axhline(row[f'{column}_mean'], color=KIND_COLORS['dense'], lw=1,
+                 ls=':' if row['kind'] == 'dense' else '-.', label=row['series'])
+
+
+def _error_bars(ax, rows: pd.DataFrame, x: str, column: str, **style) -> None:
+  """Mean over seeds with a bar of one standard deviation where there are several seeds."""
+  std = rows[f'{column}_std'].astype(float).fillna(0.0)
+  ax.errorbar(rows[x].astype(float), rows[f'{column}_mean'].astype(float), yerr=std,
+              capsize=3, **style)
+
+
+def _rank_curves(ax, groups: pd.DataFrame, column: str) -> None:
+  """One curve per series with a rank (series without numbers in `column` are left out)."""
+  curves = groups[groups['rank'].notna() & np.isfinite(groups[f'{column}_mean'].astype(float))]
+  for series, rows in curves.groupby('series', sort=False):
+    rows = rows.sort_values('rank')
+    _error_bars(ax, rows, 'rank', column, marker='o', label=series, **_style(series))
+  _baselines(ax, groups, column)
+  if not curves.empty:
+    _log_rank_axis(ax, curves['rank'])
 
 
 def plot_ppl_vs_rank(table: pd.DataFrame, splits: Sequence[str] = ('valid', 'test')) -> Figure:
-  """Perplexity against rank per series of trained runs, one panel per split; dense runs as
-  dotted horizontal lines."""
-  trained = analysis.trained_points(table)
+  """Perplexity against rank per series (trained and post-hoc), one panel per split: mean
+  over seeds with one-standard-deviation bars; runs without a rank as horizontal lines."""
+  groups = sweep_report.aggregate(table)
   fig, axes = _figure(len(splits))
   for ax, split in zip(axes, splits, strict=True):
-    column = f'{split}_ppl'
-    curves = trained[trained['rank'].notna()]
-    for series, rows in curves.groupby('series', sort=False):
-      rows = rows.sort_values('rank')
-      ax.plot(rows['rank'].astype(float), rows[column], marker='o', label=series,
-              **_style(series))
-    _baselines(ax, trained, column)
-    _log_rank_axis(ax, curves['rank'])
+    _rank_curves(ax, groups, f'{split}_ppl')
     ax.set(xlabel='rank (E for albert, R for svd)', ylabel=f'{split} perplexity',
            title=f'{split} perplexity against rank')
     ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
+  return fig
+
+
+def plot_ppl_vs_params(table: pd.DataFrame, split: str = 'test',
+                       x: str = 'vocab_params') -> Figure:
+  """Perplexity on `split` against vocabulary parameters (costs.py: everything the embedding
+  choice adds, head included) for every series, mean over seeds with std bars, rank
+  annotated, and the Pareto front (no other point is both smaller and better)."""
+  column = f'{split}_ppl'
+  groups = sweep_report.aggregate(table)
+  points = groups[np.isfinite(groups[f'{column}_mean'].astype(float))]
+  fig, (ax,) = _figure(width=6.5, height=4.2)
+  for series, rows in points.groupby('series', sort=False):
+    _error_bars(ax, rows, x, column, ls='none', label=series, zorder=3,
+                color=KIND_COLORS.get(_kind(series)), marker='s' if 'posthoc' in series else 'o')
+    for _, row in rows[rows['rank'].notna()].iterrows():
+      ax.annotate(str(row['rank']), (row[x], row[f'{column}_mean']),
+                  textcoords='offset points', xytext=(4, 3), fontsize=7)
+  front = analysis.pareto_front(points, x, f'{column}_mean')
+  ax.step(front[x], front[f'{column}_mean'], where='post', color='gray', lw=1,
+          label='Pareto front', zorder=2)
+  ax.set(xscale='log', xlabel=x.replace('_', ' '), ylabel=f'{split} perplexity',
+         title=f'{split} perplexity against {x.replace("_", " ")}')
+  ax.grid(alpha=0.3)
+  if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8)
   return fig
 
 
-def plot_ppl_vs_params(table: pd.DataFrame, split: str = 'test') -> Figure:
-  """Perplexity on `split` against embedding parameters for every row (trained and post-hoc),
-  rank annotated, and the Pareto front (no other point is both smaller and better)."""
-  column = f'{split}_ppl'
-  points = table[np.isfinite(table[column].astype(float))]
-  fig, (ax,) = _figure(width=6.5, height=4.2)
-  for series, rows in points.groupby('series', sort=False):
-    ax.scatter(rows['embedding_params'], rows[column], label=series, zorder=3,
-               color=KIND_COLORS.get(_kind(series)),
-               marker='s' if 'posthoc' in series else 'o')
-    for _, row in rows[rows['rank'].notna()].iterrows():
-      ax.annotate(str(row['rank']), (row['embedding_params'], row[column]),
-                  textcoords='offset points', xytext=(4, 3), fontsize=7)
-  front = analysis.pareto_front(points, 'embedding_params', column)
-  ax.step(front['embedding_params'], front[column], where='post', color='gray', lw=1,
-          label='Pareto front', zorder=2)
-  ax.set(xscale='log', xlabel='embedding parameters', ylabel=f'{split} perplexity',
-         title=f'{split} perplexity against embedding parameters')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+def plot_band_ppl_vs_rank(table: pd.DataFrame) -> Figure:
+  """Test perplexity of each frequency band of the target (one panel per band) against rank,
+  per series: which words a low rank costs. Mean over seeds with std bars."""
+  bands = [c for c in sweep_report.metric_columns(table) if c.startswith(sweep_report.BAND_PREFIX)]
+  groups = sweep_report.aggregate(table)
+  fig, axes = _figure(max(1, len(bands)), width=3.6)
+  for ax, band in zip(axes, bands, strict=False):
+    _rank_curves(ax, groups, band)
+    ax.set(xlabel='rank', ylabel='test perplexity',
+           title=f'band {band.removeprefix(sweep_report.BAND_PREFIX)}')
+    ax.grid(alpha=0.3)
+  if bands and axes[0].get_legend_handles_labels()[0]:
+    axes[0].legend(fontsize=7)
+  if not bands:
+    axes[0].set_title('no band perplexities in these summaries')
   return fig
+
+
+def png_bytes(figure: Figure) -> bytes:
+  """The figure as PNG bytes (for files written atomically)."""
+  out = io.BytesIO()
+  figure.savefig(out, format='png', dpi=120)
+  return out.getvalue()
 
 
 def plot_training_curves(scalars: pd.DataFrame, table: pd.DataFrame,

@@ -111,6 +111,8 @@ def make_train_step(
 
     grads = lax.psum(grads, DATA_AXIS)
     loss = lax.psum(nll_sum, DATA_AXIS) / total_tokens
+    # The same value on every device, but computed from the varying view of the params.
+    penalty = lax.pmean(penalty, DATA_AXIS)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
@@ -129,30 +131,39 @@ def make_train_step(
   return lambda state, batch: step(state, parts.consts, batch)
 
 
-def make_eval_step(parts: ModelParts, mesh: Mesh
+def make_eval_step(parts: ModelParts, mesh: Mesh, num_bands: int = 0
                    ) -> Callable[[nnx.State, dict, jax.Array, jax.Array], jax.Array]:
-  """Returns the jitted `(params, batch, sums_Nx2, index) -> sums_Nx2` (sums donated).
+  """Returns the jitted `(params, batch, sums_NxKx2, index) -> sums_NxKx2` (sums donated).
 
-  Row `index` of `sums_Nx2` receives this batch's [nll_sum, token_count], summed over
-  devices; `batch['mask']` is 1 for real targets and 0 for padding. Threading one results
-  array through every batch chains the executions: they run one after another without a
-  host sync per batch. (Independent dispatches would run concurrently, and on a host with
-  few cores the collectives of many concurrent programs can starve each other of threads.)
+  Row `index` of `sums_NxKx2` receives this batch's [nll_sum, token_count] pairs, summed
+  over devices: K = 1 + num_bands, first over every target, then over the targets of each
+  band (`batch['bands']`, the band of each target, 0..num_bands-1). `batch['mask']` is 1
+  for real targets and 0 for padding. Threading one results array through every batch
+  chains the executions: they run one after another without a host sync per batch.
+  (Independent dispatches would run concurrently, and on a host with few cores the
+  collectives of many concurrent programs can starve each other of threads.)
   """
 
   def per_device(params: nnx.State, consts: nnx.State, batch: dict):
     model = nnx.merge(parts.graphdef, params, consts)
     logits = model(batch['inputs'])
     mask = batch['mask'].astype(jnp.float32)
-    nll_sum = (token_nll(logits, batch['targets']) * mask).sum()
-    return lax.psum(jnp.stack([nll_sum, mask.sum()]), DATA_AXIS)
+    nll = token_nll(logits, batch['targets']) * mask
+    sums_Kx2 = jnp.stack([nll.sum(), mask.sum()])[None]
+    if num_bands:
+      in_band_BxLxK = jax.nn.one_hot(batch['bands'], num_bands, dtype=jnp.float32)
+      band_sums_Kx2 = jnp.stack([jnp.einsum('bl,blk->k', nll, in_band_BxLxK),
+                                 jnp.einsum('bl,blk->k', mask, in_band_BxLxK)], axis=1)
+      sums_Kx2 = jnp.concatenate([sums_Kx2, band_sums_Kx2])
+    return lax.psum(sums_Kx2, DATA_AXIS)
 
   sharded = jax.shard_map(
       per_device, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)), out_specs=P())
 
-  def step(params, consts, batch, sums_Nx2, index):
-    return lax.dynamic_update_slice(sums_Nx2, sharded(params, consts, batch)[None], (index, 0))
+  def step(params, consts, batch, sums_NxKx2, index):
+    return lax.dynamic_update_slice(sums_NxKx2, sharded(params, consts, batch)[None],
+                                    (index, 0, 0))
 
   jitted = jax.jit(step, donate_argnums=3)
-  return lambda params, batch, sums_Nx2, index: jitted(
-      params, parts.consts, batch, sums_Nx2, index)
+  return lambda params, batch, sums_NxKx2, index: jitted(
+      params, parts.consts, batch, sums_NxKx2, index)

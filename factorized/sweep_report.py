@@ -2,48 +2,59 @@ r"""A sweep directory's reports, rebuilt from its runs' summaries every time.
 
 A sweep directory is one TensorBoard logdir whose runs are the points (each carries its
 hyper-parameters: the HParams dashboard shows hparams/valid_ppl and hparams/test_ppl
-against kind and rank). `write_reports(sweep_dir)` reads every `<run>/summary.json` and
-`<run>/posthoc_svd_<split>.json` directly below `sweep_dir` and (re)writes:
+against kind, rank, seed and parameter counts). `write_reports(sweep_dir)` reads every
+`<run>/summary.json` and `<run>/posthoc_svd_<split>.json` directly below `sweep_dir` and
+(re)writes:
 
-  summary.csv, summary.md  one row per run: run, kind, head, rank, embedding params, total
-                           params, valid ppl (the last evaluation, as in HParams), test ppl
-                           (the best checkpoint by valid ppl), tokens/s; plus rows of kind
-                           `posthoc_svd` (and `posthoc_svd_ft<N>` after N fine-tuning steps)
-                           per rank for a dense run compressed by eval.py --svd_ranks;
-  ppl_vs_rank.png          test ppl against rank (log axis), one line per kind, each dense
-                           baseline a horizontal line, the post-hoc SVD curve when present
-                           (a series without test numbers plots valid ppl and says so);
-  sweep/                   a TensorBoard run of scalars for the Scalars tab:
-                           ppl_vs_rank/<series> (test ppl, step = rank),
-                           valid_ppl_vs_rank/<series> (valid ppl, step = rank),
-                           ppl_vs_embedding_params/<series> and
-                           valid_ppl_vs_embedding_params/<series> (step = embedding params).
-                           <series> is the kind, `_untied` appended for untied heads; a dense
-                           run is drawn at step = min(V, D) (its table's full rank).
+  summary.csv        one row per run (COLUMNS): kind, head, rank, seed, embedding, vocab
+                     and total parameters (costs.py: `vocab` = every parameter the
+                     embedding choice adds, the budget kinds are compared on), valid ppl
+                     (the last evaluation, as in HParams), test ppl (the best checkpoint by
+                     valid ppl), tokens/s, then test ppl per frequency band
+                     (`test_ppl@<band>`); plus rows of kind `posthoc_svd` (and
+                     `posthoc_svd_ft<N>`, `dense_ft<N>` after N fine-tuning steps) per rank
+                     for a dense run compressed by eval.py --svd_ranks;
+  aggregate.csv      one row per (kind, head, rank) over seeds: `seeds` (the count), the
+                     parameter counts, and mean and sample standard deviation (empty for one
+                     seed) of valid, test and band perplexities;
+  summary.md         the aggregate table, then the per-run table;
+  ppl_vs_rank.png, ppl_vs_vocab_params.png (with the Pareto front), band_ppl_vs_rank.png
+                     (plots.py; error bars = standard deviation over seeds);
+  sweep/             a TensorBoard run of scalars for the Scalars tab (means over seeds):
+                     ppl_vs_rank/<series> (test ppl, step = rank),
+                     valid_ppl_vs_rank/<series>, ppl_vs_vocab_params/<series> and
+                     valid_ppl_vs_vocab_params/<series> (step = vocab params). <series> is
+                     the kind, `_untied` appended for untied heads; a dense run is drawn at
+                     step = min(V, D) (its table's full rank).
 
 Rerunning rewrites all of them (the `sweep` run's old event files are deleted first), so
-they always describe the directory as it is.
+they always describe the directory as it is. `python -m factorized.sweep_report DIR`
+rewrites them from the summaries alone (no checkpoint, corpus or event file needed).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
 import pathlib
-import tempfile
+import sys
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 SWEEP_RUN = 'sweep'
-CSV_FILE, MD_FILE, PNG_FILE = 'summary.csv', 'summary.md', 'ppl_vs_rank.png'
+CSV_FILE, AGGREGATE_FILE, MD_FILE = 'summary.csv', 'aggregate.csv', 'summary.md'
+PNG_FILE = 'ppl_vs_rank.png'
+PNG_FILES = (PNG_FILE, 'ppl_vs_vocab_params.png', 'band_ppl_vs_rank.png')
 POSTHOC_FILE = 'posthoc_svd_{split}.json'
-COLUMNS = ('run', 'kind', 'head', 'rank', 'embedding_params', 'total_params', 'valid_ppl',
-           'test_ppl', 'tokens_per_s')
-_HEADERS = ('run', 'kind', 'head', 'rank', 'embedding params', 'total params', 'valid ppl',
-            'test ppl', 'tokens/s')
-_KIND_ORDER = ('dense', 'albert', 'svd', 'posthoc_svd')
+COLUMNS = ('run', 'kind', 'head', 'rank', 'seed', 'embedding_params', 'vocab_params',
+           'total_params', 'valid_ppl', 'test_ppl', 'tokens_per_s')
+GROUP = ('kind', 'head', 'rank')
+PARAMS = ('embedding_params', 'vocab_params', 'total_params')
+BAND_PREFIX = 'test_ppl@'
+_KIND_ORDER = ('dense', 'dense_ft', 'albert', 'svd', 'posthoc_svd')
 
 
 def _run_dirs(sweep_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -52,35 +63,47 @@ def _run_dirs(sweep_dir: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _summary_row(run: str, summary: dict) -> dict[str, Any]:
-  embed, params = summary['config']['model']['embed'], summary['params']
+  config, params = summary['config'], summary['params']
+  embed = config['model']['embed']
   kind = embed['kind']
-  return {
+  row = {
       'run': run, 'kind': kind, 'head': embed['head'],
-      'rank': None if kind == 'dense' else int(embed['rank']),
-      'embedding_params': params['embedding'], 'total_params': params['total'],
+      'rank': None if kind == 'dense' else int(embed['rank']), 'seed': config.get('seed'),
+      'embedding_params': params['embedding'],
+      'vocab_params': params.get('vocab', params['embedding'] + params['output_head']),
+      'total_params': params['total'],
       'valid_ppl': summary.get('valid_ppl'), 'test_ppl': summary.get('test_ppl'),
       'tokens_per_s': summary.get('tokens_per_s'),
-      '_full_rank': min(summary['vocab_size'], summary['config']['model']['model_dim']),
   }
+  for band, result in (summary.get('test_bands') or {}).items():
+    row[BAND_PREFIX + band] = result['ppl']
+  return row
 
 
-def _posthoc_rows(run: str, run_dir: pathlib.Path) -> list[dict[str, Any]]:
+def _posthoc_rows(run: str, run_dir: pathlib.Path, seed: int | None) -> list[dict[str, Any]]:
   rows: dict[tuple, dict] = {}
   for split in ('valid', 'test'):
     path = run_dir / POSTHOC_FILE.format(split=split)
     if not path.exists():
       continue
     result = json.loads(path.read_text())
-    series = [('posthoc_svd', result['ppl_by_rank'])]
+    series = [('posthoc_svd', result['ppl_by_rank'], result['params_by_rank'])]
     if result.get('finetuned_ppl_by_rank'):
-      series.append((f'posthoc_svd_ft{result["finetune_steps"]}',
-                     result['finetuned_ppl_by_rank']))
-    for kind, ppl_by_rank in series:
+      steps = result['finetune_steps']
+      series.append((f'posthoc_svd_ft{steps}', result['finetuned_ppl_by_rank'],
+                     result['params_by_rank']))
+      if 'dense_finetuned_ppl' in result:
+        series.append((f'dense_ft{steps}', {None: result['dense_finetuned_ppl']},
+                       {None: result['dense_params']}))
+    for kind, ppl_by_rank, params_by_rank in series:
       for rank, ppl in ppl_by_rank.items():
-        params = result['params_by_rank'][rank]
-        row = rows.setdefault((kind, int(rank)), {
-            'run': run, 'kind': kind, 'head': result['head'], 'rank': int(rank),
-            'embedding_params': params['embedding'], 'total_params': params['total'],
+        params = params_by_rank[rank]
+        row = rows.setdefault((kind, rank), {
+            'run': run, 'kind': kind, 'head': result['head'],
+            'rank': None if rank is None else int(rank), 'seed': seed,
+            'embedding_params': params['embedding'],
+            'vocab_params': params.get('vocab', params['embedding']),
+            'total_params': params['total'],
             'valid_ppl': None, 'test_ppl': None, 'tokens_per_s': None})
         row[f'{split}_ppl'] = ppl
   return list(rows.values())
@@ -88,162 +111,174 @@ def _posthoc_rows(run: str, run_dir: pathlib.Path) -> list[dict[str, Any]]:
 
 def _sort_key(row: dict) -> tuple:
   kind = row['kind']
-  base = 'posthoc_svd' if kind.startswith('posthoc_svd') else kind
+  base = next((k for k in sorted(_KIND_ORDER, key=len, reverse=True) if kind.startswith(k)),
+              kind)
   order = _KIND_ORDER.index(base) if base in _KIND_ORDER else len(_KIND_ORDER)
-  return (row['head'] != 'tied', order, kind, row['rank'] or 0, row['run'])
+  return (row['head'] != 'tied', order, kind, row['rank'] or 0,
+          -1 if row['seed'] is None else row['seed'], row['run'])
 
 
 def collect_rows(sweep_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
-  """The table's rows (sorted by head, kind, rank) and the runs without a summary yet."""
+  """The per-run rows (sorted by head, kind, rank, seed) and the runs without a summary."""
   rows, unfinished = [], []
   for run_dir in _run_dirs(pathlib.Path(sweep_dir)):
     summary_path = run_dir / 'summary.json'
+    seed = None
     if summary_path.exists():
       rows.append(_summary_row(run_dir.name, json.loads(summary_path.read_text())))
+      seed = rows[-1]['seed']
     elif (run_dir / 'config.json').exists():
       unfinished.append(run_dir.name)
-    rows.extend(_posthoc_rows(run_dir.name, run_dir))
+    rows.extend(_posthoc_rows(run_dir.name, run_dir, seed))
   return sorted(rows, key=_sort_key), unfinished
 
 
-def series_name(row: dict) -> str:
-  """The curve a row belongs to: its kind, `_untied` appended for an untied head."""
-  return row['kind'] + ('_untied' if row['head'] == 'untied' else '')
+def _band_order(column: str) -> float:
+  """'test_ppl@101-1000' -> 101, 'test_ppl@10001+' -> 10001, '<unk>' last."""
+  first = column.removeprefix(BAND_PREFIX).split('-')[0].rstrip('+')
+  return int(first) if first.isdigit() else math.inf
+
+
+def rows_table(rows: list[dict]) -> pd.DataFrame:
+  """The per-run rows as summary.csv's frame: COLUMNS, then band columns; `series` added."""
+  bands = sorted({c for row in rows for c in row if c.startswith(BAND_PREFIX)}, key=_band_order)
+  table = pd.DataFrame(rows, columns=[*COLUMNS, *bands])
+  return with_series(table.astype({'rank': 'Int64', 'seed': 'Int64'}))
+
+
+def with_series(table: pd.DataFrame) -> pd.DataFrame:
+  """`table` plus `series`: its kind, `_untied` appended for an untied head (one curve each)."""
+  table = table.copy()
+  table['series'] = table['kind'] + np.where(table['head'] == 'untied', '_untied', '')
+  return table
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+  """The perplexity columns of a per-run table: valid, test, then the bands'."""
+  return ['valid_ppl', 'test_ppl', *[c for c in table.columns if c.startswith(BAND_PREFIX)]]
+
+
+def aggregate(table: pd.DataFrame) -> pd.DataFrame:
+  """One row per (kind, head, rank) of a per-run table: `seeds`, parameter counts, and
+  `<metric>_mean` / `<metric>_std` (sample std over seeds; NaN for one seed)."""
+  metrics = metric_columns(table)
+  groups = table.groupby(list(GROUP), dropna=False, sort=False)
+  out = groups[list(PARAMS)].first()
+  out.insert(0, 'seeds', groups.size())
+  numeric = table[list(GROUP) + metrics].astype({m: float for m in metrics})
+  stats = numeric.groupby(list(GROUP), dropna=False, sort=False)[metrics].agg(['mean', 'std'])
+  stats.columns = [f'{metric}_{stat}' for metric, stat in stats.columns]
+  return with_series(out.join(stats).reset_index())
 
 
 def _is_number(value) -> bool:
-  return isinstance(value, (int, float)) and math.isfinite(value)
+  return isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value)
 
 
 def _format(column: str, value) -> str:
-  if value is None:
+  if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
     return '-'
-  if column in ('embedding_params', 'total_params'):
-    return f'{value:,}'
-  if column.endswith('_ppl'):
+  if column in PARAMS:
+    return f'{int(value):,}'
+  if 'ppl' in column:
     return f'{value:.2f}' if _is_number(value) else str(value)
   if column == 'tokens_per_s':
     return f'{value:,.0f}'
   return str(value)
 
 
-def markdown_table(rows: list[dict], unfinished: list[str]) -> str:
-  """The rows as a Markdown table, then the runs that have not finished."""
-  lines = ['| ' + ' | '.join(_HEADERS) + ' |', '|' + '---|' * len(_HEADERS)]
-  for row in rows:
-    lines.append('| ' + ' | '.join(_format(c, row[c]) for c in COLUMNS) + ' |')
+def _markdown(table: pd.DataFrame, columns: list[str]) -> list[str]:
+  lines = ['| ' + ' | '.join(c.replace('_', ' ') for c in columns) + ' |',
+           '|' + '---|' * len(columns)]
+  for _, row in table.iterrows():
+    lines.append('| ' + ' | '.join(_format(c, row[c]) for c in columns) + ' |')
+  return lines
+
+
+def _mean_std(row: pd.Series, metric: str) -> str:
+  mean, std = row[f'{metric}_mean'], row[f'{metric}_std']
+  if not _is_number(mean):
+    return '-'
+  return f'{mean:.2f} ± {std:.2f}' if _is_number(std) else f'{mean:.2f}'
+
+
+def markdown_report(table: pd.DataFrame, unfinished: list[str]) -> str:
+  """summary.md: the aggregate over seeds (mean ± std), then every run."""
+  groups = aggregate(table)
+  bands = [c for c in metric_columns(table) if c.startswith(BAND_PREFIX)]
+  header = ['kind', 'head', 'rank', 'seeds', 'vocab params', 'total params', 'valid ppl',
+            'test ppl', *[b.replace(BAND_PREFIX, 'test ppl ') for b in bands]]
+  lines = ['Mean ± standard deviation over seeds:', '',
+           '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for _, row in groups.iterrows():
+    cells = [row['kind'], row['head'], _format('rank', row['rank']), str(row['seeds']),
+             _format('vocab_params', row['vocab_params']),
+             _format('total_params', row['total_params']),
+             *[_mean_std(row, m) for m in ('valid_ppl', 'test_ppl', *bands)]]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  lines += ['', 'Every run:', '', *_markdown(table, list(COLUMNS))]
   if unfinished:
     lines += ['', f'Not finished (no summary.json yet): {", ".join(unfinished)}.']
   return '\n'.join(lines) + '\n'
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+def _csv(table: pd.DataFrame) -> str:
+  return table.to_csv(index=False, lineterminator='\n')
 
 
-def _csv_bytes(rows: list[dict]) -> bytes:
-  out = io.StringIO()
-  writer = csv.writer(out, lineterminator='\n')
-  writer.writerow(COLUMNS)
-  for row in rows:
-    writer.writerow(['' if row[c] is None else row[c] for c in COLUMNS])
-  return out.getvalue().encode()
-
-
-def _curves(rows: list[dict]) -> dict[str, list[dict]]:
-  curves: dict[str, list[dict]] = {}
-  for row in rows:
-    if row['rank'] is not None:
-      curves.setdefault(series_name(row), []).append(row)
-  return {name: sorted(points, key=lambda r: r['rank']) for name, points in curves.items()}
-
-
-def plot_ppl_vs_rank(rows: list[dict]) -> bytes:
-  """ppl_vs_rank.png: ppl against rank (log axis) per series, dense runs as horizontal lines."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-  figure = Figure(figsize=(7, 4.5), dpi=120)
-  FigureCanvasAgg(figure)
-  axes = figure.add_subplot()
-  ranks = set()
-  for name, points in _curves(rows).items():
-    metric = 'test_ppl' if any(_is_number(r['test_ppl']) for r in points) else 'valid_ppl'
-    xy = [(r['rank'], r[metric]) for r in points if _is_number(r[metric])]
-    if not xy:
-      continue
-    ranks.update(x for x, _ in xy)
-    label = name if metric == 'test_ppl' else f'{name} (valid)'
-    style = '--' if name.startswith('posthoc_svd') else '-'
-    axes.plot(*zip(*xy, strict=True), style, marker='o', label=label)
-  for row in rows:
-    if row['rank'] is None:
-      metric = 'test_ppl' if _is_number(row['test_ppl']) else 'valid_ppl'
-      if _is_number(row[metric]):
-        name = series_name(row)
-        axes.axhline(row[metric], color='gray', linestyle=':',
-                     label=name if name == row['run'] else f'{name} ({row["run"]})')
-  if ranks:
-    axes.set_xscale('log', base=2)
-    axes.set_xticks(sorted(ranks))
-    axes.xaxis.set_major_formatter(ScalarFormatter())
-    axes.xaxis.set_minor_formatter(NullFormatter())
-  axes.set_xlabel('embedding rank (E for albert, R for svd)')
-  axes.set_ylabel('test perplexity')
-  axes.set_title('Perplexity versus embedding rank')
-  axes.grid(True, alpha=0.3)
-  if axes.get_legend_handles_labels()[0]:
-    axes.legend(fontsize='small')
-  figure.tight_layout()
-  out = io.BytesIO()
-  figure.savefig(out, format='png')
-  return out.getvalue()
-
-
-def write_tensorboard_run(rows: list[dict], sweep_dir: str | os.PathLike) -> None:
-  """Rewrites the `sweep` run: ppl_vs_rank/* and ppl_vs_embedding_params/* scalars."""
+def write_tensorboard_run(groups: pd.DataFrame, sweep_dir: str | os.PathLike,
+                          full_rank: int | None) -> None:
+  """Rewrites the `sweep` run: ppl_vs_rank/* and ppl_vs_vocab_params/* scalars (seed means)."""
   from tensorboardX import SummaryWriter
 
   run_dir = pathlib.Path(sweep_dir) / SWEEP_RUN
   run_dir.mkdir(exist_ok=True)
   for old in run_dir.glob('events.out.tfevents*'):
     old.unlink()
-  curves = _curves(rows)
-  for row in rows:
-    if row['rank'] is None:  # dense: at its table's full rank
-      curves.setdefault(series_name(row), []).append({**row, 'rank': row['_full_rank']})
+  groups = groups.copy()
+  if full_rank is not None:  # dense runs (no rank) at their table's full rank
+    groups['rank'] = groups['rank'].fillna(full_rank)
   writer = SummaryWriter(logdir=str(run_dir))
   try:
-    for name, points in sorted(curves.items()):
-      for axis, step_key in (('rank', 'rank'), ('embedding_params', 'embedding_params')):
-        for prefix, metric in (('', 'test_ppl'), ('valid_', 'valid_ppl')):
-          for row in sorted(points, key=lambda r: r[step_key]):
+    for series, points in groups.groupby('series', sort=True):
+      for axis, step_key in (('rank', 'rank'), ('vocab_params', 'vocab_params')):
+        for prefix, metric in (('', 'test_ppl_mean'), ('valid_', 'valid_ppl_mean')):
+          for _, row in points.dropna(subset=[step_key]).sort_values(step_key).iterrows():
             if _is_number(row[metric]):
-              writer.add_scalar(f'{prefix}ppl_vs_{axis}/{name}', row[metric],
+              writer.add_scalar(f'{prefix}ppl_vs_{axis}/{series}', row[metric],
                                 global_step=int(row[step_key]))
   finally:
     writer.close()
 
 
+def _full_rank(sweep_dir: pathlib.Path) -> int | None:
+  for run_dir in _run_dirs(sweep_dir):
+    path = run_dir / 'summary.json'
+    if path.exists():
+      summary = json.loads(path.read_text())
+      return min(summary['vocab_size'], summary['config']['model']['model_dim'])
+  return None
+
+
 def write_reports(sweep_dir: str | os.PathLike) -> str:
-  """(Re)writes summary.csv, summary.md, ppl_vs_rank.png and the `sweep` run; returns the
-  Markdown table."""
+  """(Re)writes summary.csv, aggregate.csv, summary.md, the plots and the `sweep` run;
+  returns the Markdown report."""
+  from factorized import plots
+  from factorized.workdir import write_atomic
+
   root = pathlib.Path(sweep_dir)
   rows, unfinished = collect_rows(root)
-  table = markdown_table(rows, unfinished)
-  _write_atomic(root / CSV_FILE, _csv_bytes(rows))
-  _write_atomic(root / MD_FILE, table.encode())
-  _write_atomic(root / PNG_FILE, plot_ppl_vs_rank(rows))
-  write_tensorboard_run(rows, root)
-  return table
+  table = rows_table(rows)
+  report = markdown_report(table, unfinished)
+  write_atomic(root / CSV_FILE, _csv(table.drop(columns='series')))
+  write_atomic(root / AGGREGATE_FILE, _csv(aggregate(table).drop(columns='series')))
+  write_atomic(root / MD_FILE, report)
+  figures = (plots.plot_ppl_vs_rank(table), plots.plot_ppl_vs_params(table),
+             plots.plot_band_ppl_vs_rank(table))
+  for name, figure in zip(PNG_FILES, figures, strict=True):
+    write_atomic(root / name, plots.png_bytes(figure))
+  write_tensorboard_run(aggregate(table), root, _full_rank(root))
+  return report
 
 
 def refresh_parent_reports(workdir: str | os.PathLike) -> str | None:
@@ -254,3 +289,10 @@ def refresh_parent_reports(workdir: str | os.PathLike) -> str | None:
     return None
   write_reports(parent)
   return str(parent)
+
+
+if __name__ == '__main__':
+  if len(sys.argv) != 2 or not pathlib.Path(sys.argv[1]).is_dir():
+    sys.exit('usage: python -m factorized.sweep_report SWEEP_DIR  (rewrites its reports from '
+             'the summaries alone)')
+  print(write_reports(sys.argv[1]))

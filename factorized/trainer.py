@@ -51,13 +51,17 @@ class Run:
   parts: ModelParts
   state: TrainState
 
-  def evaluator(self, split: str) -> Evaluator:
-    """The exact evaluator of `split` ('valid' or 'test')."""
+  def evaluator(self, split: str, *, stride: int | None = None) -> Evaluator:
+    """The exact evaluator of `split` ('valid' or 'test'), windows every `stride` tokens
+    (default data.seq_len), with perplexity per frequency band (eval.band_edges)."""
+    bands = data_lib.frequency_bands(self.corpus.splits['train'], self.corpus.vocab_size,
+                                     self.config.eval.band_edges)
     return Evaluator(
         self.parts, self.mesh, self.corpus.splits[split],
         seq_len=self.config.data.seq_len,
         batch_size=self.config.train.eval_batch_size,
-        num_words=self.corpus.words[split] if self.config.data.tokenizer == 'bpe' else None)
+        num_words=self.corpus.words[split] if self.config.data.tokenizer == 'bpe' else None,
+        bands=bands, stride=stride)
 
   def model(self, params: nnx.State | None = None) -> nnx.Module:
     """The NNX model holding `params` (default: the current state's)."""
@@ -72,6 +76,7 @@ def build_run(
   Every config check runs before the model is built or anything is compiled.
   """
   optim.validate_train_config(config.train)
+  data_lib.validate_band_edges(config.eval.band_edges)
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch_size(config.train.batch_size, mesh,
                             micro_batches=config.train.grad_accum_steps)
@@ -84,22 +89,35 @@ def build_run(
   return Run(config, corpus, mesh, parts, state)
 
 
-def init_state(config: ml_collections.ConfigDict, vocab_size: int,
-               mesh: Mesh) -> tuple[ModelParts, TrainState]:
+def init_state(config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh, *,
+               dense_params: dict | None = None) -> tuple[ModelParts, TrainState]:
   """A freshly initialised model (its static parts) and train state, replicated on `mesh`.
 
   Parameters are created inside jit with replicated output shardings, so every process
-  of a multi-host run holds the same global arrays without a host round trip.
+  of a multi-host run holds the same global arrays without a host round trip. Given
+  `dense_params` (the pure-dict parameters of a trained dense model of the same sizes),
+  the embedding starts from its table (`dense_table=`: a copy for dense, the split
+  truncated SVD for svd) and every other parameter is a copy; the optimizer starts afresh.
   """
+  dense_table = None if dense_params is None else dense_params['embed']['W_VxD']
 
   def create():
-    model = model_lib.build_model(config, vocab_size, rngs=nnx.Rngs(params=config.seed))
-    return nnx.split(model, nnx.Param, ...)
+    model = model_lib.build_model(config, vocab_size, rngs=nnx.Rngs(params=config.seed),
+                                  dense_table=dense_table)
+    graphdef, params, consts = nnx.split(model, nnx.Param, ...)
+    if dense_params is not None:
+      pure = nnx.to_pure_dict(params)
+      if set(pure) != set(dense_params):
+        raise ValueError(f'model parameters {sorted(pure)} do not match the dense model '
+                         f'{sorted(dense_params)}.')
+      pure.update({name: value for name, value in dense_params.items() if name != 'embed'})
+      nnx.replace_by_pure_dict(params, pure)
+    return graphdef, params, consts
 
   graphdef, _, _ = nnx.eval_shape(create)
   replicated = parallel.replicated(mesh)
   params, consts = jax.jit(lambda: create()[1:], out_shardings=replicated)()
-  optimizer = optim.make_optimizer(config.train)
+  optimizer = optim.make_optimizer(config)
   state = jax.jit(
       lambda p: TrainState(
           step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p),
@@ -115,6 +133,13 @@ def embedding_spectrum(model: nnx.Module) -> dict[str, float]:
       'spectrum/stable_rank': float(spectrum.stable_rank(singular_values)),
       'spectrum/entropy_effective_rank': float(spectrum.entropy_effective_rank(singular_values)),
   }
+
+
+def band_scalars(split: str, result: dict) -> dict[str, float]:
+  """TensorBoard scalars <split>_band_ppl/<band> of an Evaluator result (bands with tokens;
+  `<unk>` is tagged `unk`, TensorBoard's tags allowing no angle brackets)."""
+  return {f'{split}_band_ppl/{name.strip("<>")}': band['ppl']
+          for name, band in result['bands'].items() if band['ppl'] is not None}
 
 
 class _StopRequest:
@@ -225,12 +250,13 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
   embed = config.model.embed
   writer.hparams({'kind': embed.kind, 'rank': embed.rank if embed.kind != 'dense' else 0,
                   'head': embed.head, 'embedding_params': params_count['embedding'],
-                  'total_params': params_count['total'], 'model_dim': config.model.model_dim,
+                  'vocab_params': params_count['vocab'], 'total_params': params_count['total'],
+                  'model_dim': config.model.model_dim, 'embed_decay': train_cfg.embed_decay,
                   'seed': config.seed})
   writer.scalars(0, {f'params/{name}': value for name, value in params_count.items()})
 
   train_step = make_train_step(
-      run.parts, optim.make_optimizer(train_cfg), optim.learning_rate_schedule(train_cfg),
+      run.parts, optim.make_optimizer(config), optim.learning_rate_schedule(train_cfg),
       run.mesh, grad_accum_steps=train_cfg.grad_accum_steps)
   tokens_per_step = train_cfg.batch_size * config.data.seq_len
   start_step = int(state.step)
@@ -243,8 +269,9 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
     progress['valid_ppl'] = result['ppl']
     progress['best_valid_ppl'] = min(progress['best_valid_ppl'], result['ppl'])
     writer.scalars(step, {'valid/loss': result['loss'], 'valid/ppl': result['ppl'],
-                          HPARAM_METRICS[0]: result['ppl'],
+                          HPARAM_METRICS[0]: result['ppl'], **band_scalars('valid', result),
                           **embedding_spectrum(run.model(params))})
+    progress['valid_bands'] = result['bands']
     return result
 
   def read(metrics) -> dict:
@@ -296,12 +323,13 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
     best_params = checkpointer.restore(state, step=best_step)[0].params
   test = test_eval(best_params)
   writer.scalars(int(state.step), {'test/loss': test['loss'], 'test/ppl': test['ppl'],
-                                   HPARAM_METRICS[1]: test['ppl']})
+                                   HPARAM_METRICS[1]: test['ppl'], **band_scalars('test', test)})
   writer.end_session()
   summary = summary_lib.build_summary(
       config, vocab_size,
       valid_ppl=progress['valid_ppl'], best_valid_ppl=progress['best_valid_ppl'],
       best_step=best_step, test_ppl=test['ppl'], test_word_ppl=test.get('word_ppl'),
+      valid_bands=progress.get('valid_bands'), test_bands=test['bands'],
       train_loss=last_metrics['loss'], steps=int(state.step),
       tokens_seen=int(state.step) * tokens_per_step, wall_time_s=progress['elapsed_s'],
       tokens_per_s=throughput.steady_tokens_per_s())

@@ -54,6 +54,27 @@ def test_param_counts_agree_with_the_built_model(kind, rank, head, albert_head, 
   assert counts['blocks'] == built['blocks']
   assert counts['non_embedding'] == built['blocks'] + built['other']
   assert counts['total'] == sum(built.values())
+  assert counts['vocab'] == built['embedding'] + built['output_head']
+
+
+@pytest.mark.parametrize('kind,head,albert_head', [
+    ('dense', 'tied', 'mlm'), ('dense', 'untied', 'mlm'), ('albert', 'tied', 'mlm'),
+    ('albert', 'tied', 'transpose'), ('albert', 'untied', 'mlm'), ('svd', 'tied', 'mlm'),
+    ('svd', 'untied', 'mlm')])
+def test_vocab_params_count_everything_the_embedding_choice_adds(kind, head, albert_head):
+  """The budget kinds are compared on: input factors plus head-only parameters (ALBERT's MLM
+  head with its V-sized output bias, an untied D x V head)."""
+  vocab, dim, rank = 1000, 32, 8
+  inputs = {'dense': vocab * dim, 'albert': vocab * rank + rank * dim + dim,
+            'svd': vocab * rank + rank + rank * dim}[kind]
+  if head == 'untied':
+    head_only = dim * vocab
+  elif kind == 'albert' and albert_head == 'mlm':
+    head_only = dim * rank + 3 * rank + vocab
+  else:
+    head_only = 0
+  config = make_config(kind, rank, head, albert_head)
+  assert costs.param_counts(config, vocab)['vocab'] == inputs + head_only
 
 
 def test_param_counts_follow_the_formulas():

@@ -192,3 +192,47 @@ def test_eval_batches_check_at_the_call_and_accept_an_empty_split():
   with pytest.raises(ValueError, match='multiple of the process count 2'):
     data.eval_batches(np.arange(9), seq_len=4, global_batch_size=3, process_count=2)
   assert list(data.eval_batches(np.arange(0), seq_len=4, global_batch_size=2)) == []
+
+
+@pytest.mark.parametrize('stride', [8, 5, 3, 1])
+def test_strided_eval_windows_score_every_token_once_with_context(stride):
+  tokens = np.arange(2, 45, dtype=np.int32)  # 43 tokens; id = position + 2
+  seq_len, scored = 8, []
+  for batch in data.eval_batches(tokens, seq_len=seq_len, global_batch_size=3, stride=stride):
+    for inputs, targets, mask in zip(batch['inputs'], batch['targets'], batch['mask'],
+                                     strict=True):
+      for position in np.flatnonzero(mask):
+        assert targets[position] == tokens[targets[position] - 2]
+        if position:  # the window's inputs are the tokens right before each target
+          assert inputs[position] == targets[position] - 1
+        context = position + 1  # tokens the target sees in its window (incl. its input)
+        if targets[position] - 2 >= seq_len:  # past the first window: the promised context
+          assert context >= seq_len - stride + 1
+      scored.extend(targets[mask > 0])
+  assert sorted(scored) == list(tokens)
+  assert data.num_eval_batches(43, seq_len=8, global_batch_size=3, stride=stride) == len(
+      list(data.eval_batches(tokens, seq_len=8, global_batch_size=3, stride=stride)))
+
+
+def test_the_default_stride_gives_the_non_overlapping_windows():
+  tokens = np.arange(5, 40, dtype=np.int32)
+  default = list(data.eval_batches(tokens, seq_len=8, global_batch_size=2))
+  strided = list(data.eval_batches(tokens, seq_len=8, global_batch_size=2, stride=8))
+  for a, b in zip(default, strided, strict=True):
+    for name in ('inputs', 'targets', 'mask'):
+      np.testing.assert_array_equal(a[name], b[name])
+  assert default[0]['inputs'][0, 0] == tokenizer_lib.EOS_ID
+  assert (default[0]['inputs'][1, 1:] == default[0]['targets'][1, :-1]).all()
+  assert default[0]['targets'][1, 0] == tokens[8]  # window 1 starts where window 0 ended
+
+
+def test_frequency_bands_rank_tokens_by_train_counts_and_keep_unk_apart():
+  # Token 0 is <unk>; token 5 is the most frequent, then 3, 4, 2 (tie 6-9 by id), 1.
+  train = np.array([5] * 9 + [3] * 7 + [4] * 5 + [0] * 20 + [2] * 3 + [1] * 1 + [6, 7])
+  band_V, names = data.frequency_bands(train, 10, (2, 4))
+  assert names == ['1-2', '3-4', '5+', '<unk>']
+  assert list(band_V) == [3, 2, 1, 0, 1, 0, 2, 2, 2, 2]  # by rank: 5,3 | 4,2 | 1,6,7,8,9
+  assert band_V.dtype == np.int32
+  for bad in [(100, 100), (0, 5), (), ('a',)]:
+    with pytest.raises(ValueError, match='eval.band_edges='):
+      data.frequency_bands(train, 10, bad)

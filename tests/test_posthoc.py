@@ -12,7 +12,7 @@ from flax import nnx
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs import brown
-from factorized import posthoc, sweep_report, trainer
+from factorized import eval_run, posthoc, sweep_report, trainer
 from factorized import workdir as workdir_lib
 from tests.test_train_cli import cli_env
 
@@ -96,6 +96,9 @@ def test_eval_cli_fine_tunes_and_adds_rows_to_the_sweep_table(trained_dense, rep
   test_rows = {(r['kind'], r['rank']): float(r['test_ppl']) for r in rows if r['test_ppl']}
   assert test_rows[('posthoc_svd', '2')] == printed['ppl_by_rank']['2']
   assert test_rows[('posthoc_svd_ft30', '16')] == printed['finetuned_ppl_by_rank']['16']
+  # The compute-matched control: the dense model fine-tuned the same 30 steps.
+  assert test_rows[('dense_ft30', '')] == printed['dense_finetuned_ppl']
+  assert printed['checkpoint'] == 'best'  # the checkpoint summary.json's test_ppl uses
   assert [s for s, _ in scalars(workdir, 'posthoc_svd_finetuned/test_ppl')] == [2, 16]
   with pytest.raises(ValueError, match='--svd_ranks=4,x: expected integers'):
     posthoc.parse_ranks(['4', 'x'])  # what eval.py reports (exit status 1)
@@ -104,7 +107,7 @@ def test_eval_cli_fine_tunes_and_adds_rows_to_the_sweep_table(trained_dense, rep
 def test_untied_head_is_kept_and_only_dense_runs_are_compressed(tiny_config, tmp_path):
   tiny_config.model.embed.head = 'untied'
   dense = trainer.build_run(tiny_config, str(tmp_path / 'untied'))  # untrained is enough
-  svd = posthoc.svd_run_from_dense(dense, 16)
+  svd = posthoc.run_from_dense(dense, posthoc.svd_config(dense.config, 16))
   dense_params, svd_params = (nnx.to_pure_dict(jax.device_get(run.state.params))
                               for run in (dense, svd))
   np.testing.assert_array_equal(svd_params['head']['W_VxD'], dense_params['head']['W_VxD'])
@@ -113,3 +116,22 @@ def test_untied_head_is_kept_and_only_dense_runs_are_compressed(tiny_config, tmp
   workdir_lib.prepare_workdir(tmp_path / 'svd', brown.get_config('runlocal,kind=svd'))
   with pytest.raises(ValueError, match="compresses a dense run; .* model.embed.kind='svd'"):
     posthoc.posthoc_svd(str(tmp_path / 'svd'), 'test', [4])
+
+
+def test_fine_tuned_factors_move_the_table_as_fast_as_dense(trained_dense):
+  """One Adam step on the SVD-initialised model moves U s V within 1.5x of what it moves the
+  trained dense table (a plain U = Q_U, s = S split moves it many times further)."""
+  from tests.test_trainer import first_step_movement
+
+  workdir, _ = trained_dense
+  dense, _ = eval_run.restore_run(str(workdir), 'best')
+  config = posthoc.finetune_config(dense.config, 10)
+  config.train.lr = 3e-3  # a rate that moves the table measurably in one step
+  config.train.warmup_steps = 0
+  reference = first_step_movement(posthoc.run_from_dense(dense, config))
+  for rank in (16, 8, 4, 2):  # 16 = min(V, D)
+    ratio = first_step_movement(
+        posthoc.run_from_dense(dense, posthoc.svd_config(config, rank))) / reference
+    assert ratio < 1.5, (rank, ratio)
+    if rank >= 8:  # lower ranks have fewer directions to move in, and move less
+      assert ratio > 1 / 1.5, (rank, ratio)

@@ -122,15 +122,19 @@ def read_scalars(run_dir, tag):
       'scalars'] else []
 
 
-def fake_run(root, name, kind, rank, head='tied', valid=50.0, test=60.0):
+def fake_run(root, name, kind, rank, head='tied', valid=50.0, test=60.0, seed=0, bands=None):
   """A run directory holding only what the reports read from summary.json."""
   vocab, dim = 1000, 64
   embedding = {'dense': vocab * dim, 'albert': vocab * rank + rank * dim + dim,
                'svd': vocab * rank + rank + rank * dim}[kind]
-  summary = {'config': {'model': {'model_dim': dim,
-                                  'embed': {'kind': kind, 'rank': rank, 'head': head}}},
-             'vocab_size': vocab, 'params': {'embedding': embedding, 'total': embedding + 5000},
-             'valid_ppl': valid, 'test_ppl': test, 'tokens_per_s': 1234.5}
+  head_only = vocab * dim if head == 'untied' else 0
+  summary = {'config': {'seed': seed, 'model': {'model_dim': dim, 'embed': {
+                 'kind': kind, 'rank': rank, 'head': head}}},
+             'vocab_size': vocab,
+             'params': {'embedding': embedding, 'output_head': head_only,
+                        'vocab': embedding + head_only, 'total': embedding + head_only + 5000},
+             'valid_ppl': valid, 'test_ppl': test, 'tokens_per_s': 1234.5,
+             'test_bands': bands or {}}
   (root / name).mkdir(parents=True)
   (root / name / 'summary.json').write_text(json.dumps(summary))
 
@@ -160,7 +164,7 @@ def test_reports_are_rebuilt_from_the_directory_each_time(tmp_path):
       ('dense', 'posthoc_svd_ft10', '4'), ('dense', 'posthoc_svd_ft10', '8'),
       ('albert_rank4_untied', 'albert', '4')]
   assert rows[3]['valid_ppl'] == '' and float(rows[3]['test_ppl']) == 300.0
-  assert set(rows[0]) == set(sweep_report.COLUMNS)
+  assert list(rows[0]) == list(sweep_report.COLUMNS)
 
   sweep_report.write_reports(tmp_path)  # a rerun rewrites, it does not append
   assert (tmp_path / 'summary.csv').read_text() == first_csv
@@ -171,7 +175,37 @@ def test_reports_are_rebuilt_from_the_directory_each_time(tmp_path):
   assert read_scalars(run, 'ppl_vs_rank/posthoc_svd') == [(4, 300.0), (8, 200.0)]
   assert read_scalars(run, 'ppl_vs_rank/posthoc_svd_ft10') == [(4, 100.0), (8, 80.0)]
   assert read_scalars(run, 'ppl_vs_rank/dense') == [(64, 45.0)]  # at its full rank min(V, D)
-  assert read_scalars(run, 'ppl_vs_embedding_params/svd') == [(4260, 95.0), (8520, 75.0)]
-  assert read_scalars(run, 'ppl_vs_embedding_params/dense') == [(64000, 45.0)]
+  assert read_scalars(run, 'ppl_vs_vocab_params/svd') == [(4260, 95.0), (8520, 75.0)]
+  assert read_scalars(run, 'ppl_vs_vocab_params/dense') == [(64000, 45.0)]
   assert read_scalars(run, 'ppl_vs_rank/albert_untied') == [(4, 60.0)]
   assert (tmp_path / 'ppl_vs_rank.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_seeds_run_every_point_at_each_seed_and_the_reports_aggregate_them(tmp_path):
+  assert names('runlocal,kinds=dense+svd,ranks=8,seeds=2+0') == [
+      'dense_seed0', 'dense_seed2', 'svd_rank8_seed0', 'svd_rank8_seed2']
+  points = sweep.make_points(rank_sweep.get_config('runlocal'),
+                             rank_sweep.get_sweep('runlocal,kinds=svd,ranks=8,seeds=0+1'))
+  assert [p.config.seed for p in points] == [0, 1]
+  with pytest.raises(ValueError, match=r'seeds=.*e\.g\. seeds=0\+1\+2'):
+    rank_sweep.get_sweep('seeds=a')
+  bands = {'1-100': {'ppl': 10.0, 'tokens': 5}, '101-1000': {'ppl': 100.0, 'tokens': 3}}
+  for seed, (valid, test) in enumerate([(70.0, 75.0), (72.0, 79.0), (74.0, 77.0)]):
+    fake_run(tmp_path, f'svd_rank8_seed{seed}', 'svd', 8, valid=valid, test=test, seed=seed,
+             bands={k: {**v, 'ppl': v['ppl'] + seed} for k, v in bands.items()})
+  fake_run(tmp_path, 'dense_seed0', 'dense', 16, valid=40.0, test=45.0, bands=bands)
+  report = sweep_report.write_reports(tmp_path)
+  rows = list(csv.DictReader((tmp_path / 'aggregate.csv').open()))
+  svd = next(r for r in rows if r['kind'] == 'svd')
+  assert svd['seeds'] == '3' and float(svd['test_ppl_mean']) == 77.0
+  assert float(svd['test_ppl_std']) == 2.0  # sample std of 75, 79, 77
+  assert float(svd['test_ppl@101-1000_mean']) == 101.0
+  dense = next(r for r in rows if r['kind'] == 'dense')
+  assert dense['seeds'] == '1' and dense['test_ppl_std'] == ''
+  assert '| svd | tied | 8 | 3 |' in report and '77.00 ± 2.00' in report
+  per_run = list(csv.DictReader((tmp_path / 'summary.csv').open()))
+  assert [r['seed'] for r in per_run] == ['0', '0', '1', '2']
+  assert list(per_run[0])[-2:] == ['test_ppl@1-100', 'test_ppl@101-1000']
+  for name in sweep_report.PNG_FILES:
+    assert (tmp_path / name).read_bytes()[:4] == b'\x89PNG'
+  assert read_scalars(tmp_path / 'sweep', 'ppl_vs_rank/svd') == [(8, 77.0)]

@@ -115,8 +115,8 @@ def test_tensorboard_serves_every_run_its_hparams_metrics_and_ppl_vs_rank(sweep_
       assert metrics['hparams/test_ppl'] == pytest.approx(summary['test_ppl'], rel=1e-6)
 
     tags = fetch(f'{url}/data/plugin/scalars/tags')[sweep_report.SWEEP_RUN]
-    assert {'ppl_vs_rank/svd', 'valid_ppl_vs_rank/svd', 'ppl_vs_embedding_params/svd',
-            'ppl_vs_rank/dense', 'ppl_vs_embedding_params/dense'} <= set(tags)
+    assert {'ppl_vs_rank/svd', 'valid_ppl_vs_rank/svd', 'ppl_vs_vocab_params/svd',
+            'ppl_vs_rank/dense', 'ppl_vs_vocab_params/dense'} <= set(tags)
     query = urllib.parse.urlencode({'run': sweep_report.SWEEP_RUN, 'tag': 'ppl_vs_rank/svd'})
     ((_, step, value),) = fetch(f'{url}/data/plugin/scalars/scalars?{query}')
     assert step == 4

@@ -179,3 +179,106 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     trainer.train_and_evaluate(tiny_config, str(tmp_path))
   assert checkpointing.Checkpointer(str(tmp_path)).all_steps() == [4]
   assert not math.isnan(final_params(tmp_path)[0].sum())
+
+
+def test_kinds_see_the_same_batches_and_dropout_keys(tiny_config, tmp_path, monkeypatch):
+  """At one seed the data order and the dropout key stream do not depend on the embedding."""
+  seen = {}
+  original = data_lib.TrainBatches.__next__
+
+  def record(self):
+    batch = original(self)
+    seen.setdefault(tiny_config.model.embed.kind, []).append(batch['inputs'].copy())
+    return batch
+
+  monkeypatch.setattr(data_lib.TrainBatches, '__next__', record)
+  tiny_config.train.num_steps = 3
+  rngs = {}
+  for kind in ('dense', 'svd', 'albert'):
+    tiny_config.model.embed.kind = kind
+    run = trainer.build_run(tiny_config, str(tmp_path / kind),
+                            mesh=parallel.make_mesh(jax.devices()[:1]))
+    rngs[kind] = np.asarray(run.state.rng)
+    trainer.train_and_evaluate(tiny_config, str(tmp_path / kind),
+                               mesh=parallel.make_mesh(jax.devices()[:1]))
+  for kind in ('svd', 'albert'):
+    np.testing.assert_array_equal(rngs[kind], rngs['dense'])  # dropout keys derive from it
+    for a, b in zip(seen['dense'], seen[kind], strict=True):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_an_ortho_penalty_run_trains_alike_on_one_and_four_devices(tiny_config, tmp_path):
+  tiny_config.model.embed.update(kind='svd', ortho_penalty=0.1)
+  tiny_config.train.num_steps = 4
+  losses = {}
+  for devices in (1, 4):
+    summary = trainer.train_and_evaluate(tiny_config, str(tmp_path / f'dev{devices}'),
+                                         mesh=parallel.make_mesh(jax.devices()[:devices]))
+    assert math.isfinite(summary['train_loss'])
+    losses[devices] = summary['train_loss'], summary['valid_ppl']
+  np.testing.assert_allclose(losses[4], losses[1], rtol=1e-5)
+
+
+def test_band_perplexities_partition_the_split_and_a_stride_scores_every_token_once(
+    tiny_config, tmp_path):
+  tiny_config.train.num_steps = 6
+  workdir = str(tmp_path / 'run')
+  summary = trainer.train_and_evaluate(tiny_config, workdir,
+                                       mesh=parallel.make_mesh(jax.devices()[:1]))
+  bands = summary['test_bands']
+  assert list(bands) == ['1-100', '101-1000', '1001-10000', '10001+', '<unk>']
+  run = trainer.build_run(tiny_config, workdir, mesh=parallel.make_mesh(jax.devices()[:1]))
+  num_test = run.corpus.splits['test'].size
+  assert sum(band['tokens'] for band in bands.values()) == num_test
+  # The bands' NLLs add up to the split's.
+  nll = sum(band['loss'] * band['tokens'] for band in bands.values() if band['tokens'])
+  np.testing.assert_allclose(math.exp(nll / num_test), summary['test_ppl'], rtol=1e-5)
+  assert bands['101-1000']['tokens'] == 0 and bands['101-1000']['ppl'] is None
+  one = parallel.make_mesh(jax.devices()[:1])
+  default = eval_run.evaluate_workdir(workdir, 'test', 'best', mesh=one)
+  assert default['ppl'] == summary['test_ppl'] and default['stride'] == tiny_config.data.seq_len
+  assert json.loads((tmp_path / 'run' / 'eval_test.json').read_text())['bands'] == bands
+  overlapping = eval_run.evaluate_workdir(workdir, 'test', 'best', stride=2, mesh=one)
+  assert overlapping['tokens'] == num_test and overlapping['stride'] == 2
+  assert overlapping['ppl'] != default['ppl']  # more context per token: another number
+  with pytest.raises(ValueError, match=r'--stride=0 must be an integer in \[1, data.seq_len=8\]'):
+    eval_run.evaluate_workdir(workdir, 'test', stride=0)
+
+
+def table_of(model) -> np.ndarray:
+  """The model's VxD input table, reconstructed from its factors (in the test only)."""
+  product = np.asarray(model.embed.factors()[0], np.float64)
+  for factor in model.embed.factors()[1:]:
+    product = product @ np.asarray(factor, np.float64)
+  return product
+
+
+def first_step_movement(run: trainer.Run) -> float:
+  """|W after - W before|_F for one train step of `run` (fresh AdamW) on its first batch."""
+  from factorized import optim
+  from factorized.step import make_train_step
+
+  config = run.config
+  batch = next(data_lib.TrainBatches(run.corpus.splits['train'], seq_len=config.data.seq_len,
+                                     global_batch_size=config.train.batch_size, seed=0))
+  before = table_of(run.model())
+  step = make_train_step(run.parts, optim.make_optimizer(config),
+                         optim.learning_rate_schedule(config.train), run.mesh)
+  state, _ = step(run.state, parallel.global_batch(batch, run.mesh))
+  return float(np.linalg.norm(table_of(run.model(state.params)) - before))
+
+
+def test_an_ortho_penalty_run_moves_its_table_as_fast_as_a_penalty_free_one(tiny_config,
+                                                                             tmp_path):
+  """lambda > 0 starts on the constraint set with U at the lambda = 0 scale, so one Adam step
+  moves U s V as far (an orthonormal U, entries ~1/sqrt(V), would move it much further)."""
+  tiny_config.train.warmup_steps = 0  # the first step at the peak rate
+  one = parallel.make_mesh(jax.devices()[:1])
+  moved = {}
+  for name, kind, penalty in [('dense', 'dense', 0.0), ('svd', 'svd', 0.0),
+                              ('svd_penalty', 'svd', 0.1)]:
+    tiny_config.model.embed.update(kind=kind, ortho_penalty=penalty)
+    moved[name] = first_step_movement(trainer.build_run(tiny_config, str(tmp_path / name),
+                                                        mesh=one))
+  assert 1 / 1.5 < moved['svd'] / moved['dense'] < 1.5, moved
+  assert 1 / 1.25 < moved['svd_penalty'] / moved['svd'] < 1.25, moved
