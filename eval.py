@@ -15,8 +15,9 @@ optionally fine-tuned for N steps; writes workdir/posthoc_svd_<split>.json:
 import json
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from factorized import cli
 from factorized.allocator import ensure_fast_malloc
 
 flags.DEFINE_string('workdir', None, 'A training workdir (holds config.json and checkpoints/).')
@@ -38,8 +39,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:  # orbax logs every checkpoint step at INFO
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_libraries()  # no dependency warnings unless --verbosity is given
   from factorized import eval_run, posthoc
 
   if FLAGS.svd_finetune_steps and not FLAGS.svd_ranks:
@@ -61,4 +61,4 @@ def main(argv):
 
 if __name__ == '__main__':
   ensure_fast_malloc()  # re-execs once with a faster malloc; FACTORIZED_FAST_MALLOC=0: off
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -4,16 +4,22 @@ r"""Trains a language model with a dense, ALBERT or SVD token embedding.
 
 Every config field can be overridden (--config.train.lr=1e-3). Running again on the
 same workdir resumes from its latest checkpoint; SIGTERM or Ctrl-C writes a checkpoint
-first. Several hosts: start one process per host with --coordinator_address,
---num_processes and --process_id (or none of them where jax.distributed.initialize()
-detects the cluster itself, e.g. on Cloud TPU), plus --distributed.
+first (and on SIGUSR2, which SLURM sends before a time limit with --signal=USR2@120).
+Several hosts: start one process per host with --distributed; under SLURM (srun) and on
+Cloud TPU, jax.distributed.initialize() reads the cluster from the environment, elsewhere
+add --coordinator_address, --num_processes and --process_id.
 
 A config file that defines get_sweep() runs a sweep instead (factorized/sweep.py): every
-point in its own sub-workdir of --workdir, --sweep_workers at a time, finished points
-skipped and unfinished ones resumed, then summary.csv/.md, ppl_vs_rank.png and a `sweep`
+point in its own sub-workdir of --workdir, as submitit jobs on this machine
+(--sweep_launcher=local, --sweep_workers at a time) or as one SLURM job array
+(--sweep_launcher=slurm, resources from the config's `launcher` section), finished points
+skipped and unfinished ones resumed, then summary.csv/.md, the plots and a `sweep`
 TensorBoard run in --workdir:
 
   python train.py --config=configs/rank_sweep.py --workdir=runs/sweep [--sweep_workers=2]
+  python train.py --config=configs/rank_sweep.py --workdir=runs/sweep --sweep_launcher=slurm \
+      --sweep_workers=16 --config.launcher.partition=gpu --config.launcher.gpus_per_task=1
+  python train.py --config=configs/rank_sweep.py --workdir=runs/sweep --sweep_report_only
 """
 
 import json
@@ -22,6 +28,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from factorized import cli
 from factorized.allocator import ensure_fast_malloc
 
 config_flags.DEFINE_config_file(
@@ -32,8 +39,15 @@ flags.DEFINE_bool('distributed', False, 'Join a multi-process run via jax.distri
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
 flags.DEFINE_integer('process_id', None, 'This process index (multi-process).')
-flags.DEFINE_integer('sweep_workers', 1, 'Sweep configs (with get_sweep()): points trained '
-                     'in parallel, each in its own process.')
+flags.DEFINE_enum('sweep_launcher', 'local', ['local', 'slurm'],
+                  'Sweep configs (with get_sweep()): where the points run, as submitit jobs: '
+                  'this machine, or one SLURM job array (config section `launcher`).')
+flags.DEFINE_integer('sweep_workers', 1, 'Sweep configs: points running at once (local: '
+                     'processes on this machine; slurm: the job array\'s limit).')
+flags.DEFINE_float('sweep_progress_every_s', 60, 'Sweep configs, when the output is not a '
+                   'terminal (nohup, CI): print a progress line every this many seconds.')
+flags.DEFINE_bool('sweep_report_only', False, 'Sweep configs: write the reports from the '
+                  'points finished so far, and run nothing.')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -41,8 +55,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:  # orbax logs every checkpoint step at INFO
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_libraries()  # no dependency warnings unless --verbosity is given
   from factorized import sweep
 
   points = sweep.load_sweep(FLAGS['config'].config_filename)
@@ -53,8 +66,15 @@ def main(argv):
     try:
       points = sweep.make_points(FLAGS.config, points,
                                  overridden=FLAGS['config'].override_values)
-      sys.exit(sweep.run_sweep(points, FLAGS.workdir, workers=FLAGS.sweep_workers))
-    except ValueError as error:
+      if FLAGS.sweep_report_only:
+        sweep.write_reports(FLAGS.workdir)
+        return
+      sys.exit(sweep.run_sweep(points, FLAGS.workdir, launcher=FLAGS.sweep_launcher,
+                               workers=FLAGS.sweep_workers,
+                               verbosity=(FLAGS.verbosity if FLAGS['verbosity'].present
+                                          else None),
+                               progress_every_s=FLAGS.sweep_progress_every_s))
+    except (ValueError, FileNotFoundError) as error:
       sys.exit(f'error: {error}')
   import jax
 
@@ -78,4 +98,4 @@ def main(argv):
 
 if __name__ == '__main__':
   ensure_fast_malloc()  # re-execs once with a faster malloc; FACTORIZED_FAST_MALLOC=0: off
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

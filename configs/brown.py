@@ -25,6 +25,7 @@ Launch commands:
 
 import ml_collections
 
+from configs import common
 from factorized.config_args import parse_arg
 
 
@@ -92,6 +93,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   # Perplexity per frequency band of the target: ranks in train-split frequency (<unk> apart).
   config.eval.band_edges = (100, 1000, 10000)
+
+  # SLURM resources of each sweep point (--sweep_launcher=slurm); see configs/common.py.
+  config.launcher = common.launcher(gpus_per_task=1 if arg.gpu else 0,
+                                    cpus_per_task=8 if arg.gpu else 2)
 
   if arg.gpu:
     config.model.model_dim = 512

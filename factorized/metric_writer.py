@@ -2,7 +2,9 @@
 
 Events go into the run's workdir itself, so a sweep directory is one logdir whose runs
 are the sweep's points. Hyper-parameters go to the HParams plugin in the same run, with
-`hparams/valid_ppl` and `hparams/test_ppl` as its metrics (written as scalars).
+`hparams/valid_ppl` and `hparams/test_ppl` as its metrics (written as scalars). Facts that
+do not change over a run (parameter counts) go to the HParams columns and a text summary,
+not to single-point scalar charts.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ class MetricWriter:
       value = float(value)
       if math.isfinite(value):
         self._writer.add_scalar(tag, value, global_step=int(step))
+
+  def text(self, tag: str, markdown: str) -> None:
+    """Writes a Markdown text summary (TensorBoard's Text dashboard) at step 0."""
+    if self._writer is not None:
+      self._writer.add_text(tag, markdown, global_step=0)
 
   def hparams(self, values: Mapping[str, bool | int | float | str]) -> None:
     """Declares this run's hyper-parameters and the HParams metrics (HPARAM_METRICS).

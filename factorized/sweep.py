@@ -9,20 +9,19 @@ sweep: the points are dicts of dotted config overrides applied on top of `--conf
 - Finished (summary.json there and the same config) points are skipped; unfinished ones
   resume from their last checkpoint, so a sweep killed half-way continues where it stopped
   when the same command runs again.
-- Each point is a subprocess (`python -m factorized.sweep <sub-workdir>`, which trains the
-  config that the sweep saved as the sub-workdir's config.json), so a failing or crashing
-  point cannot take the others down; `workers` of them run at a time. Output goes to
-  `<sub-workdir>/train.log`; a failure is listed at the end with its exit code and the
-  log's last lines.
-- SIGTERM or Ctrl-C stops the sweep: running points get the signal, write a checkpoint and
-  exit; no new point starts.
+- The corpus is prepared (downloaded, tokenised, cached) once, before any point starts.
+- Each point is a submitit job (factorized/launcher.py): on this machine, `workers` at a
+  time (`--sweep_launcher=local`), or one SLURM job array (`--sweep_launcher=slurm`), so a
+  failing or crashing point cannot take the others down. Output goes to
+  `<sub-workdir>/train.log`; a failure is listed at the end with the log's last lines.
+- SIGTERM or Ctrl-C stops the sweep: local points write a checkpoint and exit, and no new
+  point starts; SLURM points keep running on the cluster.
 - At the end the reports are rewritten from every summary in the directory
-  (`sweep_report.write_reports`).
+  (`sweep_report.write_reports`); `train.py --sweep_report_only` writes them and runs nothing.
 """
 
 from __future__ import annotations
 
-import collections
 import copy
 import dataclasses
 import importlib.util
@@ -30,22 +29,21 @@ import json
 import os
 import pathlib
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import ml_collections
-from absl import app, logging
+from absl import logging
 
+from factorized import launcher as launcher_lib
+from factorized import progress as progress_lib
 from factorized import summary as summary_lib
 from factorized import sweep_report
 from factorized import workdir as workdir_lib
 
-LOG_FILE = 'train.log'
-EXIT_INTERRUPTED = 143  # what train.py and a point return after SIGTERM
-_LOG_TAIL_LINES = 15
+LOG_FILE = launcher_lib.LOG_FILE
+EXIT_INTERRUPTED = launcher_lib.EXIT_INTERRUPTED
 
 
 @dataclasses.dataclass
@@ -126,58 +124,36 @@ def is_finished(point: Point, sweep_dir: str) -> bool:
       json.loads(saved.read_text()), workdir_lib.config_to_dict(point.config))
 
 
-def _log_tail(path: pathlib.Path, start: int) -> str:
-  """The last lines this attempt wrote to `path` (progress-bar redraws collapsed)."""
-  with open(path, 'rb') as f:
-    f.seek(start)
-    text = f.read().decode('utf-8', 'replace')
-  lines = [line.rsplit('\r', 1)[-1].rstrip() for line in text.split('\n')]
-  return '\n'.join([line for line in lines if line][-_LOG_TAIL_LINES:])
+def prepare_corpora(points: list[Point], echo: Callable[[str], None]) -> None:
+  """Downloads, tokenises and caches each distinct corpus of `points` once, here, so that a
+  missing corpus fails once, before any point starts, and parallel points only read the
+  cache."""
+  from factorized import data as data_lib
+
+  seen = set()
+  for point in points:
+    key = point.config.data.to_json(sort_keys=True)
+    if key in seen:
+      continue
+    seen.add(key)
+    corpus = data_lib.prepare_corpus(point.config.data)
+    echo(f'corpus {corpus.name}: {corpus.vocab_size:,} types, '
+         f'{corpus.splits["train"].size:,} train tokens ({corpus.cache_path})')
 
 
-class _Running:
-  """A point's subprocess with its log file."""
-
-  def __init__(self, point: Point, workdir: pathlib.Path, env: dict):
-    self.point, self.workdir = point, workdir
-    self.log_path = workdir / LOG_FILE
-    self.log = open(self.log_path, 'ab')  # noqa: SIM115 (closed in finish)
-    self.log_start = self.log.tell()
-    self.log.write(f'\n==== {time.strftime("%Y-%m-%d %H:%M:%S")} sweep point '
-                   f'{point.name}\n'.encode())
-    self.log.flush()
-    self.start = time.time()
-    self.process = subprocess.Popen(
-        [sys.executable, '-m', 'factorized.sweep', str(workdir)],
-        stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-
-  def finish(self) -> int:
-    self.log.close()
-    return self.process.returncode
-
-
-def _child_env(workers: int) -> dict:
-  env = dict(os.environ)
-  root = str(pathlib.Path(__file__).resolve().parent.parent)  # where `factorized` lives
-  env['PYTHONPATH'] = os.pathsep.join(p for p in (root, env.get('PYTHONPATH')) if p)
-  env.setdefault('TQDM_MININTERVAL', '5')  # a log file, not a terminal
-  if workers > 1:  # points sharing one accelerator must not each grab most of its memory
-    env.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
-  return env
-
-
-def run_sweep(points: list[Point], sweep_dir: str, *, workers: int = 1,
-              echo: Callable[[str], None] = print) -> int:
-  """Runs the unfinished points, `workers` at a time; returns the sweep's exit code.
+def run_sweep(points: list[Point], sweep_dir: str, *, launcher: str = 'local',
+              workers: int = 1, verbosity: int | None = None,
+              progress_every_s: float = 60.0, poll_s: float | None = None) -> int:
+  """Runs the unfinished points through `launcher`; returns the sweep's exit code.
 
   0: every point finished; 1: some failed (listed); 143: stopped by a signal (rerun to
-  resume). The reports are rewritten in every case.
+  resume). The reports are rewritten in every case. Progress: a live view on a terminal,
+  else a line every `progress_every_s` seconds (factorized/progress.py).
   """
-  if workers < 1:
-    raise ValueError(f'--sweep_workers={workers} must be >= 1.')
+  echo = print
   root = pathlib.Path(sweep_dir)
   root.mkdir(parents=True, exist_ok=True)
-  todo = collections.deque()
+  todo: list[Point] = []
   failures, interrupted, done, skipped = {}, [], [], []
   for point in points:
     if is_finished(point, sweep_dir):
@@ -191,94 +167,119 @@ def run_sweep(points: list[Point], sweep_dir: str, *, workers: int = 1,
       echo(f'{point.name}: FAILED: {error}')
       continue
     todo.append(point)
-
+  if todo:
+    launch = launcher_lib.Launcher(launcher, root, _launcher_config(todo[0], launcher),
+                                   workers=workers, verbosity=verbosity)
+    prepare_corpora(todo, echo)
+  view = progress_lib.SweepProgress(
+      {point.name: (root / point.name, point.config.train.num_steps) for point in todo},
+      every_s=progress_every_s)
+  echo = view.echo
+  total, started = len(todo), 0
+  running: list[launcher_lib.Job] = []
   stop = {'signal': None}
-  running: dict[str, _Running] = {}
 
   def handle(signum, frame):
     del frame
     stop['signal'] = signum
-    for run in running.values():
-      if run.process.poll() is None:
-        run.process.send_signal(signum)
+
+  def start(batch: list[Point]) -> None:
+    nonlocal started
+    jobs = launch.submit({point.name: root / point.name for point in batch})
+    for job in jobs:
+      started += 1
+      echo(f'{job.name}: started ({started}/{total}), log in {job.workdir / LOG_FILE}')
+    running.extend(jobs)
 
   previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-  env = _child_env(workers)
-  total = len(todo)
   try:
+    if todo and launcher == 'slurm':
+      waiting = launch.queued_earlier({point.name: root / point.name for point in todo})
+      for job in waiting:
+        echo(f'{job.name}: still queued or running from an earlier submission, waited for')
+      running.extend(waiting)
+      started = len(waiting)
+      names = {job.name for job in waiting}
+      batch, todo = [point for point in todo if point.name not in names], []
+      if batch:
+        start(batch)
+    poll_s = poll_s if poll_s is not None else (5.0 if launcher == 'slurm' else 0.5)
+    stopping = False
     while running or (todo and stop['signal'] is None):
-      while todo and len(running) < workers and stop['signal'] is None:
-        point = todo.popleft()
-        running[point.name] = _Running(point, root / point.name, env)
-        echo(f'{point.name}: started ({total - len(todo)}/{total}), log in '
-             f'{running[point.name].log_path}')
-      time.sleep(0.2)
-      for name, run in list(running.items()):
-        if run.process.poll() is None:
-          continue
-        del running[name]
-        code = run.finish()
-        seconds = time.time() - run.start
-        if code == 0 and (run.workdir / summary_lib.SUMMARY_FILE).exists():
+      if stop['signal'] is not None and not stopping:
+        stopping = True
+        echo(f'{signal.Signals(stop["signal"]).name}: stopping the sweep. '
+             + launch.stop(running))
+        if launcher == 'slurm':
+          break
+      free = workers - len(running)
+      if todo and free > 0 and stop['signal'] is None:
+        batch, todo = todo[:free], todo[free:]
+        start(batch)
+      time.sleep(poll_s)
+      ended = launch.poll(running)
+      view.update([job.name for job in running if job.name not in ended], list(ended))
+      for name, outcome in ended.items():
+        job = next(job for job in running if job.name == name)
+        running.remove(job)
+        seconds = time.time() - job.start
+        if outcome.status == 'done':
           done.append(name)
-          result = json.loads((run.workdir / summary_lib.SUMMARY_FILE).read_text())
-          echo(f'{name}: finished in {seconds:.0f}s, valid ppl {result["valid_ppl"]:.2f}, '
-               f'test ppl {result["test_ppl"]:.2f}')
-        elif stop['signal'] is not None or code == EXIT_INTERRUPTED:
+          echo(f'{name}: finished in {seconds:.0f}s, valid ppl '
+               f'{outcome.summary["valid_ppl"]:.2f}, test ppl {outcome.summary["test_ppl"]:.2f}')
+        elif outcome.status == 'interrupted' or stop['signal'] is not None:
           interrupted.append(name)
-          echo(f'{name}: interrupted after {seconds:.0f}s (exit {code})')
+          echo(f'{name}: interrupted after {seconds:.0f}s')
         else:
-          status = f'exit {code}' if code >= 0 else f'killed by {signal.Signals(-code).name}'
-          failures[name] = f'{status}; the end of {run.log_path}:\n' + _indent(
-              _log_tail(run.log_path, run.log_start))
-          echo(f'{name}: FAILED ({status}) after {seconds:.0f}s; see {run.log_path}')
+          failures[name] = outcome.reason
+          echo(f'{name}: FAILED after {seconds:.0f}s; see {job.workdir / LOG_FILE}')
   finally:
+    view.close()
     for sig, handler in previous.items():
       signal.signal(sig, handler)
 
+  echo = print
+  still_running = [job.name for job in running]
+  return _report(points, sweep_dir, echo, done=done, skipped=skipped, failures=failures,
+                 interrupted=interrupted, not_started=[point.name for point in todo],
+                 still_running=still_running, stop_signal=stop['signal'])
+
+
+def _launcher_config(point: Point, launcher: str) -> ml_collections.ConfigDict:
+  if 'launcher' in point.config:
+    return point.config.launcher
+  if launcher == 'slurm':
+    raise ValueError('--sweep_launcher=slurm: the config has no `launcher` section (SLURM '
+                     'resources); add `config.launcher = common.launcher()` from '
+                     'configs/common.py to the config file.')
+  return ml_collections.ConfigDict()
+
+
+def write_reports(sweep_dir: str, echo: Callable[[str], None] = print) -> None:
+  """Rewrites summary.csv/.md, the plots and the `sweep` TensorBoard run from the finished
+  points' summaries, and prints the table."""
+  root = pathlib.Path(sweep_dir)
   table = sweep_report.write_reports(sweep_dir)
   echo(f'\n{table}\nReports: {root / sweep_report.CSV_FILE}, {root / sweep_report.MD_FILE}, '
        f'{root / sweep_report.PNG_FILE}; TensorBoard: tensorboard --logdir={sweep_dir}')
-  not_started = [point.name for point in todo]
+
+
+def _report(points: list[Point], sweep_dir: str, echo: Callable[[str], None], *, done,
+            skipped, failures, interrupted, not_started, still_running, stop_signal) -> int:
+  write_reports(sweep_dir, echo)
+  running = f', {len(still_running)} still running on SLURM' if still_running else ''
   echo(f'{len(points)} points: {len(done)} trained now, {len(skipped)} finished earlier, '
        f'{len(interrupted)} interrupted, {len(not_started)} not started, '
-       f'{len(failures)} failed.')
-  if stop['signal'] is not None:
-    echo(f'Sweep stopped by {signal.Signals(stop["signal"]).name}: interrupted '
-         f'{interrupted or "none"}, not started {not_started or "none"}. Run the same command '
-         'again to resume.')
+       f'{len(failures)} failed{running}.')
+  if stop_signal is not None:
+    echo(f'Sweep stopped by {signal.Signals(stop_signal).name}: interrupted '
+         f'{interrupted or "none"}, not started {not_started or "none"}'
+         + (f', still running on SLURM {still_running}' if still_running else '')
+         + '. Run the same command again to resume.')
   if failures:
     echo(f'{len(failures)} of {len(points)} points failed:')
     for name, reason in failures.items():
       echo(f'  {name}: {reason}')
-  if stop['signal'] is not None:
+  if stop_signal is not None:
     return EXIT_INTERRUPTED
   return 1 if failures else 0
-
-
-def _indent(text: str) -> str:
-  return '\n'.join(f'      {line}' for line in text.splitlines())
-
-
-def _train_point(argv: list[str]) -> None:
-  """Trains the config saved in the sub-workdir argv[1] (the sweep's child process)."""
-  if len(argv) != 2:
-    raise app.UsageError('usage: python -m factorized.sweep <point workdir>')
-  import jax
-
-  from factorized import trainer
-
-  workdir = argv[1]
-  config = workdir_lib.load_config(workdir)
-  logging.info('JAX devices: %s', jax.devices())
-  try:
-    trainer.train_and_evaluate(config, workdir)
-  except trainer.TrainingInterrupted as stopped:
-    logging.warning('%s', stopped)
-    sys.exit(EXIT_INTERRUPTED)
-  except (ValueError, FileNotFoundError, trainer.NonFiniteLoss) as error:
-    sys.exit(f'error: {error}')
-
-
-if __name__ == '__main__':
-  app.run(_train_point)

@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 from factorized import checkpointing, costs, embeddings, optim, parallel, spectrum
 from factorized import data as data_lib
 from factorized import model as model_lib
+from factorized import progress as progress_lib
 from factorized import summary as summary_lib
 from factorized import workdir as workdir_lib
 from factorized.evaluate import Evaluator
@@ -34,7 +35,11 @@ log = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(Exception):
-  """Raised after SIGTERM/SIGINT once a checkpoint of the current step is written."""
+  """Raised after a stop signal (`_StopRequest`) once a checkpoint of the step is written."""
+
+  def __init__(self, message: str, signal_name: str):
+    super().__init__(message)
+    self.signal_name = signal_name
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -143,14 +148,18 @@ def band_scalars(split: str, result: dict) -> dict[str, float]:
 
 
 class _StopRequest:
-  """Turns SIGTERM and SIGINT into a flag that the loop checks once per step."""
+  """Turns SIGTERM, SIGINT and SIGUSR2 into a flag that the loop checks once per step.
+
+  SIGUSR2 is what SLURM sends before a time limit when asked (`sbatch --signal=USR2@120`,
+  and submitit's jobs, factorized/launcher.py).
+  """
 
   def __init__(self):
     self.signal_name = None
     self._previous = {}
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
@@ -253,7 +262,8 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
                   'vocab_params': params_count['vocab'], 'total_params': params_count['total'],
                   'model_dim': config.model.model_dim, 'embed_decay': train_cfg.embed_decay,
                   'seed': config.seed})
-  writer.scalars(0, {f'params/{name}': value for name, value in params_count.items()})
+  writer.text('params', '| parameters | count |\n|---|---:|\n' + ''.join(
+      f'| {name} | {value:,} |\n' for name, value in params_count.items()))
 
   train_step = make_train_step(
       run.parts, optim.make_optimizer(config), optim.learning_rate_schedule(train_cfg),
@@ -297,6 +307,11 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
             'train/penalty': last_metrics['penalty'],
             'train/tokens_per_s': tokens_per_s})
         bar.set_postfix(loss=f'{last_metrics["loss"]:.3f}', tok_s=f'{tokens_per_s:,.0f}')
+        if jax.process_index() == 0:  # for a sweep's live view (factorized/progress.py)
+          progress_lib.write_progress(
+              workdir, step=pending[0], num_steps=train_cfg.num_steps,
+              loss=last_metrics['loss'], steps_per_s=tokens_per_s / tokens_per_step,
+              tokens_per_s=tokens_per_s)
       pending = (step, metrics)
       final = step == train_cfg.num_steps
       do_eval = final or step % train_cfg.eval_every == 0
@@ -314,7 +329,8 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
       if stop.signal_name and not final:
         raise TrainingInterrupted(
             f'{stop.signal_name} at step {step}: checkpoint written to '
-            f'{checkpointer.directory}; run the same command again to resume.')
+            f'{checkpointer.directory}; run the same command again to resume.',
+            stop.signal_name)
 
   checkpointer.wait()
   best_step = checkpointer.best_step()

@@ -16,8 +16,9 @@ from typing import Any
 import ml_collections
 
 CONFIG_FILE = 'config.json'
-# Fields that may differ between a saved and a new config without refusing the workdir.
-_IGNORED_FIELDS = ('overwrite',)
+# Fields that may differ between a saved and a new config without refusing the workdir
+# (sections by their prefix): none of them changes what a run computes.
+_IGNORED_FIELDS = ('overwrite', 'launcher.')
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
@@ -51,11 +52,11 @@ def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
 
 
 def config_differences(saved: dict, new: dict) -> list[str]:
-  """Lists 'field: saved -> new' for every field that differs (ignoring `overwrite`)."""
+  """Lists 'field: saved -> new' for every field that differs (but `_IGNORED_FIELDS`)."""
   saved_flat, new_flat = _flatten(saved), _flatten(new)
   lines = []
   for name in sorted(set(saved_flat) | set(new_flat)):
-    if name in _IGNORED_FIELDS:
+    if name.startswith(_IGNORED_FIELDS):
       continue
     old_value, new_value = saved_flat.get(name, '<absent>'), new_flat.get(name, '<absent>')
     if old_value != new_value:

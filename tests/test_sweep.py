@@ -47,10 +47,10 @@ def has_checkpoint(run_dir) -> bool:
   return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
 
 
-def sweep_command(repo_root, workdir, text_config, *extra):
+def sweep_command(repo_root, workdir, text_config, *extra,
+                  sweep='runlocal,kinds=dense+svd,ranks=4+32'):
   data = text_config
-  return [sys.executable, 'train.py',
-          '--config=configs/rank_sweep.py:runlocal,kinds=dense+svd,ranks=4+32',
+  return [sys.executable, 'train.py', f'--config=configs/rank_sweep.py:{sweep}',
           f'--workdir={workdir}', '--config.data.corpus=text',
           f'--config.data.train_files={data.train_files}',
           f'--config.data.valid_files={data.valid_files}',
@@ -86,13 +86,18 @@ def test_a_killed_sweep_resumes_skips_finished_points_and_isolates_failures(
 
   # 2. The same command, two points at a time: dense is skipped, svd_rank4 resumes half-way,
   # and svd_rank32, failing beside it, does not stop it.
-  second = subprocess.run([*cmd, '--sweep_workers=2'], cwd=repo_root, env=cli_env(1),
-                          capture_output=True, text=True, timeout=300)
+  second = subprocess.run([*cmd, '--sweep_workers=2', '--sweep_progress_every_s=1'],
+                          cwd=repo_root, env=cli_env(1), capture_output=True, text=True,
+                          timeout=300)
   assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
   assert 'dense: finished earlier, skipped' in second.stdout
+  # Not a terminal: plain progress lines with the steps and an ETA from measured rates.
+  assert re.search(r'^sweep: [0-2]/2 points, [\d,]+/800 steps .*ETA \d+:\d\d:\d\d \| '
+                   r'svd_rank4 [\d,]+/400 loss', second.stdout, re.M), second.stdout[-3000:]
   listed = second.stdout.split('1 of 3 points failed:')[-1]
-  assert 'svd_rank32: exit 1' in listed
-  assert 'model.embed.rank=32 is out of range' in listed  # the tail of its train.log
+  # The job's error, then the tail of its train.log.
+  assert 'svd_rank32: ValueError: model.embed.rank=32 is out of range' in listed
+  assert f'the end of {workdir / "svd_rank32" / "train.log"}' in listed
   resumed = re.findall(r'Resumed \S+ at step (\d+)',
                        (workdir / 'svd_rank4' / 'train.log').read_text())
   assert len(resumed) == 1 and 0 < int(resumed[0]) < 400

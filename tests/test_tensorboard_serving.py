@@ -92,8 +92,16 @@ def test_tensorboard_serves_every_run_its_hparams_metrics_and_ppl_vs_rank(sweep_
     assert fetch(f'{url}/data/plugins_listing')['hparams']['enabled']
 
     experiment = fetch(f'{url}/data/plugin/hparams/experiment', body={'experimentName': ''})
-    assert {'kind', 'rank', 'head', 'embedding_params'} <= {
+    assert {'kind', 'rank', 'head', 'embedding_params', 'vocab_params', 'total_params'} <= {
         h['name'] for h in experiment['hparamInfos']}
+    # Parameter counts: a readable table in each run's text summary, not step-0 scalars.
+    assert fetch(f'{url}/data/plugin/text/tags')['svd_rank4'] == ['params/text_summary']
+    query = urllib.parse.urlencode({'run': 'svd_rank4', 'tag': 'params/text_summary'})
+    (table,) = fetch(f'{url}/data/plugin/text/text?{query}')
+    vocab = summaries['svd_rank4']['params']['vocab']
+    assert '<td>vocab</td>' in table['text'] and f'{vocab:,}' in table['text']
+    assert not any(tag.startswith('params/')
+                   for tag in fetch(f'{url}/data/plugin/scalars/tags')['svd_rank4'])
     assert set(METRICS) <= {m['name']['tag'] for m in experiment['metricInfos']}
 
     request = {

@@ -1,0 +1,118 @@
+"""What train.py and eval.py share on the command line: flag parsing that turns a mistyped
+`--config.*` override, a bad value or an unknown flag into one line and exit code 2, and
+quiet libraries (no dependency warnings in normal use; `--verbosity=0` or higher shows
+everything)."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import logging as py_logging
+import pathlib
+import re
+import sys
+
+import ml_collections
+from absl import flags, logging
+
+EXIT_USAGE = 2
+# Loggers whose messages are not for users unless they ask (--verbosity): JAX's backend
+# probe (TPU/GPU plugins that this machine lacks) and orbax's bookkeeping.
+_NOISY_LOGGERS = ('jax._src.xla_bridge', 'jax._src.distributed', 'jax._src.compiler')
+_NOISY_PATHS = (f'{pathlib.Path("orbax")}/', f'{pathlib.Path("jax")}/_src/')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`; on a bad flag,
+  prints `error: <what and the fix>` and exits with code 2 (no traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as error:  # noqa: BLE001 (flags.Error, or ml_collections' own errors)
+    print(f'error: {explain(argv, error)}', file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def explain(argv: list[str], error: Exception) -> str:
+  """One line for a flag error: the override's field, its closest valid names, the file."""
+  spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
+  if spec is not None and overrides:
+    try:
+      config = _load(spec)
+    except Exception:  # noqa: BLE001 (the config file itself is broken: absl's message)
+      config = None
+    if config is not None:
+      for override in overrides:
+        key, _, value = override.partition('=')
+        message = _check_override(config, key, value, spec)
+        if message:
+          return message
+  text = str(error).strip().splitlines()
+  return text[0] if text else repr(error)
+
+
+def _load(spec: str) -> ml_collections.ConfigDict:
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_cli_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def _check_override(config: ml_collections.ConfigDict, key: str, value: str,
+                    spec: str) -> str | None:
+  """The message for `--config.<key>=<value>`, or None when it is a valid override."""
+  path = spec.partition(':')[0]
+  node, walked = config, []
+  for name in key.split('.'):
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      prefix = '.'.join(walked)
+      close = difflib.get_close_matches(name, fields, n=3, cutoff=0.5)
+      hint = (f'did you mean {", ".join(_dotted(prefix, c) for c in close)}?' if close else
+              f'the fields there are {", ".join(_dotted(prefix, f) for f in fields)}.')
+      return (f'--config.{key}: {path} has no field {_dotted(prefix, name)}; {hint}')
+    node, walked = node[name], [*walked, name]
+  expected = type(node)
+  if isinstance(node, bool):
+    ok = value.lower() in ('true', 'false', '1', '0', '')
+  elif isinstance(node, (int, float)):
+    ok = re.fullmatch(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?', value.strip()) is not None
+    ok = ok and (expected is float or re.fullmatch(r'[-+]?\d+', value.strip()) is not None)
+  else:
+    return None
+  if ok:
+    return None
+  kind = {bool: 'a boolean', int: 'an integer', float: 'a number'}[expected]
+  return (f'--config.{key}={value}: {key} takes {kind} in {path} (default {node!r}); '
+          f'give {kind}.')
+
+
+def _dotted(prefix: str, name: str) -> str:
+  return f'{prefix}.{name}' if prefix else name
+
+
+class _QuietFilter(py_logging.Filter):
+  """Drops warnings and info that dependencies log through absl (orbax, JAX internals)."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.levelno >= py_logging.ERROR:
+      return True
+    return not any(part in record.pathname for part in _NOISY_PATHS)
+
+
+def quiet_libraries(verbosity: int | None = None) -> None:
+  """With the user's --verbosity (given on the command line, or passed on to a sweep's
+  job as `verbosity`): everything at that level; without: our warnings only, no
+  dependency noise."""
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # a job process has no command line of its own
+  if verbosity is None and flags.FLAGS['verbosity'].present:
+    verbosity = flags.FLAGS.verbosity
+  if verbosity is not None:
+    logging.set_verbosity(verbosity)
+    return
+  logging.set_verbosity(logging.WARNING)
+  for name in _NOISY_LOGGERS:
+    py_logging.getLogger(name).setLevel(py_logging.ERROR)
+  logging.get_absl_handler().addFilter(_QuietFilter())
