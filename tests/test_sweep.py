@@ -139,7 +139,7 @@ def fake_run(root, name, kind, rank, head='tied', valid=50.0, test=60.0, seed=0,
              'params': {'embedding': embedding, 'output_head': head_only,
                         'vocab': embedding + head_only, 'total': embedding + head_only + 5000},
              'valid_ppl': valid, 'test_ppl': test, 'tokens_per_s': 1234.5,
-             'test_bands': bands or {}}
+             'wall_time_s': 600.0, 'test_bands': bands or {}}
   (root / name).mkdir(parents=True)
   (root / name / 'summary.json').write_text(json.dumps(summary))
 
