@@ -5,6 +5,7 @@ tasks of `train.py --distributed` equal one process."""
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -132,3 +133,21 @@ def test_two_srun_tasks_of_train_py_distributed_equal_one_process(
   for key in ('train_loss', 'valid_ppl', 'test_ppl'):
     assert summary[key] == pytest.approx(reference[key], rel=1e-5), key
 
+
+
+def test_a_rerun_waits_for_points_still_queued_on_slurm_instead_of_resubmitting(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(launcher, '_has_command', lambda name: True)
+  for name in ('PYTHONPATH', 'TQDM_MININTERVAL'):  # a Launcher sets them for its jobs
+    monkeypatch.setenv(name, os.environ.get(name, ''))
+  slurm = launcher.Launcher('slurm', tmp_path, common.launcher(), workers=2)
+  (tmp_path / launcher.SUBMITIT_DIR).mkdir(exist_ok=True)
+  (tmp_path / launcher.SUBMITIT_DIR / launcher.JOBS_FILE).write_text(
+      json.dumps({'dense': '41_0', 'svd_rank8': '41_1', 'albert_rank8': '41_2'}))
+  monkeypatch.setattr(launcher, '_slurm_queue', lambda: {'41_1', '57'})  # only svd_rank8
+  points = {name: tmp_path / name for name in ('dense', 'svd_rank8', 'albert_rank8')}
+  (waiting,) = slurm.queued_earlier(points)
+  assert waiting.name == 'svd_rank8' and waiting.job.job_id == '41_1'
+  assert waiting.job.paths.result_pickle.parent == tmp_path / launcher.SUBMITIT_DIR / '41_1'
+  assert launcher.Launcher('local', tmp_path, common.launcher(),
+                           workers=1).queued_earlier(points) == []
