@@ -162,7 +162,8 @@ def _bands(groups: pd.DataFrame, dense: pd.Series) -> list[str]:
            if c.startswith(sweep_report.BAND_PREFIX) and c.endswith('_mean')]
   if not bands:
     return []
-  names = [b.removeprefix(sweep_report.BAND_PREFIX) for b in bands]
+  # Backquoted: a bare <unk> is an HTML tag to Markdown renderers, and vanishes.
+  names = [f'`{b.removeprefix(sweep_report.BAND_PREFIX)}`' for b in bands]
   lines = ['Test perplexity by frequency band of the target (rank in train-split '
            'frequency), as a ratio to dense:', '',
            '| kind | rank | ' + ' | '.join(names) + ' |', '|---|---:|' + '---:|' * len(names)]
@@ -185,7 +186,7 @@ def _bands(groups: pd.DataFrame, dense: pd.Series) -> list[str]:
       worst = max(ratios, key=ratios.get)
       findings.append(f'{kind} at rank {int(low["rank"])} pays most in band {worst} '
                       f'(×{ratios[worst]:.2f}); the 100 most frequent types change by '
-                      f'×{ratios.get("1-100", math.nan):.2f}')
+                      f'×{ratios.get("`1-100`", math.nan):.2f}')
   return lines + ([''] + [f'- {f}.' for f in findings] if findings else [])
 
 

@@ -54,7 +54,7 @@ def test_the_section_reads_the_thresholds_noise_posthoc_heads_and_bands(sweep_di
   assert 'the dense model fine-tuned the same 300 steps (dense_ft300) reaches 99.0.' in text
   assert '| svd | 8 | 8,520 | 106.0 | 72,520 | 101.0 |' in text  # tied against untied
   assert '| svd | 4 | 1.05 | 1.27 |' in text  # band ppl over dense's
-  assert 'svd at rank 4 pays most in band 101-1000 (×1.27)' in text
+  assert 'svd at rank 4 pays most in band `101-1000` (×1.27)' in text
   assert 'Machine: a test box. 10 trained points' in text
 
 
