@@ -41,10 +41,8 @@ import ml_collections
 from flax import nnx
 
 from factorized import costs, eval_run, optim, parallel, sweep_report, trainer
-from factorized import data as data_lib
 from factorized import workdir as workdir_lib
 from factorized.metric_writer import MetricWriter
-from factorized.step import make_train_step
 
 log = logging.getLogger(__name__)
 POSTHOC_FILE = sweep_report.POSTHOC_FILE
@@ -80,26 +78,20 @@ def run_from_dense(dense: trainer.Run, config: ml_collections.ConfigDict) -> tra
   # Host copies: the new state owns its buffers (train steps donate them).
   dense_params = jax.device_get(nnx.to_pure_dict(dense.state.params))
   parts, state = trainer.init_state(config, dense.corpus.vocab_size, dense.mesh,
-                                    dense_params=dense_params)
-  return trainer.Run(config, dense.corpus, dense.mesh, parts, state)
+                                    dense_params=dense_params, token_counts=dense.token_counts)
+  return trainer.Run(config, dense.corpus, dense.mesh, parts, state, dense.token_counts)
 
 
 def finetune(run: trainer.Run, *, data_step: int, rows_per_step: int) -> trainer.TrainState:
   """`run.config.train.num_steps` train steps on `run` from the data position after
   `data_step` steps of `rows_per_step` rows; returns the final state (run.state is donated)."""
-  config = run.config
-  batches = data_lib.TrainBatches(
-      run.corpus.splits['train'], seq_len=config.data.seq_len,
-      global_batch_size=config.train.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  batches = run.train_batches()
   rows = data_step * rows_per_step
   batches.set_state({'epoch': rows // batches.rows_per_epoch,
                      'index': rows % batches.rows_per_epoch})
-  train_step = make_train_step(
-      run.parts, optim.make_optimizer(config), optim.learning_rate_schedule(config.train),
-      run.mesh, grad_accum_steps=config.train.grad_accum_steps)
+  train_step = run.train_step()
   state, metrics = run.state, None
-  for _ in range(config.train.num_steps):
+  for _ in range(run.config.train.num_steps):
     state, metrics = train_step(state, parallel.global_batch(next(batches), run.mesh))
   loss = float(jax.device_get(metrics['loss']))
   if not math.isfinite(loss):

@@ -1,4 +1,4 @@
-"""Tests of factorized/embeddings.py: shapes, maths, SVD init, scale, bad input."""
+"""Tests of factorized/embeddings/: shapes, maths, SVD init, scale, bad input."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,7 @@ from flax import nnx
 
 from configs import brown
 from factorized import embeddings
-from factorized.model import TransformerLM
+from factorized.model import ModelArgs, TransformerLM
 
 # The kinds the tests sweep: (kind, embed overrides).
 VARIANTS = [
@@ -26,6 +26,17 @@ def model_config(kind='dense', rank=8, dim=32, **embed_overrides):
   config.embed.kind, config.embed.rank, config.model_dim = kind, rank, dim
   config.embed.update(embed_overrides)
   return config
+
+
+def make_embedding(model_config, vocab_size, *, rngs, **kwargs):
+  """The embedding module of `model_config` (config.model), validated first."""
+  return embeddings.embed_config(model_config, vocab_size).build(rngs, **kwargs)
+
+
+def make_lm(model_config, vocab_size, seq_len, *, rngs, **kwargs):
+  """The TransformerLM of `model_config` (config.model), validated first."""
+  return TransformerLM(ModelArgs.from_config(model_config, vocab_size, seq_len), rngs=rngs,
+                       **kwargs)
 
 
 def num_params(module) -> int:
@@ -55,14 +66,14 @@ def test_embedding_param_counts_equal_formulas(vocab, dim, rank):
   for kind, formula in formulas.items():
     # albert_head='transpose' adds no head parameters, so the module is the embedding alone.
     config = model_config(kind, rank, dim, albert_head='transpose')
-    embed = embeddings.make_embedding(config, vocab, rngs=nnx.Rngs(0))
+    embed = make_embedding(config, vocab, rngs=nnx.Rngs(0))
     assert num_params(embed) == formula, kind
 
 
 @pytest.mark.parametrize('kind,overrides', VARIANTS)
 def test_call_and_attend_equal_products_with_the_table(kind, overrides):
   vocab, dim, rank = 40, 24, 8
-  embed = embeddings.make_embedding(
+  embed = make_embedding(
       model_config(kind, rank, dim, **overrides), vocab, rngs=nnx.Rngs(0))
   randomize(embed)
   ids_BxL = jax.random.randint(jax.random.key(2), (3, 5), 0, vocab)
@@ -88,9 +99,9 @@ def test_call_and_attend_equal_products_with_the_table(kind, overrides):
 
 def test_svd_at_full_rank_from_a_dense_table_reproduces_the_dense_model():
   vocab, dim, seq_len = 30, 16, 6
-  dense = TransformerLM(model_config('dense', dim=dim), vocab, seq_len, rngs=nnx.Rngs(0))
+  dense = make_lm(model_config('dense', dim=dim), vocab, seq_len, rngs=nnx.Rngs(0))
   table_VxD = dense.embed.W_VxD[...]
-  svd = TransformerLM(model_config('svd', rank=dim, dim=dim), vocab, seq_len,
+  svd = make_lm(model_config('svd', rank=dim, dim=dim), vocab, seq_len,
                       rngs=nnx.Rngs(1), dense_table=table_VxD)
   nnx.update(svd.blocks, nnx.state(dense.blocks))
   nnx.update(svd.final_norm, nnx.state(dense.final_norm))
@@ -103,7 +114,7 @@ def test_svd_at_full_rank_from_a_dense_table_reproduces_the_dense_model():
 def test_truncated_svd_init_is_the_best_rank_r_approximation(rank):
   vocab, dim = 30, 16
   table_VxD = np.random.default_rng(0).normal(size=(vocab, dim))
-  embed = embeddings.make_embedding(
+  embed = make_embedding(
       model_config('svd', rank, dim), vocab, rngs=nnx.Rngs(0), dense_table=table_VxD)
   u, s, vt = np.linalg.svd(table_VxD, full_matrices=False)
   best_VxD = (u[:, :rank] * s[:rank]) @ vt[:rank]  # Eckart-Young.
@@ -133,7 +144,7 @@ def _avals(jaxpr):
 @pytest.mark.parametrize('kind,overrides', VARIANTS)
 def test_factorized_kinds_never_build_the_vxd_matrix(kind, overrides):
   vocab, dim, rank, seq_len = 50, 24, 8, 6  # All distinct, so shapes are unambiguous.
-  model = TransformerLM(model_config(kind, rank, dim, **overrides), vocab, seq_len,
+  model = make_lm(model_config(kind, rank, dim, **overrides), vocab, seq_len,
                         rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
   ids_BxL = jnp.zeros((2, seq_len), jnp.int32)
@@ -154,11 +165,11 @@ def test_embedding_and_logit_scale_match_dense_at_every_rank(kind, overrides):
   vocab, dim = 512, 64
   all_ids = jnp.arange(vocab)[None]
   x_BxLxD = jax.random.normal(jax.random.key(0), (4, 16, dim))
-  dense = embeddings.make_embedding(model_config('dense', dim=dim), vocab, rngs=nnx.Rngs(0))
+  dense = make_embedding(model_config('dense', dim=dim), vocab, rngs=nnx.Rngs(0))
   reference = float(jnp.std(dense(all_ids))), float(jnp.std(dense.attend(x_BxLxD)))
   np.testing.assert_allclose(reference, [dim ** -0.5, 1.0], rtol=0.05)  # sigma^2 = 1/D.
   for rank in (8, 32, 64):
-    embed = embeddings.make_embedding(
+    embed = make_embedding(
         model_config(kind, rank, dim, **overrides), vocab, rngs=nnx.Rngs(rank))
     stds = float(jnp.std(embed(all_ids))), float(jnp.std(embed.attend(x_BxLxD)))
     np.testing.assert_allclose(stds, reference, rtol=0.15, err_msg=f'{kind} rank {rank}')
@@ -167,11 +178,11 @@ def test_embedding_and_logit_scale_match_dense_at_every_rank(kind, overrides):
 def test_penalty_is_zero_unless_svd_with_lambda():
   vocab, dim = 40, 16
   for kind, overrides in VARIANTS:
-    embed = embeddings.make_embedding(
+    embed = make_embedding(
         model_config(kind, 8, dim, **overrides), vocab, rngs=nnx.Rngs(0))
     assert embed.penalty().dtype == jnp.float32
     np.testing.assert_allclose(embed.penalty(), 0.0, atol=1e-4)  # Orthonormal init when lambda>0.
-  embed = embeddings.make_embedding(
+  embed = make_embedding(
       model_config('svd', 8, dim, ortho_penalty=0.5), vocab, rngs=nnx.Rngs(0))
   randomize(embed)
   u_VxR, v_RxD, eye = np.asarray(embed.U_VxR[...]), np.asarray(embed.V_RxD[...]), np.eye(8)
@@ -197,8 +208,8 @@ def test_bad_config_raises_before_any_parameter(kind, rank, override, words):
   override = dict(override)
   vocab = override.pop('vocab', 100)
   config = model_config(kind, rank, dim=16, **override)
-  for build in (lambda rngs: embeddings.make_embedding(config, vocab, rngs=rngs),
-                lambda rngs: TransformerLM(config, vocab, 8, rngs=rngs)):
+  for build in (lambda rngs: make_embedding(config, vocab, rngs=rngs),
+                lambda rngs: make_lm(config, vocab, 8, rngs=rngs)):
     rngs = nnx.Rngs(0)
     with pytest.raises(ValueError) as error:
       build(rngs)
@@ -208,9 +219,9 @@ def test_bad_config_raises_before_any_parameter(kind, rank, override, words):
 
 
 def test_dense_rank_is_ignored_and_svd_factors_validate_rank():
-  embeddings.validate_model_config(model_config('dense', rank=0), 100)
+  embeddings.embed_config(model_config('dense', rank=0), 100)
   with pytest.raises(ValueError, match='model.embed.rank=9'):
-    embeddings.svd_factors_from_dense(np.ones((8, 4)), 9)
+    embeddings.base.truncated_svd(np.ones((8, 4)), 9)
   with pytest.raises(ValueError, match='dense_table has shape'):
-    embeddings.make_embedding(model_config('svd', 4, 16), 10, rngs=nnx.Rngs(0),
+    make_embedding(model_config('svd', 4, 16), 10, rngs=nnx.Rngs(0),
                               dense_table=np.ones((10, 8)))

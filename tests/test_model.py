@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from configs import brown
-from factorized.model import TransformerLM, build_model
+from factorized.model import ModelArgs, build_model
 
 VARIANTS = [  # (kind, embed overrides), each with the tied and the untied head below.
     ('dense', {}),
@@ -141,7 +141,7 @@ def test_jit_matches_eager_and_inputs_longer_than_seq_len_fail():
   with pytest.raises(ValueError, match='max_len=data.seq_len=8'):
     model(jnp.zeros((1, 9), jnp.int32))
   with pytest.raises(ValueError, match='max_len'):
-    TransformerLM(config.model, 20, 0, rngs=nnx.Rngs(0))
+    ModelArgs.from_config(config.model, 20, 0)
 
 
 def test_training_steps_reduce_the_loss():

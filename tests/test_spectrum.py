@@ -56,7 +56,7 @@ def test_singular_values_never_form_the_product():
 def test_singular_values_of_embedding_factors(kind, penalty):
   config = brown.get_config('runlocal').model
   config.embed.update({'kind': kind, 'rank': 8, 'ortho_penalty': penalty})
-  embed = embeddings.make_embedding(config, 60, rngs=nnx.Rngs(0))
+  embed = embeddings.embed_config(config, 60).build(nnx.Rngs(0))
   if kind == 'albert':  # A non-zero bias: the table is A P + 1 b^T.
     embed.b_D[...] = jax.random.normal(jax.random.key(1), embed.b_D.shape)
   table = np.asarray(embed(jnp.arange(60)[None])[0], np.float64)  # The VxD table.
