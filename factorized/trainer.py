@@ -21,7 +21,7 @@ import tqdm
 from flax import nnx
 from jax.sharding import Mesh
 
-from factorized import checkpointing, costs, optim, parallel, spectrum
+from factorized import checkpointing, costs, embeddings, optim, parallel, spectrum
 from factorized import data as data_lib
 from factorized import model as model_lib
 from factorized import summary as summary_lib
@@ -262,7 +262,7 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
   valid_eval, test_eval = run.evaluator('valid'), run.evaluator('test')
   params_count = costs.param_counts(config, vocab_size)
   embed = config.model.embed
-  writer.hparams({'kind': embed.kind, 'rank': embed.rank if embed.kind != 'dense' else 0,
+  writer.hparams({'kind': embed.kind, 'rank': embed.rank if embeddings.ranked(embed.kind) else 0,
                   'head': embed.head, 'embedding_params': params_count['embedding'],
                   'vocab_params': params_count['vocab'], 'total_params': params_count['total'],
                   'model_dim': config.model.model_dim, 'embed_decay': train_cfg.embed_decay,

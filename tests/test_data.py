@@ -85,6 +85,22 @@ def test_run_tokenizer_that_differs_from_the_cached_one_is_named(text_config, tm
     data.prepare_corpus(text_config, run_dir=str(workdir))
 
 
+def test_train_counts_are_saved_with_the_run_once_and_checked(text_config, tmp_path):
+  workdir = tmp_path / 'run'
+  corpus = data.prepare_corpus(text_config, run_dir=str(workdir))
+  counts = data.load_train_counts(workdir)
+  assert counts.dtype == np.int64
+  np.testing.assert_array_equal(counts, np.bincount(corpus.splits['train'],
+                                                    minlength=corpus.vocab_size))
+  data.prepare_corpus(text_config, run_dir=str(workdir))  # the same counts: kept
+  np.save(workdir / data.TRAIN_COUNTS_FILE, counts + 1)
+  with pytest.raises(ValueError, match=r'run/train_counts\.npy holds other train-split counts'):
+    data.prepare_corpus(text_config, run_dir=str(workdir))
+  with pytest.raises(FileNotFoundError, match=r'train_counts\.npy does not exist'):
+    data.load_train_counts(tmp_path / 'elsewhere')
+  assert list(data.frequency_order(np.array([3, 5, 5, 0, 4]))) == [1, 2, 4, 0, 3]
+
+
 def test_seq_len_longer_than_the_valid_split_names_the_field(text_config):
   valid = data.prepare_corpus(text_config).splits['valid'].size
   text_config.seq_len = valid + 1

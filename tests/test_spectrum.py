@@ -52,11 +52,12 @@ def test_singular_values_never_form_the_product():
 
 
 @pytest.mark.parametrize('kind,penalty', [('dense', 0.0), ('albert', 0.0), ('svd', 0.0),
-                                          ('svd', 0.1)])
+                                          ('svd', 0.1), ('adaptive', 0.0), ('tt', 0.0)])
 def test_singular_values_of_embedding_factors(kind, penalty):
   config = brown.get_config('runlocal').model
   config.embed.update({'kind': kind, 'rank': 8, 'ortho_penalty': penalty})
-  embed = embeddings.embed_config(config, 60).build(nnx.Rngs(0))
+  counts = np.random.default_rng(1).permutation(60)  # adaptive: not the id order
+  embed = embeddings.embed_config(config, 60).build(nnx.Rngs(0), token_counts=counts)
   if kind == 'albert':  # A non-zero bias: the table is A P + 1 b^T.
     embed.b_D[...] = jax.random.normal(jax.random.key(1), embed.b_D.shape)
   table = np.asarray(embed(jnp.arange(60)[None])[0], np.float64)  # The VxD table.

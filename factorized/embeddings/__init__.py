@@ -51,6 +51,7 @@ from factorized.embeddings.base import (
   kind,
   kind_names,
   project_to_vocab,
+  ranked,
   register,
 )
 
@@ -61,4 +62,4 @@ for _module in pkgutil.iter_modules(__path__):
 KINDS = kind_names()
 
 __all__ = ['DTYPES', 'HEADS', 'KINDS', 'KindConfig', 'compute_dtype', 'config_fields',
-           'embed_config', 'kind', 'kind_names', 'project_to_vocab', 'register']
+           'embed_config', 'kind', 'kind_names', 'project_to_vocab', 'ranked', 'register']

@@ -111,6 +111,11 @@ def kind(name: str) -> type[KindConfig]:
   return _REGISTRY[name]
 
 
+def ranked(name: str) -> bool:
+  """Whether kind `name` reads model.embed.rank (dense does not)."""
+  return bool(kind(name).rank_label)
+
+
 def config_fields() -> dict[str, Any]:
   """Every kind's own model.embed.* fields with their defaults (configs/brown.py adds them)."""
   return {field: default for name in kind_names() for field, default in kind(name).fields.items()}
