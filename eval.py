@@ -10,6 +10,13 @@ Post-hoc SVD compression of a dense run (factorized/posthoc.py): the trained emb
 optionally fine-tuned for N steps; writes workdir/posthoc_svd_<split>.json:
 
   python eval.py --workdir=runs/sweep/dense --svd_ranks=8,16,32,64,128 [--svd_finetune_steps=N]
+
+Frequency-weighted (the rank-R approximation closest in train-frequency-weighted error;
+posthoc_svd_freq_<split>.json), and with each frequency band its own rank at the same total
+parameters (--svd_bands: frequency ranks where bands end; posthoc_svd_freq_bands_<split>.json):
+
+  python eval.py --workdir=runs/sweep/dense --svd_ranks=8,16,32 --svd_weighting=frequency \
+      [--svd_bands=1000,4000]
 """
 
 import json
@@ -32,6 +39,12 @@ flags.DEFINE_list('svd_ranks', [], 'Post-hoc SVD of a dense run: ranks to trunca
                   'embedding to, e.g. 8,16,32 (no retraining).')
 flags.DEFINE_integer('svd_finetune_steps', 0, 'With --svd_ranks: also fine-tune each '
                      'SVD-initialised model for this many steps and report its perplexity.')
+flags.DEFINE_enum('svd_weighting', 'uniform', ['uniform', 'frequency'], 'With --svd_ranks: '
+                  'uniform (the truncated SVD) or frequency (the rank-R approximation with the '
+                  'least train-frequency-weighted error; rows posthoc_svd_freq).')
+flags.DEFINE_list('svd_bands', [], 'With --svd_ranks: frequency ranks where bands of ids end, '
+                  'e.g. 1000,4000; each band gets its own rank, frequent bands more, within '
+                  'the parameters of the rank-R SVD (rows posthoc_svd[_freq]_bands).')
 flags.mark_flag_as_required('workdir')
 FLAGS = flags.FLAGS
 
@@ -44,13 +57,16 @@ def main(argv):
 
   if FLAGS.svd_finetune_steps and not FLAGS.svd_ranks:
     raise app.UsageError('--svd_finetune_steps needs --svd_ranks.')
+  if (FLAGS.svd_bands or FLAGS.svd_weighting != 'uniform') and not FLAGS.svd_ranks:
+    raise app.UsageError('--svd_weighting and --svd_bands need --svd_ranks.')
   if FLAGS.stride is not None and FLAGS.svd_ranks:
     raise app.UsageError('--stride applies to plain evaluation; drop it with --svd_ranks.')
   try:
     if FLAGS.svd_ranks:
       ranks = posthoc.parse_ranks(FLAGS.svd_ranks)
       result = posthoc.posthoc_svd(FLAGS.workdir, FLAGS.split, ranks, checkpoint=FLAGS.checkpoint,
-                                   finetune_steps=FLAGS.svd_finetune_steps)
+                                   finetune_steps=FLAGS.svd_finetune_steps,
+                                   weighting=FLAGS.svd_weighting, bands=FLAGS.svd_bands)
     else:
       result = eval_run.evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint,
                                          stride=FLAGS.stride)

@@ -1,8 +1,9 @@
 r"""A small decoder-only Transformer LM on the Brown corpus (Bengio et al. 2003 protocol).
 
-Arguments (after the colon): kind=dense|albert|svd, rank=R (E for albert, R for
-svd; ignored by dense), head=tied|untied, runlocal (shrink everything: trains in
-seconds, for tests and smoke runs), gpu (a larger model for accelerators).
+Arguments (after the colon): kind=dense|albert|svd|adaptive|tt (factorized/embeddings/),
+rank=R (E for albert, R for svd, the first band's width for adaptive, the TT-rank for tt;
+ignored by dense), head=tied|untied, runlocal (shrink everything: trains in seconds, for
+tests and smoke runs), gpu (a larger model for accelerators).
 
 Launch commands:
 
@@ -26,6 +27,7 @@ Launch commands:
 import ml_collections
 
 from configs import common
+from factorized import embeddings
 from factorized.config_args import parse_arg
 
 
@@ -56,11 +58,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.embed = ml_collections.ConfigDict()
-  config.model.embed.kind = arg.kind  # dense | albert | svd
-  config.model.embed.rank = arg.rank  # E for albert, R for svd; ignored by dense
+  config.model.embed.kind = arg.kind  # one of embeddings.KINDS
+  config.model.embed.rank = arg.rank  # what it means: see the kind (ignored by dense)
   config.model.embed.head = arg.head  # tied | untied
-  config.model.embed.albert_head = 'mlm'  # mlm (ALBERT's MLM head) | transpose (x P^T A^T)
-  config.model.embed.ortho_penalty = 0.0  # lambda of (|U^T U - I|^2 + |V V^T - I|^2), svd only
+  # Each kind's own fields (albert_head, ortho_penalty, band_cutoffs, ...), with their
+  # defaults: see factorized/embeddings/<kind>.py.
+  config.model.embed.update(embeddings.config_fields())
   config.model.model_dim = 128
   config.model.num_layers = 2
   config.model.num_heads = 4

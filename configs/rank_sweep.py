@@ -1,25 +1,31 @@
 r"""The main job: perplexity versus embedding rank, dense against ALBERT and SVD, on Brown.
 
 `get_config(arg)` is configs/brown.py's dense config; `get_sweep(arg)` lists the points as
-dicts of config overrides: the dense baseline, then `albert` and `svd` at ranks 8, 16, 32,
-64, 128 and 256, keeping the ranks <= model.model_dim (128 here, 32 with runlocal, 512
-with gpu). Everything else is identical across points. train.py runs each point in its own
-sub-workdir named after its overrides (dense, albert_rank8, ..., svd_rank64_untied), skips
-finished points and resumes unfinished ones, then writes summary.csv, summary.md,
-ppl_vs_rank.png and a `sweep` TensorBoard run (see factorized/sweep_report.py).
+dicts of config overrides: the dense baseline, then `albert` and `svd` (or the `kinds=`
+given, any of factorized.embeddings.KINDS) at ranks 8, 16, 32, 64, 128 and 256, keeping the
+ranks <= model.model_dim (128 here, 32 with runlocal, 512 with gpu) for every kind that has a
+rank. What the rank is differs by kind: E for albert, R for svd, the first (most frequent)
+band's width for adaptive, the TT-rank for tt; kinds are compared on vocabulary parameters
+(summary.md and ppl_vs_vocab_params.png place every point on that one axis). Each kind
+keeps its own config fields at their defaults (adaptive's bands, tt's factors: see
+factorized/embeddings/<kind>.py). Everything else is identical across points. train.py
+runs each point in its own sub-workdir named after its overrides (dense, albert_rank8, ...,
+svd_rank64_untied), skips finished points and resumes unfinished ones, then writes
+summary.csv, summary.md, the plots and a `sweep` TensorBoard run (factorized/sweep_report.py).
 
 Arguments (after the colon, comma-separated):
   head=tied|untied|both   the output head of every point; `both` runs each point twice
                           (untied points get an `_untied` suffix);
-  kinds=dense+albert+svd  which kinds to run ('+'-separated);
-  ranks=8+16+32+64+128+256  the ranks of albert (E) and svd (R), before the cap at D;
+  kinds=dense+albert+svd  which kinds to run ('+'-separated, of dense|albert|svd|adaptive|tt);
+  ranks=8+16+32+64+128+256  the ranks of every kind that has one, before the cap at D;
   seeds=0+1+2             run every point at each seed (sub-workdirs get `_seed<S>`; the
                           reports give mean and standard deviation over seeds); without
                           it, each point runs once at the config's seed, unsuffixed;
   runlocal                brown.py's runlocal sizes: the whole sweep (7 points) takes a
                           few minutes on a 2-core CPU;
   gpu                     brown.py's accelerator-sized model.
-An svd rank must also be <= the vocabulary size; with Brown's ~16k words it always is.
+An svd rank must also be <= the vocabulary size (with Brown's ~18k words it always is), and
+a TT-rank below its largest cut size (tt.py; for Brown's vocabulary and D it is above D).
 
 Launch commands:
 
@@ -31,14 +37,19 @@ Launch commands:
   python train.py --config=configs/rank_sweep.py:head=untied --workdir=runs/sweep_untied
   # Smoke run of the whole sweep (a few minutes on a 2-core CPU):
   python train.py --config=configs/rank_sweep.py:runlocal --workdir=/tmp/sweep_local
+  # Every kind, the new ones included, in a few minutes:
+  python train.py --config=configs/rank_sweep.py:runlocal,kinds=dense+svd+adaptive+tt \
+      --workdir=/tmp/sweep_kinds
   # Three seeds of some points (error bars in the reports):
   python train.py --config=configs/rank_sweep.py:kinds=dense+svd,ranks=32,seeds=0+1+2 \
       --workdir=runs/sweep
   # Only some points; overrides apply to every point:
   python train.py --config=configs/rank_sweep.py:kinds=dense+svd,ranks=16+64 \
       --config.train.num_steps=3000 --workdir=runs/sweep_short
-  # Post-hoc SVD of the trained dense baseline (rows `posthoc_svd` in the sweep table):
+  # Post-hoc SVD of the trained dense baseline (rows `posthoc_svd` in the sweep table), and
+  # its frequency-weighted version (rows `posthoc_svd_freq`):
   python eval.py --workdir=runs/sweep/dense --svd_ranks=8,16,32,64,128
+  python eval.py --workdir=runs/sweep/dense --svd_ranks=8,16,32,64,128 --svd_weighting=frequency
   python eval.py --workdir=runs/sweep/dense --svd_ranks=8,16,32,64,128 --svd_finetune_steps=300
   # Compare: HParams (table, scatter) and Scalars (ppl_vs_rank/<kind>) dashboards:
   tensorboard --logdir=runs/sweep
@@ -50,8 +61,7 @@ import ml_collections
 
 from configs import brown
 from factorized.config_args import parse_arg
-
-KINDS = ('dense', 'albert', 'svd')
+from factorized.embeddings import KINDS, ranked
 
 
 def _parse(arg: str | None) -> ml_collections.ConfigDict:
@@ -109,7 +119,7 @@ def get_sweep(arg: str | None = None) -> list[dict]:
   for head in heads:
     untied = {'model.embed.head': 'untied'} if head == 'untied' else {}
     for kind in arg.kinds.split('+'):
-      for rank in [None] if kind == 'dense' else ranks:
+      for rank in ranks if ranked(kind) else [None]:
         with_rank = {} if rank is None else {'model.embed.rank': rank}
         points.extend({'model.embed.kind': kind, **with_rank, **untied, **seed}
                       for seed in seeds)

@@ -45,12 +45,13 @@ import hashlib
 import os
 import pathlib
 import re
-import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
 
 from absl import logging
+
+from factorized import workdir as workdir_lib
 
 BROWN_URL = 'https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/brown.zip'
 BROWN_MD5 = 'a0a8630959d3d937873b1265b0a05497'
@@ -147,14 +148,7 @@ def download_brown(cache_dir: pathlib.Path, *, url: str = BROWN_URL,
     raise ValueError(
         f'The file downloaded from {url} is corrupt ({len(data):,} bytes, md5 {md5}; expected '
         f'md5 {BROWN_MD5}); nothing was written. Try again, or {where}.')
-  fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix='.brown.zip.')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, dest)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+  workdir_lib.write_atomic(dest, data)
   return dest
 
 

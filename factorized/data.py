@@ -13,9 +13,12 @@ the tokenizer config (kind, vocab_size, min_freq). An entry is written to a temp
 directory and renamed into place, so a crash never leaves half of one. A second run loads it
 and does not tokenise again (`Corpus.from_cache`).
 
-Run directory: with `tokenizer_dir` (the run's workdir) the tokenizer is saved there as
+Run directory: with `run_dir` (the run's workdir) the tokenizer is saved there as
 tokenizer.json on first use; later calls (eval.py) check that the corpus uses exactly that
-tokenizer, and reuse it when the cache has to be rebuilt.
+tokenizer, and reuse it when the cache has to be rebuilt. Beside it, train_counts.npy holds
+the train split's count of every token id (int64, V), written once (`save_train_counts`)
+and read back with `load_train_counts`: the frequency order that the `adaptive` embedding,
+frequency bands and frequency-weighted post-hoc compression use, kept with the run.
 
 Word counts: `Corpus.words[split]` = whitespace words + <eos>s of the split, the denominator of
 word-level perplexity (total NLL / words); with `word` it equals the number of tokens.
@@ -41,15 +44,17 @@ Batches (B = global batch size, B_local = B / process_count, L = data.seq_len):
   at least L - S tokens of context after the first window. S = L (the default) gives
   non-overlapping windows, where the first target of a window sees one token. The last
   window and the last batch are padded with mask 0.
-- Frequency bands (`frequency_bands`): every token id gets the band of its rank in the train
-  split's frequency order (rank 1 = most frequent; ties by id): with edges (100, 1000, 10000)
-  the bands are 1-100, 101-1000, 1001-10000 and 10001+, and <unk> is a band of its own.
+- Frequency order (`frequency_order`): token ids by train-split count, most frequent first,
+  ties by id. Frequency bands (`frequency_bands`): every token id gets the band of its rank in
+  that order with <unk> left out (rank 1 = most frequent): with edges (100, 1000, 10000) the
+  bands are 1-100, 101-1000, 1001-10000 and 10001+, and <unk> is a band of its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -65,9 +70,11 @@ from absl import logging
 
 from factorized import corpora
 from factorized import tokenizer as tokenizer_lib
+from factorized import workdir as workdir_lib
 
 PROTOCOL_VERSION = 'factorized-data-v1'
 TOKENIZER_FILE = 'tokenizer.json'
+TRAIN_COUNTS_FILE = 'train_counts.npy'
 SPLITS = corpora.SPLITS
 
 
@@ -97,8 +104,9 @@ class Corpus:
     }
 
 
-def prepare_corpus(data_config, *, tokenizer_dir: str | None = None) -> Corpus:
-  """Loads (or builds and caches) the tokenised corpus of `data_config` (config.data)."""
+def prepare_corpus(data_config, *, run_dir: str | None = None) -> Corpus:
+  """Loads (or builds and caches) the tokenised corpus of `data_config` (config.data); with
+  `run_dir`, saves or checks the run's tokenizer.json and train_counts.npy there."""
   tok_config = tokenizer_lib.tokenizer_config(data_config)
   seq_len = data_config.seq_len
   if not isinstance(seq_len, int) or seq_len < 1:
@@ -110,7 +118,7 @@ def prepare_corpus(data_config, *, tokenizer_dir: str | None = None) -> Corpus:
   key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
   path = root / 'corpora' / f'{data_config.corpus}-{tok_config["kind"]}-{key}'
 
-  saved_path = pathlib.Path(tokenizer_dir) / TOKENIZER_FILE if tokenizer_dir else None
+  saved_path = pathlib.Path(run_dir) / TOKENIZER_FILE if run_dir else None
   saved = None
   if saved_path is not None and saved_path.exists():
     saved = tokenizer_lib.load_tokenizer(saved_path)
@@ -133,9 +141,43 @@ def prepare_corpus(data_config, *, tokenizer_dir: str | None = None) -> Corpus:
       raise ValueError(
           f'{saved_path} differs from the tokenizer of the cached corpus {path}: the cache was '
           f'rebuilt with another tokenizer. Delete {path} so it is rebuilt with {saved_path}.')
+    save_train_counts(run_dir, token_counts(corpus.splits['train'], corpus.vocab_size))
 
   _check_lengths(corpus, seq_len)
   return corpus
+
+
+def token_counts(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+  """How often each token id occurs in `tokens`: int64, length vocab_size."""
+  return np.bincount(np.asarray(tokens), minlength=vocab_size).astype(np.int64)
+
+
+def save_train_counts(run_dir: str | os.PathLike, counts_V: np.ndarray) -> None:
+  """Writes run_dir/train_counts.npy once; a ValueError if one with other counts is there."""
+  path = pathlib.Path(run_dir) / TRAIN_COUNTS_FILE
+  counts_V = np.asarray(counts_V, np.int64)
+  if path.exists():
+    if not np.array_equal(load_train_counts(run_dir), counts_V):
+      raise ValueError(f'{path} holds other train-split counts than this corpus gives: the '
+                       'corpus changed since the run started. Use its data, or a fresh workdir.')
+    return
+  buffer = io.BytesIO()
+  np.save(buffer, counts_V)
+  workdir_lib.write_atomic(path, buffer.getvalue())
+
+
+def load_train_counts(run_dir: str | os.PathLike) -> np.ndarray:
+  """The train split's count of every token id saved with the run (int64, V)."""
+  path = pathlib.Path(run_dir) / TRAIN_COUNTS_FILE
+  if not path.exists():
+    raise FileNotFoundError(f'{path} does not exist: it is written when a run prepares its '
+                            'corpus (train.py or eval.py on the workdir).')
+  return np.load(path)
+
+
+def frequency_order(counts_V: np.ndarray) -> np.ndarray:
+  """Token ids by count, most frequent first, ties by id."""
+  return np.argsort(-np.asarray(counts_V), kind='stable')
 
 
 def _check_lengths(corpus: Corpus, seq_len: int) -> None:
@@ -343,12 +385,12 @@ def validate_band_edges(edges) -> list[int]:
   return [int(edge) for edge in edges]
 
 
-def frequency_bands(train_tokens: np.ndarray, vocab_size: int,
-                    edges: tuple[int, ...] | list[int]) -> tuple[np.ndarray, list[str]]:
+def frequency_bands(counts_V: np.ndarray, edges: tuple[int, ...] | list[int]
+                    ) -> tuple[np.ndarray, list[str]]:
   """The band of every token id (int32 V) and the bands' names, from train-split counts."""
   edges = validate_band_edges(edges)
-  counts_V = np.bincount(np.asarray(train_tokens), minlength=vocab_size)
-  order_V = np.argsort(-counts_V, kind='stable')
+  vocab_size = len(counts_V)
+  order_V = frequency_order(counts_V)
   order_V = order_V[order_V != tokenizer_lib.UNK_ID]
   rank_V = np.empty(vocab_size, np.int64)
   rank_V[order_V] = np.arange(1, order_V.size + 1)

@@ -1,4 +1,4 @@
-"""A small decoder-only Transformer LM around any embedding of embeddings.py.
+"""A small decoder-only Transformer LM around any embedding kind of factorized/embeddings/.
 
 Shapes: B batch, L length, D model width, V vocabulary, H heads, K head width
 (D / H), M MLP width.
@@ -11,7 +11,7 @@ has none), a final LayerNorm and the tied head `embed.attend` or an untied DxV
 matrix. Choices, and why:
   - token embeddings are multiplied by 0.02 sqrt(D): tables have per-coordinate
     std 1/sqrt(D) (tied logits of unit variance; factors that Adam moves at
-    comparable rates, see embeddings.py) while the residual stream starts at
+    comparable rates, see factorized/embeddings/) while the residual stream starts at
     std 0.02 (GPT-2, BERT). A large input (Vaswani's sqrt(D)) would dominate the
     final hidden state at init, align it with the table's row space, and so
     inflate tied logits by about sqrt(D/R) at rank R, and make the current
@@ -27,6 +27,9 @@ matrix. Choices, and why:
     head each draw from a stream of their own, split off the model's `params` stream
     before anything else is drawn, so at one seed every other parameter (blocks,
     positions, final norm) is bitwise the same whatever the kind, rank or head;
+  - the config stops at `ModelArgs.from_config`, which validates every field (the
+    embedding kind's own through `embeddings.embed_config`) before anything is built;
+    modules take plain numbers;
   - dropout is keyed per example: the caller passes one key per example
     (`dropout_keys_B`, the trainer derives it from the step and the example's index in
     the global batch) and each dropout site folds in its own number. An example's
@@ -37,6 +40,7 @@ matrix. Choices, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -51,6 +55,54 @@ from factorized import embeddings
 ROPE_BASE = 10000.0
 # Per-coordinate std of the residual stream's input (GPT-2, BERT and ALBERT's 0.02).
 INPUT_STD = 0.02
+POSITIONS = ('rope', 'learned')
+
+
+def _positive_int(value, field: str, fix: str) -> int:
+  if not embeddings.base.is_int(value) or value <= 0:
+    raise ValueError(f'{field}={value!r} must be a positive integer; {fix}.')
+  return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelArgs:
+  """What a TransformerLM is built from, validated: plain numbers and the embedding kind's
+  config. `from_config` is where the ConfigDict stops."""
+
+  embed: embeddings.KindConfig
+  vocab_size: int
+  model_dim: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float
+  positions: str
+  dtype: str
+  max_len: int
+
+  @classmethod
+  def from_config(cls, model_config: ml_collections.ConfigDict, vocab_size: int,
+                  max_len: int) -> ModelArgs:
+    """Validates config.model (and max_len = data.seq_len); a ValueError names the field."""
+    _positive_int(vocab_size, 'vocab_size', 'it comes from the prepared corpus')
+    sizes = {field: _positive_int(model_config[field], f'model.{field}',
+                                  'set it to an integer >= 1')
+             for field in ('model_dim', 'num_layers', 'num_heads', 'mlp_dim')}
+    embed = embeddings.embed_config(model_config, vocab_size)
+    if model_config.positions not in POSITIONS:
+      raise ValueError(f'model.positions={model_config.positions!r} is unknown; '
+                       f'allowed: {"|".join(POSITIONS)}.')
+    if not 0.0 <= model_config.dropout < 1.0:
+      raise ValueError(f'model.dropout={model_config.dropout!r} must lie in [0, 1).')
+    dim, heads = sizes['model_dim'], sizes['num_heads']
+    if dim % heads or (model_config.positions == 'rope' and (dim // heads) % 2):
+      raise ValueError(f'model.num_heads={heads} must divide model.model_dim={dim} into '
+                       'heads of even width (RoPE rotates pairs); pick another num_heads.')
+    if not embeddings.base.is_int(max_len) or max_len <= 0:
+      raise ValueError(f'data.seq_len={max_len!r} (max_len) must be a positive integer.')
+    return cls(embed=embed, vocab_size=int(vocab_size), **sizes,
+               dropout=float(model_config.dropout), positions=model_config.positions,
+               dtype=model_config.dtype, max_len=int(max_len))
 
 
 @functools.lru_cache(maxsize=32)
@@ -93,21 +145,21 @@ class ExampleDropout(nnx.Module):
 class Block(nnx.Module):
   """x + attn(LN(x)), then x + mlp(LN(x)), with residual dropout."""
 
-  def __init__(self, model_config: ml_collections.ConfigDict, layer: int, *, rngs: nnx.Rngs):
-    dim, mlp_dim = model_config.model_dim, model_config.mlp_dim
-    dtype = embeddings.compute_dtype(model_config)
+  def __init__(self, args: ModelArgs, layer: int, *, rngs: nnx.Rngs):
+    dim, mlp_dim = args.model_dim, args.mlp_dim
+    dtype = embeddings.compute_dtype(args.dtype)
     out_init = jax.nn.initializers.variance_scaling(
-        1.0 / (2 * model_config.num_layers), 'fan_in', 'truncated_normal')
-    self.num_heads = model_config.num_heads
-    self.rope = model_config.positions == 'rope'
+        1.0 / (2 * args.num_layers), 'fan_in', 'truncated_normal')
+    self.num_heads = args.num_heads
+    self.rope = args.positions == 'rope'
     self.attn_norm = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
     self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
     self.attn_out = nnx.Linear(dim, dim, dtype=dtype, kernel_init=out_init, rngs=rngs)
     self.mlp_norm = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
     self.mlp_in = nnx.Linear(dim, mlp_dim, dtype=dtype, rngs=rngs)
     self.mlp_out = nnx.Linear(mlp_dim, dim, dtype=dtype, kernel_init=out_init, rngs=rngs)
-    self.attn_dropout = ExampleDropout(model_config.dropout, site=2 * layer + 1)
-    self.mlp_dropout = ExampleDropout(model_config.dropout, site=2 * layer + 2)
+    self.attn_dropout = ExampleDropout(args.dropout, site=2 * layer + 1)
+    self.mlp_dropout = ExampleDropout(args.dropout, site=2 * layer + 2)
 
   def __call__(self, x_BxLxD: jax.Array, dropout_keys_B: jax.Array | None) -> jax.Array:
     """One pre-LN block; causal."""
@@ -142,32 +194,31 @@ class UntiedHead(nnx.Module):
 class TransformerLM(nnx.Module):
   """Embedding -> pre-LN causal blocks -> final LN -> tied or untied head."""
 
-  def __init__(self, model_config: ml_collections.ConfigDict, vocab_size: int, max_len: int,
-               *, rngs: nnx.Rngs, dense_table: jax.typing.ArrayLike | None = None):
-    embeddings.validate_model_config(model_config, vocab_size)  # Before any parameter exists.
-    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len <= 0:
-      raise ValueError(f'data.seq_len={max_len!r} (max_len) must be a positive integer.')
-    dim = model_config.model_dim
-    self.dtype = embeddings.compute_dtype(model_config)
-    self.max_len = max_len
+  def __init__(self, args: ModelArgs, *, rngs: nnx.Rngs,
+               dense_table: jax.typing.ArrayLike | None = None,
+               token_counts: np.ndarray | None = None):
+    """`args` from ModelArgs.from_config; `dense_table` and `token_counts` as the embedding
+    kind's `build` takes them (embeddings/base.py)."""
+    dim = args.model_dim
+    self.dtype = embeddings.compute_dtype(args.dtype)
+    self.max_len = args.max_len
     self.embed_scale = INPUT_STD * math.sqrt(dim)  # Tables have std 1/sqrt(D).
     # Own streams first (two draws, whatever the kind): the rest of `rngs` is kind-blind.
     embed_rngs, head_rngs = nnx.Rngs(params=rngs.params()), nnx.Rngs(params=rngs.params())
-    self.embed = embeddings.make_embedding(model_config, vocab_size, rngs=embed_rngs,
-                                           dense_table=dense_table)
-    if model_config.positions == 'learned':
+    self.embed = args.embed.build(embed_rngs, dense_table=dense_table,
+                                  token_counts=token_counts)
+    if args.positions == 'learned':
       self.positions_LxD = nnx.Param(
-          INPUT_STD * jax.random.normal(rngs.params(), (max_len, dim), jnp.float32))
+          INPUT_STD * jax.random.normal(rngs.params(), (args.max_len, dim), jnp.float32))
     else:
       self.positions_LxD = None
-    self.blocks = nnx.List([Block(model_config, layer, rngs=rngs)
-                            for layer in range(model_config.num_layers)])
+    self.blocks = nnx.List([Block(args, layer, rngs=rngs) for layer in range(args.num_layers)])
     self.final_norm = nnx.LayerNorm(dim, dtype=self.dtype, rngs=rngs)
-    if model_config.embed.head == 'untied':
-      self.head = UntiedHead(dim, vocab_size, self.dtype, rngs=head_rngs)
-    else:
+    if args.embed.tied:
       self.head = None
-    self.dropout = ExampleDropout(model_config.dropout, site=0)
+    else:
+      self.head = UntiedHead(dim, args.vocab_size, self.dtype, rngs=head_rngs)
+    self.dropout = ExampleDropout(args.dropout, site=0)
 
   def embed_tokens(self, ids_BxL: jax.Array) -> jax.Array:
     """The residual stream's input: 0.02 sqrt(D) embed(ids) (+ learned positions)."""
@@ -199,8 +250,14 @@ class TransformerLM(nnx.Module):
     return self.embed.penalty()
 
 
+def model_args(config: ml_collections.ConfigDict, vocab_size: int) -> ModelArgs:
+  """The validated ModelArgs of a full config (max_len = data.seq_len)."""
+  return ModelArgs.from_config(config.model, vocab_size, config.data.seq_len)
+
+
 def build_model(config: ml_collections.ConfigDict, vocab_size: int, *, rngs: nnx.Rngs,
-                dense_table: jax.typing.ArrayLike | None = None) -> TransformerLM:
-  """The TransformerLM of a full config (max_len = data.seq_len), validated first."""
-  return TransformerLM(config.model, vocab_size, config.data.seq_len, rngs=rngs,
-                       dense_table=dense_table)
+                dense_table: jax.typing.ArrayLike | None = None,
+                token_counts: np.ndarray | None = None) -> TransformerLM:
+  """The TransformerLM of a full config, validated before anything is built."""
+  return TransformerLM(model_args(config, vocab_size), rngs=rngs, dense_table=dense_table,
+                       token_counts=token_counts)

@@ -2,10 +2,12 @@
 
 Weight decay applies to matrices (ndim >= 2), not to LayerNorm scales and biases, except
 for the embedding table's own parameters, where `train.embed_decay` decides:
-  table    (default) the parameters each kind names in `TABLE_DECAY` (embeddings.py): the
-           decoupled decay then shrinks the table W = U diag(s) V or A P + b by (1 - lr wd)
-           per step, as it shrinks a dense W, so every kind's table is regularised alike;
-  factors  every factor matrix (ndim >= 2: U and V, A and P), as before this control
+  table    (default) the parameters each kind's module names in `TABLE_DECAY`
+           (factorized/embeddings/): the decoupled decay then shrinks the table
+           W = U diag(s) V, A P + b, the bands' A_b P_b or a product of TT cores by
+           (1 - lr wd) per step, as it shrinks a dense W, so every kind's table is
+           regularised alike;
+  factors  every factor matrix (ndim >= 2: U and V, A and P, ...), as before this control
            existed: a factorized table shrinks about twice as fast as a dense one;
   none     no decay on the table's parameters.
 Parameters the head adds (an untied W, ALBERT's MLM head) follow the general rule.
@@ -67,15 +69,22 @@ def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Sch
   )
 
 
+def _names(path: tuple, entries: tuple) -> bool:
+  """Whether a parameter path below `embed` is named by `entries` (TABLE_PARAMS or
+  TABLE_DECAY): an attribute name, or an (attribute, index, ...) path into it."""
+  return any(path[:1] == (entry,) if isinstance(entry, str) else path[:len(entry)] == entry
+             for entry in entries)
+
+
 def decay_mask(params, *, kind: str, embed_decay: str = 'table'):
   """True for the parameters that weight decay applies to (see the module docstring)."""
-  embedding = embeddings.EMBEDDINGS[kind]
+  embedding = embeddings.kind(kind).module
 
   def decayed(path, leaf) -> bool:
-    names = [key.key for key in path if isinstance(key, jax.tree_util.DictKey)]
-    if names[:1] == ['embed'] and len(names) == 2 and names[1] in embedding.TABLE_PARAMS:
+    names = tuple(key.key for key in path if isinstance(key, jax.tree_util.DictKey))
+    if names[:1] == ('embed',) and _names(names[1:], embedding.TABLE_PARAMS):
       if embed_decay == 'table':
-        return names[1] in embedding.TABLE_DECAY
+        return _names(names[1:], embedding.TABLE_DECAY)
       return embed_decay == 'factors' and leaf.ndim >= 2
     return leaf.ndim >= 2
 

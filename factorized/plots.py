@@ -1,9 +1,11 @@
-"""Figures of a sweep and of trained embeddings, drawn from what analysis.py returns.
+"""Figures of a sweep and of trained embeddings, drawn from what results.py, spectrum.py and
+interpret.py return.
 
 Every function returns a matplotlib Figure, closed in pyplot so that a notebook shows it
-once (as the cell's value). Sweep tables are analysis.load_sweep_table's: one curve per
-`series` (kind, `_untied` for untied heads), rank empty for dense runs (drawn as horizontal
-lines), post-hoc SVD rows of kind `posthoc_svd*`.
+once (as the cell's value). Sweep tables are results.load_sweep_table's: one curve per
+`series` (kind, `_untied` for untied heads), rank empty for kinds without one (dense),
+post-hoc rows of kind `posthoc_svd*`. Colours follow embeddings.KINDS (a new kind gets the
+next one), shades of green for post-hoc compression.
 """
 
 from __future__ import annotations
@@ -18,11 +20,19 @@ from jax.typing import ArrayLike
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from factorized import analysis, spectrum, sweep_report
+from factorized import embeddings, results, spectrum, sweep_report
 
-KIND_COLORS = {'dense': 'black', 'albert': 'tab:orange', 'svd': 'tab:blue',
-               'posthoc_svd': 'tab:green'}
-KIND_COLORMAPS = {'dense': 'Greys', 'albert': 'Oranges', 'svd': 'Blues', 'posthoc_svd': 'Greens'}
+_PALETTE = (('black', 'Greys'), ('tab:orange', 'Oranges'), ('tab:blue', 'Blues'),
+            ('tab:red', 'Reds'), ('tab:purple', 'Purples'), ('tab:brown', 'copper_r'),
+            ('tab:pink', 'RdPu'), ('tab:cyan', 'GnBu'))
+_POSTHOC = {sweep_report.POSTHOC_METHOD: ('tab:green', 'Greens'),
+            f'{sweep_report.POSTHOC_METHOD}_freq': ('tab:olive', 'YlGn'),
+            f'{sweep_report.POSTHOC_METHOD}_bands': ('seagreen', 'BuGn'),
+            f'{sweep_report.POSTHOC_METHOD}_freq_bands': ('darkolivegreen', 'YlGn')}
+KIND_STYLES = {**{kind: _PALETTE[i % len(_PALETTE)] for i, kind in enumerate(embeddings.KINDS)},
+               **_POSTHOC}
+KIND_COLORS = {kind: color for kind, (color, _) in KIND_STYLES.items()}
+AXES = {'rank': 'rank', 'vocab_params': 'vocab params'}
 
 
 def _figure(panels: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[Figure, list]:
@@ -33,8 +43,8 @@ def _figure(panels: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[F
 
 
 def _kind(series: str) -> str:
-  """'svd_untied' -> 'svd', 'posthoc_svd_ft300' -> 'posthoc_svd', 'svd_rank8' -> 'svd'."""
-  for kind in sorted(KIND_COLORS, key=len, reverse=True):
+  """'svd_untied' -> 'svd', 'posthoc_svd_ft300' -> 'posthoc_svd', 'dense_ft30' -> 'dense'."""
+  for kind in sorted(KIND_STYLES, key=len, reverse=True):
     if series.startswith(kind):
       return kind
   return series
@@ -43,29 +53,31 @@ def _kind(series: str) -> str:
 def _shades(kind: str, count: int) -> np.ndarray:
   """`count` colours of the kind's colour map, light to dark (one: dark)."""
   where = np.linspace(0.4, 1.0, count) if count > 1 else [0.9]
-  return plt.get_cmap(KIND_COLORMAPS.get(kind, 'viridis'))(where)
+  return plt.get_cmap(KIND_STYLES.get(kind, (None, 'viridis'))[1])(where)
 
 
 def _style(series: str) -> dict:
   return {'color': KIND_COLORS.get(_kind(series)),
-          'ls': '--' if 'untied' in series or 'posthoc' in series else '-'}
+          'ls': '--' if 'untied' in series or 'posthoc' in series else '-',
+          'marker': 's' if 'posthoc' in series else 'o'}
 
 
-def _log_rank_axis(ax, ranks) -> None:
-  ranks = sorted({int(r) for r in ranks})
-  ax.set_xscale('log', base=2)
-  if ranks:
-    ax.set_xticks(ranks)
-  ax.xaxis.set_major_formatter(ScalarFormatter())
-  ax.xaxis.set_minor_formatter(NullFormatter())
+def rank_label() -> str:
+  """'rank (E for albert, R for svd, ...)': what each kind's rank is."""
+  return 'rank (' + ', '.join(f'{embeddings.kind(name).rank_label} for {name}'
+                              for name in embeddings.KINDS if embeddings.ranked(name)) + ')'
 
 
-def _baselines(ax, groups: pd.DataFrame, column: str) -> None:
-  """Runs without a rank (dense, dense_ft<N>) as horizontal lines, mean over seeds."""
-  for _, row in groups[groups['rank'].isna()].iterrows():
-    if np.isfinite(row[f'{column}_mean']):
-      ax.axhline(row[f'{column}_mean'], color=KIND_COLORS['dense'], lw=1,
-                 ls=':' if row['kind'] == 'dense' else '-.', label=row['series'])
+def _log_axis(ax, x: str, values) -> None:
+  values = sorted({int(v) for v in values})
+  if x == 'rank':
+    ax.set_xscale('log', base=2)
+    if values:
+      ax.set_xticks(values)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+  else:
+    ax.set_xscale('log')
 
 
 def _error_bars(ax, rows: pd.DataFrame, x: str, column: str, **style) -> None:
@@ -75,71 +87,60 @@ def _error_bars(ax, rows: pd.DataFrame, x: str, column: str, **style) -> None:
               capsize=3, **style)
 
 
-def _rank_curves(ax, groups: pd.DataFrame, column: str) -> None:
-  """One curve per series with a rank (series without numbers in `column` are left out)."""
-  curves = groups[groups['rank'].notna() & np.isfinite(groups[f'{column}_mean'].astype(float))]
-  for series, rows in curves.groupby('series', sort=False):
-    rows = rows.sort_values('rank')
-    _error_bars(ax, rows, 'rank', column, marker='o', label=series, **_style(series))
-  _baselines(ax, groups, column)
-  if not curves.empty:
-    _log_rank_axis(ax, curves['rank'])
-
-
-def plot_ppl_vs_rank(table: pd.DataFrame, splits: Sequence[str] = ('valid', 'test')) -> Figure:
-  """Perplexity against rank per series (trained and post-hoc), one panel per split: mean
-  over seeds with one-standard-deviation bars; runs without a rank as horizontal lines."""
-  groups = sweep_report.aggregate(table)
-  fig, axes = _figure(len(splits))
-  for ax, split in zip(axes, splits, strict=True):
-    _rank_curves(ax, groups, f'{split}_ppl')
-    ax.set(xlabel='rank (E for albert, R for svd)', ylabel=f'{split} perplexity',
-           title=f'{split} perplexity against rank')
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=8)
-  return fig
-
-
-def plot_ppl_vs_params(table: pd.DataFrame, split: str = 'test',
-                       x: str = 'vocab_params') -> Figure:
-  """Perplexity on `split` against vocabulary parameters (costs.py: everything the embedding
-  choice adds, head included) for every series, mean over seeds with std bars, rank
-  annotated, and the Pareto front (no other point is both smaller and better)."""
-  column = f'{split}_ppl'
-  groups = sweep_report.aggregate(table)
-  points = groups[np.isfinite(groups[f'{column}_mean'].astype(float))]
-  fig, (ax,) = _figure(width=6.5, height=4.2)
-  for series, rows in points.groupby('series', sort=False):
-    _error_bars(ax, rows, x, column, ls='none', label=series, zorder=3,
-                color=KIND_COLORS.get(_kind(series)), marker='s' if 'posthoc' in series else 'o')
-    for _, row in rows[rows['rank'].notna()].iterrows():
+def _curves(ax, groups: pd.DataFrame, x: str, column: str) -> None:
+  """One curve per series against `x` (rank or vocab_params), mean over seeds with std
+  bars. Against rank, series without one (dense, dense_ft<N>) are horizontal lines; against
+  vocab params they are points, the rank is annotated and the Pareto front drawn."""
+  groups = groups[np.isfinite(groups[f'{column}_mean'].astype(float))]
+  placed = groups[groups[x].notna()]
+  for series, rows in placed.groupby('series', sort=False):
+    _error_bars(ax, rows.sort_values(x), x, column, label=series, zorder=3, **_style(series))
+  if x == 'rank':
+    for _, row in groups[groups['rank'].isna()].iterrows():
+      ax.axhline(row[f'{column}_mean'], color=KIND_COLORS.get(_kind(row['series'])), lw=1,
+                 ls=':' if row['kind'] in embeddings.KINDS else '-.', label=row['series'])
+  else:
+    for _, row in placed[placed['rank'].notna()].iterrows():
       ax.annotate(str(row['rank']), (row[x], row[f'{column}_mean']),
                   textcoords='offset points', xytext=(4, 3), fontsize=7)
-  front = analysis.pareto_front(points, x, f'{column}_mean')
-  ax.step(front[x], front[f'{column}_mean'], where='post', color='gray', lw=1,
-          label='Pareto front', zorder=2)
-  ax.set(xscale='log', xlabel=x.replace('_', ' '), ylabel=f'{split} perplexity',
-         title=f'{split} perplexity against {x.replace("_", " ")}')
-  ax.grid(alpha=0.3)
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=8)
+    front = sweep_report.pareto_front(placed, x, f'{column}_mean')
+    ax.step(front[x], front[f'{column}_mean'], where='post', color='gray', lw=1,
+            label='Pareto front', zorder=2)
+  if not placed.empty:
+    _log_axis(ax, x, placed[x])
+
+
+def plot_ppl(table: pd.DataFrame, x: str = 'vocab_params',
+             splits: Sequence[str] = ('valid', 'test')) -> Figure:
+  """Perplexity against `x` per series (trained and post-hoc), one panel per split: mean over
+  seeds with one-standard-deviation bars. x = 'vocab_params' (every parameter the embedding
+  choice adds, costs.py) puts every kind on one axis, whatever its rank means; x = 'rank'
+  draws kinds without a rank as horizontal lines."""
+  groups = sweep_report.aggregate(table)
+  fig, axes = _figure(len(splits), width=5.5 if x == 'rank' else 6.0)
+  for ax, split in zip(axes, splits, strict=True):
+    _curves(ax, groups, x, f'{split}_ppl')
+    ax.set(xlabel=rank_label() if x == 'rank' else AXES[x], ylabel=f'{split} perplexity',
+           title=f'{split} perplexity against {AXES[x]}')
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
   return fig
 
 
-def plot_band_ppl_vs_rank(table: pd.DataFrame) -> Figure:
-  """Test perplexity of each frequency band of the target (one panel per band) against rank,
-  per series: which words a low rank costs. Mean over seeds with std bars."""
+def plot_band_ppl(table: pd.DataFrame, x: str = 'vocab_params') -> Figure:
+  """Test perplexity of each frequency band of the target (one panel per band) against `x`,
+  per series: which words a small embedding costs. Mean over seeds with std bars."""
   bands = [c for c in sweep_report.metric_columns(table) if c.startswith(sweep_report.BAND_PREFIX)]
   groups = sweep_report.aggregate(table)
-  fig, axes = _figure(max(1, len(bands)), width=3.6)
+  fig, axes = _figure(max(1, len(bands)), width=3.8)
   for ax, band in zip(axes, bands, strict=False):
-    _rank_curves(ax, groups, band)
-    ax.set(xlabel='rank', ylabel='test perplexity',
+    _curves(ax, groups, x, band)
+    ax.set(xlabel=AXES[x], ylabel='test perplexity',
            title=f'band {band.removeprefix(sweep_report.BAND_PREFIX)}')
     ax.grid(alpha=0.3)
   if bands and axes[0].get_legend_handles_labels()[0]:
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6)
   if not bands:
     axes[0].set_title('no band perplexities in these summaries')
   return fig
@@ -155,7 +156,7 @@ def png_bytes(figure: Figure) -> bytes:
 def plot_training_curves(scalars: pd.DataFrame, table: pd.DataFrame,
                          tag: str = 'train/loss') -> Figure:
   """`tag` against step, one panel per series of trained runs, one line per rank."""
-  trained = analysis.trained_points(table)
+  trained = results.trained_points(table)
   fig, axes = _figure(trained['series'].nunique(), width=4.2)
   for ax, (series, rows) in zip(axes, trained.groupby('series', sort=False), strict=True):
     rows = rows.sort_values('rank')
@@ -171,37 +172,8 @@ def plot_training_curves(scalars: pd.DataFrame, table: pd.DataFrame,
   return fig
 
 
-def plot_posthoc_vs_scratch(posthoc: pd.DataFrame, table: pd.DataFrame,
-                            split: str = 'test') -> Figure:
-  """Perplexity on `split` against rank: the trained dense table truncated after training
-  (post-hoc SVD, dashed; fine-tuned if eval.py ran with --svd_finetune_steps) against the
-  factorized kinds trained from scratch at each rank; the untruncated dense model dotted."""
-  column = f'{split}_ppl'
-  trained = analysis.trained_points(table)
-  fig, (ax,) = _figure(width=6.5, height=4.2)
-  curves = trained[trained['rank'].notna()]
-  for series, rows in curves.groupby('series', sort=False):
-    rows = rows.sort_values('rank')
-    ax.plot(rows['rank'].astype(float), rows[column], marker='o', label=f'{series} from scratch',
-            **_style(series))
-  posthoc = posthoc[posthoc['split'] == split]
-  for (run, steps), rows in posthoc.groupby(['run', 'finetune_steps']):
-    label = f'post-hoc SVD of {run}' + (f' + {steps} fine-tuning steps' if steps else '')
-    ax.plot(rows['rank'], rows['ppl'], marker='s', ls='--' if steps == 0 else '-.',
-            color=KIND_COLORS['posthoc_svd'], alpha=1.0 if steps == 0 else 0.6, label=label)
-  for run, rows in posthoc.groupby('run'):
-    ax.axhline(rows['dense_ppl'].iloc[0], color=KIND_COLORS['dense'], ls=':', lw=1,
-               label=f'{run} (untruncated)')
-  _log_rank_axis(ax, list(curves['rank']) + list(posthoc['rank']))
-  ax.set(xlabel='rank', ylabel=f'{split} perplexity',
-         title='truncating after training against training at low rank')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  return fig
-
-
 def plot_spectra(singular_values_by_name: Mapping[str, ArrayLike], reference: str | None = None,
-                 fractions: Sequence[float] = analysis.ENERGY_FRACTIONS) -> Figure:
+                 fractions: Sequence[float] = spectrum.ENERGY_FRACTIONS) -> Figure:
   """Left: singular values against index (log scale); right: cumulative energy, with
   `fractions` dotted and the ranks at which `reference` reaches them marked. Names starting
   with a kind (dense, svd_rank8, albert_rank16) take that kind's colour, darker at higher rank."""
@@ -235,11 +207,11 @@ def plot_spectra(singular_values_by_name: Mapping[str, ArrayLike], reference: st
 def plot_reconstruction_error(singular_values: ArrayLike, marked_ranks: Sequence[int] = (),
                               name: str = 'W') -> Figure:
   """|W - W_R|_F / |W|_F against R (Eckart-Young), `marked_ranks` annotated."""
-  error = analysis.reconstruction_error(singular_values)
+  error = spectrum.reconstruction_error(singular_values)
   fig, (ax,) = _figure(width=6.0)
   ax.plot(np.arange(error.size), error, color=KIND_COLORS['svd'])
   for rank in sorted(set(marked_ranks)):
-    ax.plot(rank, error[rank], 'o', color=KIND_COLORS['posthoc_svd'])
+    ax.plot(rank, error[rank], 'o', color=KIND_COLORS[sweep_report.POSTHOC_METHOD])
     ax.annotate(f'R={rank}: {error[rank]:.2f}', (rank, error[rank]),
                 textcoords='offset points', xytext=(5, 5), fontsize=8)
   ax.set(xlabel='rank R', ylabel='relative error', ylim=(0, 1.02),

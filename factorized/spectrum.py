@@ -18,30 +18,67 @@ Statistics of a singular-value vector s (descending):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 from jax.typing import ArrayLike
 
+ENERGY_FRACTIONS = (0.9, 0.99)
 
-def singular_values(factors: Sequence[ArrayLike]) -> jax.Array:
-  """The singular values (descending, 1-D) of factors[0] @ ... @ factors[-1], via QR."""
+
+def _precision(factors: Sequence[ArrayLike]):
+  """float64 factors: a context with 64-bit JAX types (else they would be cast to float32)."""
+  wide = any(np.dtype(getattr(f, 'dtype', np.float32)) == np.float64 for f in factors)
+  return jax.enable_x64(True) if wide else contextlib.nullcontext()
+
+
+def factored_svd(factors: Sequence[ArrayLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The thin SVD (U_VxK, s_K, Vt_KxD) of factors[0] @ ... @ factors[-1] via QR of the
+  factors (see the module docstring), host arrays in the factors' precision."""
+  with _precision(factors):
+    return tuple(np.asarray(a) for a in _factored_svd(factors, compute_uv=True))
+
+
+def _factored_svd(factors: Sequence[ArrayLike], compute_uv: bool):
   factors = [jnp.asarray(f) for f in factors]
   if not factors:
-    raise ValueError('singular_values needs at least one factor, got none.')
+    raise ValueError('factored_svd needs at least one factor, got none.')
   for left, right in zip(factors[:-1], factors[1:], strict=False):
     if left.ndim != 2 or right.ndim != 2 or left.shape[1] != right.shape[0]:
       raise ValueError(f'Factors of shapes {left.shape} and {right.shape} do not chain.')
   if len(factors) == 1:
-    return jnp.linalg.svd(factors[0], compute_uv=False)
-  r_first = jnp.linalg.qr(factors[0], mode='r')         # min(V, K_1) x K_1
-  l_last = jnp.linalg.qr(factors[-1].T, mode='r').T     # K_{n-1} x min(D, K_{n-1})
-  core = r_first
-  for middle in factors[1:-1]:
-    core = core @ middle
-  return jnp.linalg.svd(core @ l_last, compute_uv=False)
+    if not compute_uv:
+      return jnp.linalg.svd(factors[0], compute_uv=False)
+    u_VxK, s_K, vt_KxD = jnp.linalg.svd(factors[0], full_matrices=False)
+  else:
+    if compute_uv:
+      q_first, r_first = jnp.linalg.qr(factors[0])    # Q: V x K_1, R: K_1 x K_1
+      q_last, r_last = jnp.linalg.qr(factors[-1].T)   # Q: D x K_{n-1}
+    else:
+      r_first = jnp.linalg.qr(factors[0], mode='r')   # min(V, K_1) x K_1
+      r_last = jnp.linalg.qr(factors[-1].T, mode='r')
+    core = r_first
+    for middle in factors[1:-1]:
+      core = core @ middle
+    core = core @ r_last.T
+    if not compute_uv:
+      return jnp.linalg.svd(core, compute_uv=False)
+    u_core, s_K, vt_core = jnp.linalg.svd(core, full_matrices=False)
+    u_VxK, vt_KxD = q_first @ u_core, vt_core @ q_last.T
+  signs_K = jnp.sign(u_VxK[jnp.argmax(jnp.abs(u_VxK), axis=0), jnp.arange(u_VxK.shape[1])])
+  signs_K = jnp.where(signs_K == 0, 1.0, signs_K).astype(u_VxK.dtype)
+  return u_VxK * signs_K, s_K, vt_KxD * signs_K[:, None]
+
+
+def singular_values(factors: Sequence[ArrayLike]) -> jax.Array:
+  """The singular values (descending, 1-D) of factors[0] @ ... @ factors[-1], via QR (the
+  factored SVD without U and V), in the factors' precision."""
+  with _precision(factors):
+    return _factored_svd(factors, compute_uv=False)
 
 
 def _as_sv(sv: ArrayLike) -> np.ndarray:
@@ -82,3 +119,38 @@ def rank_for_energy(sv: ArrayLike, fraction: float) -> int:
   energy = cumulative_energy(sv)
   # A small tolerance so that fraction=1 is reached despite rounding.
   return int(min(np.searchsorted(energy, fraction - 1e-12) + 1, energy.size))
+
+
+def reconstruction_error(singular_values: ArrayLike,
+                         ranks: Sequence[int] | None = None) -> np.ndarray:
+  """|W - W_R|_F / |W|_F of the best rank-R approximation, for each R in `ranks` (default
+  0..K), from the singular values alone (Eckart-Young: sqrt(sum_{i>R} s_i^2 / sum s_i^2))."""
+  sv = np.sort(np.asarray(singular_values, np.float64))[::-1]
+  tail_energy = np.concatenate([np.cumsum((sv**2)[::-1])[::-1], [0.0]])  # index R: sum_{i>R}
+  ranks = np.arange(sv.size + 1) if ranks is None else np.asarray(ranks)
+  if np.any(ranks < 0) or np.any(ranks > sv.size):
+    raise ValueError(f'ranks {list(ranks)} must lie in [0, {sv.size}] (the number of '
+                     'singular values).')
+  total = tail_energy[0]
+  return np.sqrt(tail_energy[ranks] / total) if total > 0 else np.zeros(len(ranks))
+
+
+def energy_column(fraction: float) -> str:
+  """spectrum_table's column of the rank holding `fraction` of the energy: 'rank_90' etc."""
+  return f'rank_{100 * fraction:g}'
+
+
+def spectrum_table(singular_values_by_name: Mapping[str, ArrayLike],
+                   fractions: Sequence[float] = ENERGY_FRACTIONS) -> pd.DataFrame:
+  """One row per embedding: number of singular values, largest one, stable rank, entropy
+  effective rank, and (columns energy_column(f)) the rank holding each of `fractions` of the
+  energy sum s^2."""
+  rows = {}
+  for name, sv in singular_values_by_name.items():
+    sv = np.asarray(sv, np.float64)
+    row = {'singular_values': sv.size, 'sigma_max': float(sv.max()),
+           'stable_rank': stable_rank(sv), 'entropy_effective_rank': entropy_effective_rank(sv)}
+    row.update({energy_column(fraction): rank_for_energy(sv, fraction)
+                for fraction in fractions})
+    rows[name] = row
+  return pd.DataFrame.from_dict(rows, orient='index')

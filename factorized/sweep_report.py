@@ -3,23 +3,28 @@ r"""A sweep directory's reports, rebuilt from its runs' summaries every time.
 A sweep directory is one TensorBoard logdir whose runs are the points (each carries its
 hyper-parameters: the HParams dashboard shows hparams/valid_ppl and hparams/test_ppl
 against kind, rank, seed and parameter counts). `write_reports(sweep_dir)` reads every
-`<run>/summary.json` and `<run>/posthoc_svd_<split>.json` directly below `sweep_dir` and
-(re)writes:
+`<run>/summary.json` and `<run>/<method>_<split>.json` (post-hoc compression: posthoc_svd,
+posthoc_svd_freq, ...) directly below `sweep_dir` and (re)writes:
 
   summary.csv        one row per run (COLUMNS): kind, head, rank, seed, embedding, vocab
                      and total parameters (costs.py: `vocab` = every parameter the
                      embedding choice adds, the budget kinds are compared on), valid ppl
                      (the last evaluation, as in HParams), test ppl (the best checkpoint by
                      valid ppl), tokens/s, then test ppl per frequency band
-                     (`test_ppl@<band>`); plus rows of kind `posthoc_svd` (and
-                     `posthoc_svd_ft<N>`, `dense_ft<N>` after N fine-tuning steps) per rank
-                     for a dense run compressed by eval.py --svd_ranks;
+                     (`test_ppl@<band>`); plus rows of kind <method> (posthoc_svd,
+                     posthoc_svd_freq, ...; `<method>_ft<N>` and `dense_ft<N>` after N
+                     fine-tuning steps) per rank for a dense run compressed by eval.py
+                     --svd_ranks; rows sorted by head, kind (embeddings.KINDS order, post-hoc
+                     last), rank and seed;
   aggregate.csv      one row per (kind, head, rank) over seeds: `seeds` (the count), the
                      parameter counts, and mean and sample standard deviation (empty for one
                      seed) of valid, test and band perplexities;
-  summary.md         the aggregate table, then the per-run table;
-  ppl_vs_rank.png, ppl_vs_vocab_params.png (with the Pareto front), band_ppl_vs_rank.png
-                     (plots.py; error bars = standard deviation over seeds);
+  summary.md         the aggregate table; every point by vocabulary parameters (all kinds on
+                     one axis, whatever their rank means, with the Pareto front marked);
+                     then the per-run table;
+  ppl_vs_vocab_params.png (with the Pareto front), ppl_vs_rank.png,
+                     band_ppl_vs_vocab_params.png (plots.py; error bars = standard
+                     deviation over seeds);
   sweep/             a TensorBoard run of scalars for the Scalars tab (means over seeds):
                      ppl_vs_rank/<series> (test ppl, step = rank),
                      valid_ppl_vs_rank/<series>, ppl_vs_vocab_params/<series> and
@@ -44,17 +49,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from factorized import embeddings
+
 SWEEP_RUN = 'sweep'
 CSV_FILE, AGGREGATE_FILE, MD_FILE = 'summary.csv', 'aggregate.csv', 'summary.md'
-PNG_FILE = 'ppl_vs_rank.png'
-PNG_FILES = (PNG_FILE, 'ppl_vs_vocab_params.png', 'band_ppl_vs_rank.png')
-POSTHOC_FILE = 'posthoc_svd_{split}.json'
+PNG_FILE = 'ppl_vs_vocab_params.png'
+PNG_FILES = (PNG_FILE, 'ppl_vs_rank.png', 'band_ppl_vs_vocab_params.png')
+POSTHOC_METHOD = 'posthoc_svd'  # every post-hoc method's name starts so (posthoc.py)
+POSTHOC_FILE = '{method}_{split}.json'
 COLUMNS = ('run', 'kind', 'head', 'rank', 'seed', 'embedding_params', 'vocab_params',
            'total_params', 'valid_ppl', 'test_ppl', 'tokens_per_s')
 GROUP = ('kind', 'head', 'rank')
 PARAMS = ('embedding_params', 'vocab_params', 'total_params')
 BAND_PREFIX = 'test_ppl@'
-_KIND_ORDER = ('dense', 'dense_ft', 'albert', 'svd', 'posthoc_svd')
+# Row order: each kind with what derives from it (dense_ft<N> after dense), post-hoc last.
+_KIND_ORDER = (*embeddings.KINDS, POSTHOC_METHOD)
 
 
 def _run_dirs(sweep_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -68,7 +77,8 @@ def _summary_row(run: str, summary: dict) -> dict[str, Any]:
   kind = embed['kind']
   row = {
       'run': run, 'kind': kind, 'head': embed['head'],
-      'rank': None if kind == 'dense' else int(embed['rank']), 'seed': config.get('seed'),
+      'rank': int(embed['rank']) if embeddings.ranked(kind) else None,
+      'seed': config.get('seed'),
       'embedding_params': params['embedding'],
       'vocab_params': params.get('vocab', params['embedding'] + params['output_head']),
       'total_params': params['total'],
@@ -80,17 +90,23 @@ def _summary_row(run: str, summary: dict) -> dict[str, Any]:
   return row
 
 
+def posthoc_files(directory: str | os.PathLike, *, recursive: bool = False
+                  ) -> list[pathlib.Path]:
+  """The post-hoc result files (<method>_<split>.json) in `directory` (or below it)."""
+  pattern = f'{POSTHOC_METHOD}*_*.json'
+  directory = pathlib.Path(directory)
+  return sorted(directory.rglob(pattern) if recursive else directory.glob(pattern))
+
+
 def _posthoc_rows(run: str, run_dir: pathlib.Path, seed: int | None) -> list[dict[str, Any]]:
-  rows: dict[tuple, dict] = {}
-  for split in ('valid', 'test'):
-    path = run_dir / POSTHOC_FILE.format(split=split)
-    if not path.exists():
-      continue
+  rows: dict[tuple, dict] = {}  # one row per (kind, rank): its valid and test ppl
+  for path in posthoc_files(run_dir):
     result = json.loads(path.read_text())
-    series = [('posthoc_svd', result['ppl_by_rank'], result['params_by_rank'])]
+    split, method = result['split'], result.get('method', POSTHOC_METHOD)
+    series = [(method, result['ppl_by_rank'], result['params_by_rank'])]
     if result.get('finetuned_ppl_by_rank'):
       steps = result['finetune_steps']
-      series.append((f'posthoc_svd_ft{steps}', result['finetuned_ppl_by_rank'],
+      series.append((f'{method}_ft{steps}', result['finetuned_ppl_by_rank'],
                      result['params_by_rank']))
       if 'dense_finetuned_ppl' in result:
         series.append((f'dense_ft{steps}', {None: result['dense_finetuned_ppl']},
@@ -110,6 +126,8 @@ def _posthoc_rows(run: str, run_dir: pathlib.Path, seed: int | None) -> list[dic
 
 
 def _sort_key(row: dict) -> tuple:
+  """(head, kind order, kind, rank, seed, run); a derived kind (dense_ft30, posthoc_svd_freq)
+  goes with the longest kind name it starts with."""
   kind = row['kind']
   base = next((k for k in sorted(_KIND_ORDER, key=len, reverse=True) if kind.startswith(k)),
               kind)
@@ -202,8 +220,33 @@ def _mean_std(row: pd.Series, metric: str) -> str:
   return f'{mean:.2f} ± {std:.2f}' if _is_number(std) else f'{mean:.2f}'
 
 
+def pareto_front(table: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+  """The rows no other row beats on both `x` and `y` (lower is better), sorted by `x`."""
+  ordered = table.dropna(subset=[x, y]).sort_values([x, y], kind='stable')
+  best, keep = np.inf, []
+  for index, value in ordered[y].items():
+    if value < best:
+      best = value
+      keep.append(index)
+  return ordered.loc[keep]
+
+
+def _by_vocab_params(groups: pd.DataFrame) -> list[str]:
+  """Every (kind, head, rank) by vocab parameters, test ppl mean ± std, Pareto front marked."""
+  points = groups.astype({'test_ppl_mean': float}).sort_values('vocab_params', kind='stable')
+  front = set(pareto_front(points, 'vocab_params', 'test_ppl_mean').index)
+  lines = ['| vocab params | kind | head | rank | test ppl | Pareto front |',
+           '|---|---|---|---|---|---|']
+  for index, row in points.iterrows():
+    lines.append(f'| {_format("vocab_params", row["vocab_params"])} | {row["kind"]} | '
+                 f'{row["head"]} | {_format("rank", row["rank"])} | '
+                 f'{_mean_std(row, "test_ppl")} | {"yes" if index in front else ""} |')
+  return lines
+
+
 def markdown_report(table: pd.DataFrame, unfinished: list[str]) -> str:
-  """summary.md: the aggregate over seeds (mean ± std), then every run."""
+  """summary.md: the aggregate over seeds (mean ± std), every point by vocab parameters,
+  then every run."""
   groups = aggregate(table)
   bands = [c for c in metric_columns(table) if c.startswith(BAND_PREFIX)]
   header = ['kind', 'head', 'rank', 'seeds', 'vocab params', 'total params', 'valid ppl',
@@ -216,6 +259,8 @@ def markdown_report(table: pd.DataFrame, unfinished: list[str]) -> str:
              _format('total_params', row['total_params']),
              *[_mean_std(row, m) for m in ('valid_ppl', 'test_ppl', *bands)]]
     lines.append('| ' + ' | '.join(cells) + ' |')
+  lines += ['', 'By vocabulary parameters (every kind on one axis; the Pareto front: no point '
+            'is both smaller and better):', '', *_by_vocab_params(groups)]
   lines += ['', 'Every run:', '', *_markdown(table, list(COLUMNS))]
   if unfinished:
     lines += ['', f'Not finished (no summary.json yet): {", ".join(unfinished)}.']
@@ -273,8 +318,8 @@ def write_reports(sweep_dir: str | os.PathLike) -> str:
   write_atomic(root / CSV_FILE, _csv(table.drop(columns='series')))
   write_atomic(root / AGGREGATE_FILE, _csv(aggregate(table).drop(columns='series')))
   write_atomic(root / MD_FILE, report)
-  figures = (plots.plot_ppl_vs_rank(table), plots.plot_ppl_vs_params(table),
-             plots.plot_band_ppl_vs_rank(table))
+  figures = (plots.plot_ppl(table, 'vocab_params'), plots.plot_ppl(table, 'rank'),
+             plots.plot_band_ppl(table, 'vocab_params'))
   for name, figure in zip(PNG_FILES, figures, strict=True):
     write_atomic(root / name, plots.png_bytes(figure))
   write_tensorboard_run(aggregate(table), root, _full_rank(root))

@@ -23,12 +23,13 @@ import collections
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from factorized import workdir as workdir_lib
 
 UNK, EOS = '<unk>', '<eos>'
 SPECIALS = (UNK, EOS)
@@ -211,16 +212,7 @@ def tokenizer_json(tokenizer: Tokenizer, *, config: dict, corpus_key: str) -> st
 
 def save_tokenizer(path: str | os.PathLike, text: str) -> None:
   """Writes `tokenizer_json(...)` output to `path` atomically."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+  workdir_lib.write_atomic(path, text)
 
 
 def load_tokenizer(path: str | os.PathLike) -> tuple[Tokenizer, dict]:

@@ -55,12 +55,12 @@ class Run:
   mesh: Mesh
   parts: ModelParts
   state: TrainState
+  token_counts: np.ndarray  # the train split's count of every token id (train_counts.npy)
 
   def evaluator(self, split: str, *, stride: int | None = None) -> Evaluator:
     """The exact evaluator of `split` ('valid' or 'test'), windows every `stride` tokens
     (default data.seq_len), with perplexity per frequency band (eval.band_edges)."""
-    bands = data_lib.frequency_bands(self.corpus.splits['train'], self.corpus.vocab_size,
-                                     self.config.eval.band_edges)
+    bands = data_lib.frequency_bands(self.token_counts, self.config.eval.band_edges)
     return Evaluator(
         self.parts, self.mesh, self.corpus.splits[split],
         seq_len=self.config.data.seq_len,
@@ -71,6 +71,20 @@ class Run:
   def model(self, params: nnx.State | None = None) -> nnx.Module:
     """The NNX model holding `params` (default: the current state's)."""
     return self.parts.merge(self.state.params if params is None else params)
+
+  def train_batches(self) -> data_lib.TrainBatches:
+    """This process's train batches of the config (from the start: set_state moves them)."""
+    return data_lib.TrainBatches(
+        self.corpus.splits['train'], seq_len=self.config.data.seq_len,
+        global_batch_size=self.config.train.batch_size, seed=self.config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+  def train_step(self):
+    """The jitted train step of the config: `(state, batch) -> (state, metrics)`."""
+    train_config = self.config.train
+    return make_train_step(
+        self.parts, optim.make_optimizer(self.config), optim.learning_rate_schedule(train_config),
+        self.mesh, grad_accum_steps=train_config.grad_accum_steps)
 
 
 def build_run(
@@ -87,28 +101,31 @@ def build_run(
                             micro_batches=config.train.grad_accum_steps)
   parallel.check_batch_size(config.train.eval_batch_size, mesh, field='train.eval_batch_size')
   corpus = parallel.primary_first(
-      lambda: data_lib.prepare_corpus(config.data, tokenizer_dir=workdir), 'prepare_corpus')
-  embeddings.validate_model_config(config.model, corpus.vocab_size)
-
-  parts, state = init_state(config, corpus.vocab_size, mesh)
-  return Run(config, corpus, mesh, parts, state)
+      lambda: data_lib.prepare_corpus(config.data, run_dir=workdir), 'prepare_corpus')
+  model_lib.model_args(config, corpus.vocab_size)  # validates config.model
+  token_counts = data_lib.load_train_counts(workdir)
+  parts, state = init_state(config, corpus.vocab_size, mesh, token_counts=token_counts)
+  return Run(config, corpus, mesh, parts, state, token_counts)
 
 
 def init_state(config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh, *,
-               dense_params: dict | None = None) -> tuple[ModelParts, TrainState]:
+               dense_params: dict | None = None, token_counts: np.ndarray | None = None
+               ) -> tuple[ModelParts, TrainState]:
   """A freshly initialised model (its static parts) and train state, replicated on `mesh`.
 
   Parameters are created inside jit with replicated output shardings, so every process
   of a multi-host run holds the same global arrays without a host round trip. Given
   `dense_params` (the pure-dict parameters of a trained dense model of the same sizes),
   the embedding starts from its table (`dense_table=`: a copy for dense, the split
-  truncated SVD for svd) and every other parameter is a copy; the optimizer starts afresh.
+  truncated SVD for svd, per band for adaptive) and every other parameter is a copy; the
+  optimizer starts afresh. `token_counts`: the train split's counts, for kinds that need
+  the frequency order (adaptive).
   """
   dense_table = None if dense_params is None else dense_params['embed']['W_VxD']
 
   def create():
     model = model_lib.build_model(config, vocab_size, rngs=nnx.Rngs(params=config.seed),
-                                  dense_table=dense_table)
+                                  dense_table=dense_table, token_counts=token_counts)
     graphdef, params, consts = nnx.split(model, nnx.Param, ...)
     if dense_params is not None:
       pure = nnx.to_pure_dict(params)
@@ -242,10 +259,7 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
          writer: MetricWriter, resuming: bool) -> dict:
   config = run.config
   train_cfg, vocab_size = config.train, run.corpus.vocab_size
-  batches = data_lib.TrainBatches(
-      run.corpus.splits['train'], seq_len=config.data.seq_len,
-      global_batch_size=train_cfg.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  batches = run.train_batches()
   progress = {'elapsed_s': 0.0, 'best_valid_ppl': math.inf, 'valid_ppl': math.nan}
   state = run.state
   if resuming and checkpointer.latest_step() is not None:
@@ -257,7 +271,7 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
   valid_eval, test_eval = run.evaluator('valid'), run.evaluator('test')
   params_count = costs.param_counts(config, vocab_size)
   embed = config.model.embed
-  writer.hparams({'kind': embed.kind, 'rank': embed.rank if embed.kind != 'dense' else 0,
+  writer.hparams({'kind': embed.kind, 'rank': embed.rank if embeddings.ranked(embed.kind) else 0,
                   'head': embed.head, 'embedding_params': params_count['embedding'],
                   'vocab_params': params_count['vocab'], 'total_params': params_count['total'],
                   'model_dim': config.model.model_dim, 'embed_decay': train_cfg.embed_decay,
@@ -265,9 +279,7 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
   writer.text('params', '| parameters | count |\n|---|---:|\n' + ''.join(
       f'| {name} | {value:,} |\n' for name, value in params_count.items()))
 
-  train_step = make_train_step(
-      run.parts, optim.make_optimizer(config), optim.learning_rate_schedule(train_cfg),
-      run.mesh, grad_accum_steps=train_cfg.grad_accum_steps)
+  train_step = run.train_step()
   tokens_per_step = train_cfg.batch_size * config.data.seq_len
   start_step = int(state.step)
   last_metrics = {'loss': math.nan}

@@ -1,7 +1,12 @@
 """A run's working directory: its saved config, and atomic JSON files in it.
 
-Layout: config.json (the resolved config, written on the first start), tokenizer files,
-checkpoints/ (orbax), TensorBoard events, summary.json and eval_<split>.json.
+Layout: config.json (the resolved config, written on the first start), tokenizer.json and
+train_counts.npy (data.py), checkpoints/ (orbax), TensorBoard events, summary.json and
+eval_<split>.json.
+
+Configs saved before an embedding kind's own field existed (model.embed.band_cutoffs, ...)
+lack it; such a run behaved as the field's default says, so a missing kind field counts as
+its default when configs are compared, and `load_config` fills it in.
 """
 
 from __future__ import annotations
@@ -40,6 +45,14 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
   write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
 
 
+def _kind_fields() -> dict[str, Any]:
+  """Every embedding kind's own field as a flat name, with its default (JSON types)."""
+  from factorized import embeddings  # imports JAX: only where configs are compared or loaded
+
+  return {f'model.embed.{name}': json.loads(json.dumps(value))
+          for name, value in embeddings.config_fields().items()}
+
+
 def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
   flat = {}
   for key, value in tree.items():
@@ -52,8 +65,9 @@ def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
 
 
 def config_differences(saved: dict, new: dict) -> list[str]:
-  """Lists 'field: saved -> new' for every field that differs (but `_IGNORED_FIELDS`)."""
-  saved_flat, new_flat = _flatten(saved), _flatten(new)
+  """Lists 'field: saved -> new' for every field that differs (but `_IGNORED_FIELDS`; a
+  kind field that `saved` lacks counts as its default)."""
+  saved_flat, new_flat = {**_kind_fields(), **_flatten(saved)}, _flatten(new)
   lines = []
   for name in sorted(set(saved_flat) | set(new_flat)):
     if name.startswith(_IGNORED_FIELDS):
@@ -70,13 +84,18 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
 
 
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The config saved in `workdir`; a FileNotFoundError that says how to make one."""
+  """The config saved in `workdir` (kind fields it lacks set to their defaults); a
+  FileNotFoundError that says how to make one."""
   path = pathlib.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(
         f'{path} not found: {workdir} is not a training workdir '
         f'(train.py --workdir={workdir} writes it).')
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  saved = json.loads(path.read_text())
+  embed = saved.get('model', {}).get('embed', {})
+  for name, value in _kind_fields().items():
+    embed.setdefault(name.rsplit('.', 1)[1], value)
+  return ml_collections.ConfigDict(saved)
 
 
 def prepare_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> bool:

@@ -1,23 +1,61 @@
 """Tests of factorized/costs.py: counts agree with built models, FLOPs with XLA."""
 
+import itertools
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
 from configs import brown
 from factorized import costs
-from factorized.model import build_model
+from factorized import model as model_lib
+
+# Explicit adaptive bands and TT factors (V = 1000, D = 32), so the formulas read plainly.
+CUTOFFS, TT_VOCAB, TT_DIM = (100, 300), (10, 10, 10), (2, 4, 4)
 
 
 def make_config(kind, rank, head='tied', albert_head='mlm', positions='rope', dim=32,
-                num_layers=1):
+                num_layers=1, **embed):
   config = brown.get_config('runlocal')
   config.model.update({'model_dim': dim, 'mlp_dim': 3 * dim, 'num_layers': num_layers,
                        'positions': positions})
   config.model.embed.update({'kind': kind, 'rank': rank, 'head': head,
-                             'albert_head': albert_head})
+                             'albert_head': albert_head, **embed})
   return config
+
+
+def build_model(config, vocab_size, *, rngs):
+  return model_lib.build_model(config, vocab_size, rngs=rngs,
+                               token_counts=np.arange(vocab_size, 0, -1))
+
+
+def adaptive_terms(vocab, dim, rank, cutoffs=CUTOFFS, factor=4):
+  """(embedding params, lookup FLOPs, tied-head FLOPs) of adaptive.py's formulas."""
+  bands = [(hi - lo, max(1, rank // factor ** b))
+           for b, (lo, hi) in enumerate(itertools.pairwise((0, *cutoffs, vocab)))]
+  return (sum(n * w + w * dim for n, w in bands), 2 * dim * sum(w for _, w in bands),
+          sum(2 * dim * w + 2 * w * n for n, w in bands))
+
+
+def tt_terms(rank, vocab_factors=TT_VOCAB, dim_factors=TT_DIM):
+  """(embedding params, lookup FLOPs, tied-head FLOPs) of tt.py's formulas: the cheapest
+  cut and order whose blocks stay below the table."""
+  sizes = [v * d for v, d in zip(vocab_factors, dim_factors, strict=True)]
+  padded, dim, n = math.prod(vocab_factors), math.prod(dim_factors), len(sizes)
+  bonds = [1] + [min(rank, math.prod(sizes[:k]), math.prod(sizes[k:])) for k in range(1, n)] + [1]
+  params = sum(bonds[k] * sizes[k] * bonds[k + 1] for k in range(n))
+  heads = {}
+  for k in range(1, n):
+    if bonds[k] < min(math.prod(sizes[:k]), math.prod(sizes[k:])):
+      vocab_left, dim_left = math.prod(vocab_factors[:k]), math.prod(dim_factors[:k])
+      vocab_right, dim_right = padded // vocab_left, dim // dim_left
+      heads[k] = min(2 * bonds[k] * (dim * vocab_right + padded * dim_left),
+                     2 * bonds[k] * (dim * vocab_left + padded * dim_right))
+  cut = min(heads, key=heads.get)
+  return params, 2 * dim * bonds[cut], heads[cut]
 
 
 def counts_of_built_model(model) -> dict[str, int]:
@@ -40,6 +78,10 @@ CASES = [  # (kind, rank, head, albert_head, positions, vocab, dim, num_layers)
     ('albert', 16, 'untied', 'mlm', 'rope', 50, 32, 1),
     ('svd', 8, 'tied', 'mlm', 'rope', 50, 32, 2),
     ('svd', 16, 'untied', 'mlm', 'learned', 40, 16, 1),
+    ('adaptive', 8, 'tied', 'mlm', 'rope', 50, 32, 1),
+    ('adaptive', 16, 'untied', 'mlm', 'learned', 61, 16, 2),
+    ('tt', 8, 'tied', 'mlm', 'learned', 50, 32, 2),
+    ('tt', 4, 'untied', 'mlm', 'rope', 37, 16, 1),
 ]
 
 
@@ -60,20 +102,23 @@ def test_param_counts_agree_with_the_built_model(kind, rank, head, albert_head, 
 @pytest.mark.parametrize('kind,head,albert_head', [
     ('dense', 'tied', 'mlm'), ('dense', 'untied', 'mlm'), ('albert', 'tied', 'mlm'),
     ('albert', 'tied', 'transpose'), ('albert', 'untied', 'mlm'), ('svd', 'tied', 'mlm'),
-    ('svd', 'untied', 'mlm')])
+    ('svd', 'untied', 'mlm'), ('adaptive', 'tied', 'mlm'), ('adaptive', 'untied', 'mlm'),
+    ('tt', 'tied', 'mlm'), ('tt', 'untied', 'mlm')])
 def test_vocab_params_count_everything_the_embedding_choice_adds(kind, head, albert_head):
   """The budget kinds are compared on: input factors plus head-only parameters (ALBERT's MLM
   head with its V-sized output bias, an untied D x V head)."""
   vocab, dim, rank = 1000, 32, 8
   inputs = {'dense': vocab * dim, 'albert': vocab * rank + rank * dim + dim,
-            'svd': vocab * rank + rank + rank * dim}[kind]
+            'svd': vocab * rank + rank + rank * dim,
+            'adaptive': adaptive_terms(vocab, dim, rank)[0], 'tt': tt_terms(rank)[0]}[kind]
   if head == 'untied':
     head_only = dim * vocab
   elif kind == 'albert' and albert_head == 'mlm':
     head_only = dim * rank + 3 * rank + vocab
   else:
     head_only = 0
-  config = make_config(kind, rank, head, albert_head)
+  config = make_config(kind, rank, head, albert_head, band_cutoffs=CUTOFFS,
+                       tt_vocab_factors=TT_VOCAB, tt_dim_factors=TT_DIM)
   assert costs.param_counts(config, vocab)['vocab'] == inputs + head_only
 
 
@@ -102,18 +147,23 @@ def test_flops_per_token_follow_the_convention():
       'dense': (0, 2 * dim * vocab),
       'albert': (2 * rank * dim, 2 * dim * rank + 2 * rank * vocab),
       'svd': (2 * rank * dim, 2 * dim * rank + 2 * rank * vocab),
+      'adaptive': adaptive_terms(vocab, dim, rank)[1:],
+      'tt': tt_terms(rank)[1:],
   }
+  embed = {'band_cutoffs': CUTOFFS, 'tt_vocab_factors': TT_VOCAB, 'tt_dim_factors': TT_DIM}
   for kind, (embedding, head) in expected.items():
-    flops = costs.flops_per_token(make_config(kind, rank), vocab)
+    flops = costs.flops_per_token(make_config(kind, rank, **embed), vocab)
     assert flops == {'embedding': embedding, 'output_head': head, 'blocks': blocks,
-                     'total': embedding + head + blocks}
-    untied = costs.flops_per_token(make_config(kind, rank, head='untied'), vocab)
+                     'total': embedding + head + blocks}, kind
+    untied = costs.flops_per_token(make_config(kind, rank, head='untied', **embed), vocab)
     assert untied['output_head'] == 2 * dim * vocab
 
 
-@pytest.mark.parametrize('kind,head', [('dense', 'tied'), ('albert', 'tied'), ('svd', 'untied')])
+@pytest.mark.parametrize('kind,head', [('dense', 'tied'), ('albert', 'tied'), ('svd', 'untied'),
+                                       ('adaptive', 'tied'), ('tt', 'tied')])
 def test_flops_per_token_are_close_to_xla_cost_analysis(kind, head):
-  """XLA counts the same matmuls plus elementwise work: a few percent more."""
+  """XLA counts the same matmuls plus elementwise work (and tt's per-call core merges): a few
+  percent more."""
   vocab = 2000
   config = make_config(kind, 16, head, dim=64, num_layers=2)
   graphdef, state = nnx.split(build_model(config, vocab, rngs=nnx.Rngs(0)))

@@ -57,7 +57,7 @@ def test_bpe_counts_whitespace_words_for_word_level_perplexity(text_config):
 def test_run_tokenizer_is_saved_reused_and_checked(text_config, tmp_path, monkeypatch):
   text_config.update(tokenizer='bpe', vocab_size=300)
   workdir = tmp_path / 'run'
-  first = data.prepare_corpus(text_config, tokenizer_dir=str(workdir))
+  first = data.prepare_corpus(text_config, run_dir=str(workdir))
   saved = workdir / data.TOKENIZER_FILE
   with open(f'{first.cache_path}/{data.TOKENIZER_FILE}') as cached:
     assert saved.read_text() == cached.read()
@@ -65,24 +65,40 @@ def test_run_tokenizer_is_saved_reused_and_checked(text_config, tmp_path, monkey
   monkeypatch.setenv('FACTORIZED_CACHE_DIR', str(tmp_path / 'elsewhere'))
   text_config.cache_dir = ''
   monkeypatch.setattr(tokenizer_lib.BpeTokenizer, 'train', lambda *a, **k: pytest.fail('train'))
-  again = data.prepare_corpus(text_config, tokenizer_dir=str(workdir))
+  again = data.prepare_corpus(text_config, run_dir=str(workdir))
   assert not again.from_cache
   assert np.array_equal(again.splits['valid'], first.splits['valid'])
   # The run's tokenizer belongs to another data config.
   text_config.vocab_size = 400
   with pytest.raises(ValueError, match=r'run/tokenizer\.json was made for another'):
-    data.prepare_corpus(text_config, tokenizer_dir=str(workdir))
+    data.prepare_corpus(text_config, run_dir=str(workdir))
 
 
 def test_run_tokenizer_that_differs_from_the_cached_one_is_named(text_config, tmp_path):
   workdir = tmp_path / 'run'
-  data.prepare_corpus(text_config, tokenizer_dir=str(workdir))
+  data.prepare_corpus(text_config, run_dir=str(workdir))
   saved = workdir / data.TOKENIZER_FILE
   record = json.loads(saved.read_text())
   record['state']['vocab'][2:4] = record['state']['vocab'][3:1:-1]  # same key, other ids
   saved.write_text(json.dumps(record))
   with pytest.raises(ValueError, match=r'run/tokenizer\.json differs from the tokenizer'):
-    data.prepare_corpus(text_config, tokenizer_dir=str(workdir))
+    data.prepare_corpus(text_config, run_dir=str(workdir))
+
+
+def test_train_counts_are_saved_with_the_run_once_and_checked(text_config, tmp_path):
+  workdir = tmp_path / 'run'
+  corpus = data.prepare_corpus(text_config, run_dir=str(workdir))
+  counts = data.load_train_counts(workdir)
+  assert counts.dtype == np.int64
+  np.testing.assert_array_equal(counts, np.bincount(corpus.splits['train'],
+                                                    minlength=corpus.vocab_size))
+  data.prepare_corpus(text_config, run_dir=str(workdir))  # the same counts: kept
+  np.save(workdir / data.TRAIN_COUNTS_FILE, counts + 1)
+  with pytest.raises(ValueError, match=r'run/train_counts\.npy holds other train-split counts'):
+    data.prepare_corpus(text_config, run_dir=str(workdir))
+  with pytest.raises(FileNotFoundError, match=r'train_counts\.npy does not exist'):
+    data.load_train_counts(tmp_path / 'elsewhere')
+  assert list(data.frequency_order(np.array([3, 5, 5, 0, 4]))) == [1, 2, 4, 0, 3]
 
 
 def test_seq_len_longer_than_the_valid_split_names_the_field(text_config):
@@ -229,10 +245,10 @@ def test_the_default_stride_gives_the_non_overlapping_windows():
 def test_frequency_bands_rank_tokens_by_train_counts_and_keep_unk_apart():
   # Token 0 is <unk>; token 5 is the most frequent, then 3, 4, 2 (tie 6-9 by id), 1.
   train = np.array([5] * 9 + [3] * 7 + [4] * 5 + [0] * 20 + [2] * 3 + [1] * 1 + [6, 7])
-  band_V, names = data.frequency_bands(train, 10, (2, 4))
+  band_V, names = data.frequency_bands(data.token_counts(train, 10), (2, 4))
   assert names == ['1-2', '3-4', '5+', '<unk>']
   assert list(band_V) == [3, 2, 1, 0, 1, 0, 2, 2, 2, 2]  # by rank: 5,3 | 4,2 | 1,6,7,8,9
   assert band_V.dtype == np.int32
   for bad in [(100, 100), (0, 5), (), ('a',)]:
     with pytest.raises(ValueError, match='eval.band_edges='):
-      data.frequency_bands(train, 10, bad)
+      data.frequency_bands(data.token_counts(train, 10), bad)

@@ -39,7 +39,8 @@ def model_params(kind, rank=8, head='tied', penalty=0.0):
 
   config = brown.get_config(f'runlocal,kind={kind},rank={rank},head={head}')
   config.model.embed.ortho_penalty = penalty
-  model = model_lib.build_model(config, 300, rngs=nnx.Rngs(params=0))
+  model = model_lib.build_model(config, 300, rngs=nnx.Rngs(params=0),
+                                token_counts=np.arange(300, 0, -1))
   return config, model, nnx.state(model, nnx.Param)
 
 
@@ -61,6 +62,13 @@ def test_weight_decay_mask_per_embed_decay_mode():
   mask = nnx_dict(optim.decay_mask(params, kind='albert'))
   assert {name for name, on in mask['embed'].items() if on is True} == {'A_VxE', 'b_D'}
   assert mask['embed']['mlm_dense']['kernel']  # the MLM head is a head: decayed as a matrix
+  _, _, params = model_params('adaptive')  # three bands: decay A_b, not P_b
+  mask = nnx_dict(optim.decay_mask(params, kind='adaptive'))['embed']
+  assert mask == {'A_VbxWb': {0: True, 1: True, 2: True},
+                  'P_WbxD': {0: False, 1: False, 2: False}}
+  _, _, params = model_params('tt')  # three cores: decay the first only (the table is linear)
+  mask = nnx_dict(optim.decay_mask(params, kind='tt'))['embed']
+  assert mask == {'G_RxVkxDkxR': {0: True, 1: False, 2: False}}
 
 
 def nnx_dict(mask):
@@ -85,11 +93,13 @@ def zero_gradient_steps(optimizer, params, steps: int):
 @pytest.mark.parametrize('mode', ['table', 'factors', 'none'])
 def test_zero_gradient_steps_shrink_every_kinds_table_alike(mode):
   """AdamW's decoupled decay alone (zero gradients): the reconstructed table shrinks by the
-  dense factor for every kind and rank under `table`; twice as fast under `factors`."""
+  dense factor for every kind and rank under `table`; under `factors`, once per factor
+  matrix in the product (twice as fast; three times for three TT cores)."""
   from flax import nnx
 
   shrink = {}
-  for kind, rank in [('dense', 0), ('albert', 8), ('albert', 32), ('svd', 8), ('svd', 32)]:
+  for kind, rank in [('dense', 0), ('albert', 8), ('albert', 32), ('svd', 8), ('svd', 32),
+                     ('adaptive', 8), ('adaptive', 32), ('tt', 8)]:
     config, model, params = model_params(kind, max(rank, 1))
     config.train.update(embed_decay=mode, lr=3e-3, weight_decay=0.1, warmup_steps=0,
                         num_steps=1000, min_lr_ratio=1.0)
@@ -104,8 +114,9 @@ def test_zero_gradient_steps_shrink_every_kinds_table_alike(mode):
   for key, value in shrink.items():
     if mode == 'table':
       np.testing.assert_allclose(value, dense, rtol=0.02, err_msg=str(key))
-    elif mode == 'factors':  # U and V (A and P) both decayed: about dense squared
-      np.testing.assert_allclose(value, dense ** 2, rtol=0.02, err_msg=str(key))
+    elif mode == 'factors':  # U and V (A and P, ...) decayed: dense to the number of factors
+      power = 3 if key[0] == 'tt' else 2
+      np.testing.assert_allclose(value, dense ** power, rtol=0.02, err_msg=str(key))
     else:
       np.testing.assert_allclose(value, 1.0, rtol=1e-6, err_msg=str(key))
 

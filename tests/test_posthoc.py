@@ -135,3 +135,75 @@ def test_fine_tuned_factors_move_the_table_as_fast_as_dense(trained_dense):
     assert ratio < 1.5, (rank, ratio)
     if rank >= 8:  # lower ranks have fewer directions to move in, and move less
       assert ratio > 1 / 1.5, (rank, ratio)
+
+
+def skewed_table_and_counts(vocab=120, dim=12, seed=0):
+  """A table with a decaying spectrum, and Zipf train counts in a shuffled id order."""
+  rng = np.random.default_rng(seed)
+  table = rng.normal(size=(vocab, dim)) * np.linspace(2.0, 0.2, dim)
+  counts = rng.permutation(1000 // np.arange(1, vocab + 1))
+  return table, counts
+
+
+def test_frequency_weighted_truncation_is_plain_svd_for_uniform_counts_and_beats_it_for_skewed():
+  table, counts = skewed_table_and_counts()
+  u, s, vt = np.linalg.svd(table, full_matrices=False)
+  weighted_s = np.linalg.svd(np.sqrt(counts)[:, None] * table, compute_uv=False)
+  for rank in (1, 3, 6, 11):
+    plain = (u[:, :rank] * s[:rank]) @ vt[:rank]
+    np.testing.assert_allclose(posthoc.weighted_truncation(table, np.full(len(table), 7.0), rank),
+                               plain, atol=1e-10)
+    weighted = posthoc.weighted_truncation(table, counts, rank)
+    assert np.linalg.matrix_rank(weighted, tol=1e-8) == rank
+    error = posthoc.weighted_error(table, weighted, counts)
+    assert error < posthoc.weighted_error(table, plain, counts), rank
+    # It attains the bound: the weighted table's energy beyond rank R (Eckart-Young).
+    np.testing.assert_allclose(error, np.sum(weighted_s[rank:] ** 2), rtol=1e-8)
+
+
+def test_bands_give_frequent_ids_more_rank_within_the_svd_budget():
+  table, counts = skewed_table_and_counts()
+  vocab, dim = table.shape
+  order = np.argsort(-counts, kind='stable')
+  rows = posthoc.band_rows(order, (10, 40))
+  assert [len(ids) for ids in rows] == [10, 30, 80] and np.array_equal(rows[0], order[:10])
+  for rank in (3, 6, 10):
+    budget = rank * (vocab + dim + 1)  # the rank-R svd model's embedding
+    ranks = posthoc.band_ranks(table, counts, rows, budget)
+    spent = sum(r * (len(ids) + dim) for r, ids in zip(ranks, rows, strict=True))
+    assert spent <= budget and budget - spent < len(rows[-1]) + dim, (rank, ranks)
+    assert ranks[0] > ranks[2] and ranks[0] <= 10, ranks  # frequent ids get more rank
+  with pytest.raises(ValueError, match='cannot give each of the 3 bands rank 1'):
+    posthoc.band_ranks(table, counts, rows, 100)
+
+
+def test_frequency_weighted_and_banded_posthoc_rows_beside_posthoc_svd(trained_dense, repo_root):
+  workdir, summary = trained_dense
+  full = posthoc.posthoc_svd(str(workdir), 'valid', [16], weighting='frequency')
+  np.testing.assert_allclose(full['ppl_by_rank']['16'], full['dense_ppl'], rtol=1e-4)
+  assert full['method'] == 'posthoc_svd_freq'
+  result = subprocess.run(
+      [sys.executable, 'eval.py', f'--workdir={workdir}', '--split=test', '--svd_ranks=4,8',
+       '--svd_weighting=frequency', '--svd_bands=10'],
+      cwd=repo_root, env=cli_env(1), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  banded = json.loads((workdir / 'posthoc_svd_freq_bands_test.json').read_text())
+  assert banded == json.loads(result.stdout) and banded['bands'] == [10]
+  vocab = summary['vocab_size']
+  for rank in ('4', '8'):
+    ranks = banded['band_ranks_by_rank'][rank]
+    assert len(ranks) == 2 and min(ranks) >= 1  # (near-uniform counts here: see the unit test)
+    embedding = banded['params_by_rank'][rank]['embedding']
+    assert embedding == sum(r * (n + 16) for r, n in zip(ranks, (10, vocab - 10), strict=True))
+    assert embedding <= int(rank) * (vocab + 16 + 1)  # within the rank-R svd's parameters
+  rows = list(csv.DictReader((workdir.parent / 'summary.csv').open()))
+  kinds = [r['kind'] for r in rows]
+  assert 'posthoc_svd_freq' in kinds and 'posthoc_svd_freq_bands' in kinds
+  assert kinds.index('posthoc_svd_freq') > kinds.index('dense')
+  test_rows = {(r['kind'], r['rank']): r for r in rows}
+  assert float(test_rows[('posthoc_svd_freq_bands', '8')]['test_ppl']) == banded['ppl_by_rank']['8']
+  assert int(test_rows[('posthoc_svd_freq_bands', '8')]['vocab_params']) == (
+      banded['params_by_rank']['8']['vocab'])
+  assert [s for s, _ in scalars(workdir, 'posthoc_svd_freq_bands/test_ppl')] == [4, 8]
+  with pytest.raises(ValueError, match=r'--svd_bands=10,5: expected increasing frequency ranks'):
+    posthoc.posthoc_svd(str(workdir), 'test', [4], bands=['10', '5'])

@@ -52,11 +52,12 @@ def test_singular_values_never_form_the_product():
 
 
 @pytest.mark.parametrize('kind,penalty', [('dense', 0.0), ('albert', 0.0), ('svd', 0.0),
-                                          ('svd', 0.1)])
+                                          ('svd', 0.1), ('adaptive', 0.0), ('tt', 0.0)])
 def test_singular_values_of_embedding_factors(kind, penalty):
   config = brown.get_config('runlocal').model
   config.embed.update({'kind': kind, 'rank': 8, 'ortho_penalty': penalty})
-  embed = embeddings.make_embedding(config, 60, rngs=nnx.Rngs(0))
+  counts = np.random.default_rng(1).permutation(60)  # adaptive: not the id order
+  embed = embeddings.embed_config(config, 60).build(nnx.Rngs(0), token_counts=counts)
   if kind == 'albert':  # A non-zero bias: the table is A P + 1 b^T.
     embed.b_D[...] = jax.random.normal(jax.random.key(1), embed.b_D.shape)
   table = np.asarray(embed(jnp.arange(60)[None])[0], np.float64)  # The VxD table.
@@ -94,3 +95,43 @@ def test_statistics_reject_bad_input():
     spectrum.singular_values([np.ones((4, 3)), np.ones((2, 5))])
   with pytest.raises(ValueError, match='at least one factor'):
     spectrum.singular_values([])
+
+
+def test_reconstruction_error_is_eckart_young():
+  rng = np.random.default_rng(1)
+  w_VxD = rng.normal(size=(30, 12)) * np.linspace(3, 0.1, 12)
+  u, s, vt = np.linalg.svd(w_VxD, full_matrices=False)
+  explicit = [np.linalg.norm(w_VxD - (u[:, :r] * s[:r]) @ vt[:r]) / np.linalg.norm(w_VxD)
+              for r in range(13)]
+  np.testing.assert_allclose(spectrum.reconstruction_error(s), explicit, atol=1e-12)
+  np.testing.assert_allclose(spectrum.reconstruction_error(s[::-1], [0, 5, 12]),
+                             np.asarray(explicit)[[0, 5, 12]], atol=1e-12)
+  with pytest.raises(ValueError, match=r'must lie in \[0, 12\]'):
+    spectrum.reconstruction_error(s, [13])
+
+
+@pytest.mark.parametrize('shapes', [[(20, 9)], [(20, 5), (5, 9)], [(20, 5), (5, 4), (4, 9)]])
+def test_factored_svd_is_the_svd_of_the_product(shapes):
+  rng = np.random.default_rng(2)
+  factors = [rng.normal(size=shape) for shape in shapes]
+  table = factors[0] if len(factors) == 1 else np.linalg.multi_dot(factors)
+  u, s, vt = spectrum.factored_svd(factors)
+  np.testing.assert_allclose((u * s) @ vt, table, atol=1e-10)
+  np.testing.assert_allclose(u.T @ u, np.eye(s.size), atol=1e-10)
+  np.testing.assert_allclose(vt @ vt.T, np.eye(s.size), atol=1e-10)
+  np.testing.assert_allclose(s, np.linalg.svd(table, compute_uv=False)[:s.size], rtol=1e-10)
+  np.testing.assert_allclose(s, np.asarray(spectrum.singular_values(factors))[:s.size],
+                             rtol=1e-4)
+  largest = u[np.argmax(np.abs(u), axis=0), np.arange(s.size)]
+  assert np.all(largest > 0)
+
+
+def test_spectrum_table_and_energy_ranks():
+  sv = np.sqrt([50.0, 30.0, 10.0, 9.0, 1.0])  # energy 0.5, 0.8, 0.9, 0.99, 1.0
+  table = spectrum.spectrum_table({'w': sv})
+  row = table.loc['w']
+  assert spectrum.energy_column(0.9) == 'rank_90' and spectrum.energy_column(0.99) == 'rank_99'
+  assert row['rank_90'] == 3 and row['rank_99'] == 4
+  assert row['singular_values'] == 5
+  np.testing.assert_allclose(row['stable_rank'], 2.0)
+  np.testing.assert_allclose(row['entropy_effective_rank'], spectrum.entropy_effective_rank(sv))

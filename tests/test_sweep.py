@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -131,7 +132,8 @@ def fake_run(root, name, kind, rank, head='tied', valid=50.0, test=60.0, seed=0,
   """A run directory holding only what the reports read from summary.json."""
   vocab, dim = 1000, 64
   embedding = {'dense': vocab * dim, 'albert': vocab * rank + rank * dim + dim,
-               'svd': vocab * rank + rank + rank * dim}[kind]
+               'svd': vocab * rank + rank + rank * dim,
+               'tt': 2000 * rank}[kind]  # a made-up count: the reports only read it
   head_only = vocab * dim if head == 'untied' else 0
   summary = {'config': {'seed': seed, 'model': {'model_dim': dim, 'embed': {
                  'kind': kind, 'rank': rank, 'head': head}}},
@@ -149,12 +151,16 @@ def test_reports_are_rebuilt_from_the_directory_each_time(tmp_path):
   fake_run(tmp_path, 'svd_rank8', 'svd', 8, valid=70.0, test=75.0)
   fake_run(tmp_path, 'svd_rank4', 'svd', 4, valid=90.0, test=95.0)
   fake_run(tmp_path, 'albert_rank4_untied', 'albert', 4, head='untied')
+  fake_run(tmp_path, 'tt_rank4', 'tt', 4, valid=80.0, test=85.0)
   posthoc = {'split': 'test', 'dense_ppl': 45.0, 'head': 'tied',
              'ppl_by_rank': {'4': 300.0, '8': 200.0},
              'params_by_rank': {'4': {'embedding': 4260, 'total': 9260},
                                 '8': {'embedding': 8520, 'total': 13520}},
              'finetune_steps': 10, 'finetuned_ppl_by_rank': {'4': 100.0, '8': 80.0}}
   (tmp_path / 'dense' / 'posthoc_svd_test.json').write_text(json.dumps(posthoc))
+  weighted = {**posthoc, 'method': 'posthoc_svd_freq', 'ppl_by_rank': {'4': 250.0}}
+  del weighted['finetuned_ppl_by_rank'], weighted['finetune_steps']
+  (tmp_path / 'dense' / 'posthoc_svd_freq_test.json').write_text(json.dumps(weighted))
   (tmp_path / 'half_done').mkdir()
   (tmp_path / 'half_done' / 'config.json').write_text('{}')
 
@@ -165,10 +171,18 @@ def test_reports_are_rebuilt_from_the_directory_each_time(tmp_path):
   rows = list(csv.DictReader(first_csv.splitlines()))
   assert [(r['run'], r['kind'], r['rank']) for r in rows] == [
       ('dense', 'dense', ''), ('svd_rank4', 'svd', '4'), ('svd_rank8', 'svd', '8'),
+      ('tt_rank4', 'tt', '4'),
       ('dense', 'posthoc_svd', '4'), ('dense', 'posthoc_svd', '8'),
+      ('dense', 'posthoc_svd_freq', '4'),
       ('dense', 'posthoc_svd_ft10', '4'), ('dense', 'posthoc_svd_ft10', '8'),
       ('albert_rank4_untied', 'albert', '4')]
-  assert rows[3]['valid_ppl'] == '' and float(rows[3]['test_ppl']) == 300.0
+  assert rows[4]['valid_ppl'] == '' and float(rows[4]['test_ppl']) == 300.0
+  # Every point by vocab params, whatever its rank means: tt_rank4 (8,000) between svd ranks.
+  by_params = table.split('By vocabulary parameters')[1].split('Every run:')[0]
+  order = [line.split(' | ')[1] for line in by_params.splitlines() if line.startswith('| ')][1:]
+  assert order[:6] == ['svd', 'posthoc_svd', 'posthoc_svd_freq', 'posthoc_svd_ft10', 'tt',
+                       'svd'], order
+  assert '| 4,260 | svd | tied | 4 | 95.00 | yes |' in by_params
   assert list(rows[0]) == list(sweep_report.COLUMNS)
 
   sweep_report.write_reports(tmp_path)  # a rerun rewrites, it does not append
@@ -214,3 +228,9 @@ def test_seeds_run_every_point_at_each_seed_and_the_reports_aggregate_them(tmp_p
   for name in sweep_report.PNG_FILES:
     assert (tmp_path / name).read_bytes()[:4] == b'\x89PNG'
   assert read_scalars(tmp_path / 'sweep', 'ppl_vs_rank/svd') == [(8, 77.0)]
+
+
+def test_pareto_front_keeps_the_undominated_points():
+  table = pd.DataFrame({'p': [10, 20, 30, 40, 15], 'ppl': [90.0, 80.0, 85.0, 70.0, 95.0]})
+  front = sweep_report.pareto_front(table, 'p', 'ppl')
+  assert list(front['p']) == [10, 20, 40]

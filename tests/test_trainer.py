@@ -255,16 +255,9 @@ def table_of(model) -> np.ndarray:
 
 def first_step_movement(run: trainer.Run) -> float:
   """|W after - W before|_F for one train step of `run` (fresh AdamW) on its first batch."""
-  from factorized import optim
-  from factorized.step import make_train_step
-
-  config = run.config
-  batch = next(data_lib.TrainBatches(run.corpus.splits['train'], seq_len=config.data.seq_len,
-                                     global_batch_size=config.train.batch_size, seed=0))
+  batch = next(run.train_batches())
   before = table_of(run.model())
-  step = make_train_step(run.parts, optim.make_optimizer(config),
-                         optim.learning_rate_schedule(config.train), run.mesh)
-  state, _ = step(run.state, parallel.global_batch(batch, run.mesh))
+  state, _ = run.train_step()(run.state, parallel.global_batch(batch, run.mesh))
   return float(np.linalg.norm(table_of(run.model(state.params)) - before))
 
 
@@ -282,3 +275,24 @@ def test_an_ortho_penalty_run_moves_its_table_as_fast_as_a_penalty_free_one(tiny
                                                         mesh=one))
   assert 1 / 1.5 < moved['svd'] / moved['dense'] < 1.5, moved
   assert 1 / 1.25 < moved['svd_penalty'] / moved['svd'] < 1.25, moved
+
+
+@pytest.mark.parametrize('kind,head', [('adaptive', 'tied'), ('tt', 'untied')])
+def test_new_kinds_train_restore_and_take_their_frequency_order_from_the_run(
+    kind, head, tiny_config, tmp_path):
+  tiny_config.model.embed.update(kind=kind, head=head)
+  workdir = tmp_path / kind
+  one = parallel.make_mesh(jax.devices()[:1])
+  summary = trainer.train_and_evaluate(tiny_config, str(workdir), mesh=one)
+  losses = [value for _, value in scalar_series(workdir, 'train/loss')]
+  assert losses[-1] < losses[0] and math.isfinite(summary['test_ppl'])
+  run, step = eval_run.restore_run(str(workdir), 'best', mesh=one)  # nnx.List parameters
+  assert step == summary['best_step']
+  np.testing.assert_allclose(run.evaluator('test')(run.state.params)['ppl'],
+                             summary['test_ppl'], rtol=1e-6)
+  counts = data_lib.load_train_counts(workdir)
+  np.testing.assert_array_equal(counts, np.bincount(run.corpus.splits['train'],
+                                                    minlength=run.corpus.vocab_size))
+  if kind == 'adaptive':  # the most frequent train tokens come first, whatever their ids
+    position_V = np.asarray(run.model().embed.position_V[...])
+    np.testing.assert_array_equal(np.argsort(position_V), np.argsort(-counts, kind='stable'))

@@ -1,0 +1,65 @@
+r"""Parameterisations of the token embedding ("kinds") as plug-ins, behind one interface.
+
+Shapes: B batch, L length, D model width (`model.model_dim`), V vocabulary.
+
+A kind is one module of this package, `factorized/embeddings/<kind>.py`: its maths and
+initialisation (the module docstring), its `nnx.Module`, and a `KindConfig` subclass
+(base.py) registered with `@register`, which validates the kind's config fields (rank
+limits and its own `model.embed.*` fields, declared in `fields`), counts its parameters and
+FLOPs, and builds the module from plain numbers. Every module of this package is imported
+here, so adding a kind is adding its file (and its tests); `KINDS` lists the registered
+kinds in table order, for the sweep config, benchmarks, plots and reports.
+
+  dense     W: VxD                                          dense.py
+  albert    A: VxE, P: ExD, b: D (ALBERT, Lan et al. 2020)   albert.py
+  svd       U: VxR, s: R, V: RxD                             svd.py
+  adaptive  per frequency band b: A_b: V_b x W_b, P_b: W_b x D
+            (adaptive input, Baevski & Auli 2019)             adaptive.py
+  tt        TT cores G_k: r x v_k x d_k x r, V <= prod v_k, D = prod d_k
+            (tensor-train embedding, Hrinchuk et al. 2020)    tt.py
+
+The interface: `__call__(ids_BxL) -> x_BxLxD` (compute dtype) and, for the tied output
+head, `attend(x_BxLxD) -> logits_BxLxV` (float32); `penalty()`, a float32 regulariser added
+to the loss (0 for all but svd with `ortho_penalty`); `factors()`, matrices whose product is
+the VxD table, read for its spectrum (spectrum.py), as small as the structure allows.
+The factorized kinds never build the VxD table, forward or backward.
+
+Initialisation, every kind (sigma^2 = 1/D): the lookup has per-coordinate variance sigma^2
+and, for unit-variance x (the final LayerNorm's output), the tied logits have variance
+D sigma^2 = 1, at every rank. The untied head (model.py) is a DxV matrix ~ N(0, 1/D): the
+same logit scale. model.py scales x by 0.02 sqrt(D) before the blocks (see there why).
+
+Weight decay (optim.py, `train.embed_decay`): each module names its table's parameters
+(`TABLE_PARAMS`: attribute names, or (attribute, index) paths into an nnx.List) and the
+ones whose decoupled decay shrinks the whole table by the same factor (1 - lr wd) as decay
+shrinks a dense W (`TABLE_DECAY`). Parameters a tied head adds (ALBERT's MLM head) are not
+the table's and follow optim.py's general rule.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from factorized.embeddings.base import (
+  DTYPES,
+  HEADS,
+  KindConfig,
+  compute_dtype,
+  config_fields,
+  embed_config,
+  kind,
+  kind_names,
+  project_to_vocab,
+  ranked,
+  register,
+)
+
+for _module in pkgutil.iter_modules(__path__):
+  if _module.name != 'base':
+    importlib.import_module(f'{__name__}.{_module.name}')
+
+KINDS = kind_names()
+
+__all__ = ['DTYPES', 'HEADS', 'KINDS', 'KindConfig', 'compute_dtype', 'config_fields',
+           'embed_config', 'kind', 'kind_names', 'project_to_vocab', 'ranked', 'register']
