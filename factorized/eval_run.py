@@ -5,13 +5,35 @@ from __future__ import annotations
 import os
 
 import jax
+from flax import nnx
 from jax.sharding import Mesh
 
-from factorized import checkpointing, trainer
+from factorized import checkpointing, parallel, trainer
 from factorized import data as data_lib
 from factorized import workdir as workdir_lib
 
 EVAL_FILE = 'eval_{split}.json'
+
+
+def _checkpoint_step(checkpointer: checkpointing.Checkpointer, checkpoint: str,
+                     workdir: str) -> int | None:
+  """The step that `checkpoint` (latest | best | a step number) names; None = latest."""
+  if not checkpointer.all_steps():
+    raise FileNotFoundError(
+        f'No checkpoint in {checkpointer.directory}: train first '
+        f'(python train.py --workdir={workdir} ...).')
+  if checkpoint == 'latest':
+    return None
+  if checkpoint == 'best':
+    step = checkpointer.best_step()
+    if step is None:
+      raise FileNotFoundError(
+          f'No evaluated checkpoint in {checkpointer.directory} to call best; '
+          'use --checkpoint=latest.')
+    return step
+  if checkpoint.isdigit():
+    return int(checkpoint)
+  raise ValueError(f'--checkpoint={checkpoint!r}: expected latest, best or a step number.')
 
 
 def restore_run(workdir: str, checkpoint: str = 'latest', *,
@@ -23,28 +45,30 @@ def restore_run(workdir: str, checkpoint: str = 'latest', *,
   config = workdir_lib.load_config(workdir)
   checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
   try:
-    steps = checkpointer.all_steps()
-    if not steps:
-      raise FileNotFoundError(
-          f'No checkpoint in {checkpointer.directory}: train first '
-          f'(python train.py --workdir={workdir} ...).')
-    if checkpoint == 'latest':
-      step = None
-    elif checkpoint == 'best':
-      step = checkpointer.best_step()
-      if step is None:
-        raise FileNotFoundError(
-            f'No evaluated checkpoint in {checkpointer.directory} to call best; '
-            'use --checkpoint=latest.')
-    elif checkpoint.isdigit():
-      step = int(checkpoint)
-    else:
-      raise ValueError(f'--checkpoint={checkpoint!r}: expected latest, best or a step number.')
+    step = _checkpoint_step(checkpointer, checkpoint, workdir)
     run = trainer.build_run(config, workdir, mesh=mesh)
     run.state, _ = checkpointer.restore(run.state, step=step)
   finally:
     checkpointer.close()
   return run, int(run.state.step)
+
+
+def restore_model(workdir: str, checkpoint: str = 'latest', *,
+                  mesh: Mesh | None = None) -> tuple[nnx.Module, int]:
+  """The model of `checkpoint` without the corpus: the vocabulary size and the train
+  counts come from the run's train_counts.npy, so a copy of the run directory is enough
+  (notebooks). Returns the NNX model and the restored step."""
+  config = workdir_lib.load_config(workdir)
+  counts = data_lib.load_train_counts(workdir)
+  mesh = parallel.make_mesh(jax.devices()[:1]) if mesh is None else mesh
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    step = _checkpoint_step(checkpointer, checkpoint, workdir)
+    parts, state = trainer.init_state(config, counts.size, mesh, token_counts=counts)
+    state, _ = checkpointer.restore(state, step=step)
+  finally:
+    checkpointer.close()
+  return parts.merge(state.params), int(state.step)
 
 
 def evaluate_workdir(workdir: str, split: str = 'test', checkpoint: str = 'best', *,

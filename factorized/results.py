@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import os
+import pathlib
 from collections.abc import Sequence
 
 import jax
@@ -26,6 +27,7 @@ from factorized import data as data_lib
 from factorized import embeddings, eval_run, parallel, spectrum, sweep_report
 from factorized import summary as summary_lib
 from factorized import tokenizer as tokenizer_lib
+from factorized import workdir as workdir_lib
 
 SCALAR_COLUMNS = ('run', 'tag', 'step', 'value', 'wall_time')
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,17 +181,29 @@ class TrainedEmbedding:
 def load_embedding(workdir: str | os.PathLike, checkpoint: str = 'latest',
                    name: str | None = None) -> TrainedEmbedding:
   """The input embedding of the run in `workdir` at `checkpoint` (latest | best | a step);
-  'latest' is what eval.py --svd_ranks compresses, 'best' what summary.json's test ppl uses."""
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  'latest' is what eval.py --svd_ranks compresses, 'best' what summary.json's test ppl uses.
+
+  Needs only the run directory (config.json, tokenizer.json, train_counts.npy and the
+  checkpoint), not the corpus; a run from before train_counts.npy rebuilds its corpus."""
+  workdir = os.fspath(workdir)
   verbosity = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's notes on read-only managers
   try:
-    run, step = eval_run.restore_run(os.fspath(workdir), checkpoint, mesh=mesh)
+    if (pathlib.Path(workdir) / data_lib.TRAIN_COUNTS_FILE).exists():
+      model, step = eval_run.restore_model(workdir, checkpoint)
+      tokenizer, _ = tokenizer_lib.load_tokenizer(
+          pathlib.Path(workdir) / data_lib.TOKENIZER_FILE)
+      config, counts = workdir_lib.load_config(workdir), data_lib.load_train_counts(workdir)
+    else:
+      run, step = eval_run.restore_run(workdir, checkpoint,
+                                       mesh=parallel.make_mesh(jax.devices()[:1]))
+      model, tokenizer, config = run.model(), run.corpus.tokenizer, run.config
+      counts = data_lib.token_counts(run.corpus.splits['train'], run.corpus.vocab_size)
   finally:
     absl_logging.set_verbosity(verbosity)
-  factors = [np.asarray(f, np.float64) for f in jax.device_get(run.model().embed.factors())]
-  embed = run.config.model.embed
+  factors = [np.asarray(f, np.float64) for f in jax.device_get(model.embed.factors())]
+  embed = config.model.embed
   return TrainedEmbedding(
       name=name or os.path.basename(os.path.normpath(workdir)), kind=embed.kind,
       rank=int(embed.rank) if embeddings.ranked(embed.kind) else 0, step=step, factors=factors,
-      tokenizer=run.corpus.tokenizer, token_counts_V=data_lib.load_train_counts(workdir))
+      tokenizer=tokenizer, token_counts_V=counts)

@@ -64,10 +64,15 @@ def test_notebooks_directory_holds_only_the_tested_notebooks(repo_root):
 
 
 @pytest.mark.parametrize('name', NOTEBOOKS)
-def test_notebook_runs_top_to_bottom_on_a_sweep(name, sweep_dir, repo_root, monkeypatch):
+def test_notebook_runs_top_to_bottom_on_a_sweep(name, sweep_dir, repo_root, monkeypatch,
+                                                tmp_path):
   # The kernel inherits this environment. The inline backend is not interactive either (as
   # Agg), and it turns every figure into a PNG output that the test can count.
   monkeypatch.setenv('FACTORIZED_SWEEP_DIR', str(sweep_dir))
+  # Only the sweep directory: no corpus to read or rebuild (a colleague's copied results).
+  for variable in ('FACTORIZED_DATA_DIR', 'FACTORIZED_CACHE_DIR'):
+    (tmp_path / variable).mkdir()
+    monkeypatch.setenv(variable, str(tmp_path / variable))
   monkeypatch.setenv('MPLBACKEND', 'module://matplotlib_inline.backend_inline')
   monkeypatch.setenv('XLA_FLAGS', single_device_env()['XLA_FLAGS'])
   nb = nbformat.read(notebook_path(repo_root, name), as_version=4)
