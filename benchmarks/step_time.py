@@ -1,6 +1,7 @@
 r"""Train-step throughput, MFU and memory of each embedding kind and rank, in one process.
 
-For dense and for each kind x rank (and, with --reference, the plain-JAX step of
+For dense and for each kind x rank, any of factorized.embeddings.KINDS (and, with --reference,
+the plain-JAX step of
 reference_step.py at the dense shape), this builds the project's own jitted train step
 (factorized.step.make_train_step, shard_map over the ('data',) mesh) and eval step on a
 synthetic batch (no corpus needed), then times them. Configurations are interleaved:
@@ -32,6 +33,10 @@ row's top XLA ops, with shapes and JAX op names from the compiled HLO.
 
   python benchmarks/step_time.py --kinds=dense,svd,albert --ranks=16,32,64,128 \
       --dropout=0 --reference --out=/tmp/step_time.json --plot
+  python benchmarks/step_time.py --kinds=dense,svd,adaptive,tt --ranks=8,16,32,64 --plot
+
+A kind that needs train-split counts (adaptive's frequency order) gets Zipf counts over the
+ids (id 0 most frequent): the step's speed does not depend on which ids are frequent.
 
 The fast malloc of factorized/allocator.py is applied first (FACTORIZED_FAST_MALLOC=0
 turns it off); `fast_malloc` in each row says whether it was active.
@@ -70,7 +75,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_step  # noqa: E402
 
 from configs import brown  # noqa: E402
-from factorized import costs, optim, parallel, trainer  # noqa: E402
+from factorized import costs, embeddings, optim, parallel, trainer  # noqa: E402
 from factorized.step import make_eval_step, make_train_step  # noqa: E402
 
 COMPILE_EVENTS = ('/jax/core/compile/backend_compile_duration',
@@ -101,9 +106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   """The command-line flags (see the module docstring)."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--kinds', default='dense,svd,albert',
-                      help='comma-separated: dense, svd, albert')
+                      help=f'comma-separated, of {",".join(embeddings.KINDS)}')
   parser.add_argument('--ranks', default='16,32,64,128',
-                      help='comma-separated ranks for svd and albert (dense has none)')
+                      help='comma-separated ranks of every kind that has one (dense has none)')
   parser.add_argument('--head', default='tied', choices=('tied', 'untied'))
   reference_step.add_shape_flags(parser)
   parser.add_argument('--dropout', type=float, default=None,
@@ -129,9 +134,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   args.ranks = [int(r) for r in args.ranks.split(',') if r.strip()]
   args.mlp_dim = args.mlp_dim or 4 * args.model_dim
   args.peak_sizes = [int(n) for n in args.peak_sizes.split(',') if n.strip()]
-  unknown = set(args.kinds) - {'dense', 'svd', 'albert'}
+  unknown = set(args.kinds) - set(embeddings.KINDS)
   if unknown:
-    parser.error(f'--kinds: unknown {sorted(unknown)}; allowed: dense, svd, albert')
+    parser.error(f'--kinds: unknown {sorted(unknown)}; allowed: {", ".join(embeddings.KINDS)}')
   if args.rounds < 1 or args.steps < args.rounds:
     parser.error('--steps must be >= --rounds >= 1')
   return args
@@ -158,7 +163,8 @@ def synthetic_batch(args: argparse.Namespace) -> dict[str, np.ndarray]:
 def project_bench(args: argparse.Namespace, kind: str, rank: int, mesh) -> Bench:
   """The project's train and eval steps, built as trainer.build_run builds them."""
   config = make_config(args, kind, rank)
-  parts, state = trainer.init_state(config, args.vocab_size, mesh)
+  zipf_counts = args.vocab_size * 100 // np.arange(1, args.vocab_size + 1)
+  parts, state = trainer.init_state(config, args.vocab_size, mesh, token_counts=zipf_counts)
   optimizer = optim.make_optimizer(config)
   train = make_train_step(parts, optimizer, optim.learning_rate_schedule(config.train), mesh)
   evaluate_step = make_eval_step(parts, mesh)
@@ -166,8 +172,9 @@ def project_bench(args: argparse.Namespace, kind: str, rank: int, mesh) -> Bench
   batch = parallel.global_batch(host_batch, mesh)
   eval_batch = parallel.global_batch(
       {**host_batch, 'mask': np.ones_like(host_batch['targets'])}, mesh)
-  name = kind if kind == 'dense' else f'{kind}{rank}'
-  bench = Bench(name, kind, rank if kind != 'dense' else 0, config, train, state, batch, None)
+  name = f'{kind}{rank}' if embeddings.ranked(kind) else kind
+  bench = Bench(name, kind, rank if embeddings.ranked(kind) else 0, config, train, state, batch,
+                None)
   bench.evaluate = eval_runner(evaluate_step, bench, eval_batch, mesh)
   analyse(bench)
   return bench
@@ -310,7 +317,7 @@ def benchmark(args: argparse.Namespace) -> list[dict]:
   mesh = parallel.make_mesh()
   specs = []
   for kind in args.kinds:
-    specs += [(kind, 0)] if kind == 'dense' else [(kind, rank) for rank in args.ranks]
+    specs += [(kind, rank) for rank in args.ranks] if embeddings.ranked(kind) else [(kind, 0)]
   load_start = os.getloadavg()
   benches = []
   for kind, rank in specs:
@@ -467,8 +474,11 @@ def plot(rows: list[dict], path: str) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
+  from factorized import plots
+
+  ranked = [kind for kind in embeddings.KINDS if embeddings.ranked(kind)]
   fig, ax = plt.subplots(figsize=(6, 4))
-  for kind in ('svd', 'albert'):
+  for kind in ranked:
     points = sorted((r['rank'], r['tokens_per_s']) for r in rows if r['kind'] == kind)
     if points:
       ax.plot(*zip(*points, strict=True), marker='o', label=kind)
@@ -477,11 +487,11 @@ def plot(rows: list[dict], path: str) -> None:
       if r['kind'] == kind:
         ax.axhline(r['tokens_per_s'], linestyle=style, color='gray', label=kind)
   r = rows[0]
-  ranks = sorted({r['rank'] for r in rows if r['kind'] in ('svd', 'albert')})
+  ranks = sorted({r['rank'] for r in rows if r['kind'] in ranked})
   if ranks:
     ax.set_xscale('log', base=2)
     ax.set_xticks(ranks, [str(rank) for rank in ranks])
-  ax.set(xlabel='rank (R for svd, E for albert)', ylabel='train tokens/s',
+  ax.set(xlabel=plots.rank_label(), ylabel='train tokens/s',
          title=f'V={r["vocab_size"]} D={r["model_dim"]} N={r["num_layers"]} '
                f'L={r["seq_len"]} B={r["batch_size"]} {r["dtype"]} ({r["backend"]})')
   ax.legend()

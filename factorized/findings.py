@@ -229,7 +229,7 @@ def render(sweep_dir: str | pathlib.Path) -> str:
       'Kneser-Ney 5-gram, 321 (JMLR 3, Table 1).', '',
       f'![perplexity against rank]({root.as_posix()}/ppl_vs_rank.png)',
       f'![perplexity against vocabulary parameters]({root.as_posix()}/ppl_vs_vocab_params.png)',
-      f'![perplexity per frequency band against rank]({root.as_posix()}/band_ppl_vs_rank.png)',
+      f'![perplexity per frequency band]({root.as_posix()}/band_ppl_vs_vocab_params.png)',
       '', '**How close each factorization comes to dense** (tied head, test perplexity '
       f'{_mean_std(dense)} for dense):', '', *_thresholds(groups, dense), *_noise(groups, dense),
       '', '**Post-hoc SVD of the trained dense table against training factorized from '

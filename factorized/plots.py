@@ -78,6 +78,7 @@ def _log_axis(ax, x: str, values) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
   else:
     ax.set_xscale('log')
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _error_bars(ax, rows: pd.DataFrame, x: str, column: str, **style) -> None:

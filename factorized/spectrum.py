@@ -1,19 +1,25 @@
-"""Spectral statistics of an embedding table given as a product of factors.
+r"""Spectra of an embedding table given as a product of factors, and their statistics.
 
-Shapes: V vocabulary, D model width, K_i the inner widths of the factors
-(E for albert, R for svd; see `factors()` in embeddings.py).
+Shapes: V vocabulary, D model width, K_i the inner widths of the factors (see each kind's
+`factors()` in factorized/embeddings/), K the number of singular values, R a rank.
 
-For F = F_1 F_2 ... F_n (F_1: VxK_1, F_n: K_{n-1}xD), take the reduced QR
-F_1 = Q_1 R_1 and the LQ form F_n = L_n Q_n (QR of F_n^T). Q_1 has orthonormal
-columns and Q_n orthonormal rows, so F and the small core C = R_1 F_2 ... L_n
-share their singular values; only C (at most K_1xK_{n-1}) is decomposed, and
-the VxD table is never formed.
+The one factored SVD (`factored_svd`; `singular_values` is its case without U and V): for
+F = F_1 F_2 ... F_n (F_1: VxK_1, F_n: K_{n-1}xD), take the reduced QR F_1 = Q_1 R_1 and
+F_n^T = Q_n R_n. Q_1 has orthonormal columns and Q_n^T orthonormal rows, so F and the small
+core C = R_1 F_2 ... R_n^T share their singular values; only C (at most K_1xK_{n-1}) is
+decomposed, C = U_c diag(s) V_c^T, and U = Q_1 U_c, V^T = V_c^T Q_n^T. The VxD table is
+never formed. It runs in the factors' precision: float32 in training (the spectrum logged
+at every evaluation), float64 in notebooks. Each column of U is signed so that its
+largest-magnitude entry is positive (a deterministic choice).
 
 Statistics of a singular-value vector s (descending):
   stable_rank            sum s_i^2 / s_1^2 (Rudelson & Vershynin 2007);
   entropy_effective_rank exp(H(p)), p_i = s_i / sum s_j (Roy & Vetterli 2007);
   cumulative_energy      c_k = sum_{i<=k} s_i^2 / sum s_i^2;
-  rank_for_energy        the smallest k with c_k >= fraction.
+  rank_for_energy        the smallest k with c_k >= fraction;
+  reconstruction_error   |W - W_R|_F / |W|_F of the best rank-R approximation W_R,
+                         sqrt(sum_{i>R} s_i^2 / sum s_i^2) (Eckart-Young);
+and `spectrum_table`, one row of them per embedding.
 """
 
 from __future__ import annotations

@@ -33,14 +33,16 @@ def test_step_time_writes_json_csv_and_plot(repo_root, tmp_path):
   out = tmp_path / 'rows.json'
   result = subprocess.run(
       [sys.executable, str(repo_root / 'benchmarks' / 'step_time.py'), *TINY,
-       '--kinds=dense,svd,albert', '--ranks=4,8', '--steps=4', '--rounds=2', '--reference',
+       '--kinds=dense,svd,albert,adaptive,tt', '--ranks=4,8', '--steps=4', '--rounds=2',
+       '--reference',
        f'--out={out}', '--plot', f'--profile={tmp_path / "profile"}'],
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'tokens/s' in result.stdout and 'load average' in result.stdout
   rows = json.loads(out.read_text())
   assert [(r['kind'], r['rank']) for r in rows] == [
-      ('dense', 0), ('svd', 4), ('svd', 8), ('albert', 4), ('albert', 8), ('reference', 0)]
+      ('dense', 0), ('svd', 4), ('svd', 8), ('albert', 4), ('albert', 8), ('adaptive', 4),
+      ('adaptive', 8), ('tt', 4), ('tt', 8), ('reference', 0)]
   for row in rows:
     assert row['steps'] == 4
     assert row['step_ms_min'] <= row['step_ms_median'] <= row['step_ms_max']

@@ -36,7 +36,6 @@ Brown's 17,906 ids), dropping any that would leave a band empty.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import jax
@@ -131,21 +130,14 @@ def default_cutoffs(vocab_size: int) -> tuple[int, ...]:
   return tuple(sorted({c for c in cutoffs if 1 <= c < vocab_size}))
 
 
-@base.register
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@base.register('adaptive', order=30, module=AdaptiveEmbedding, rank_label='W_0', fields={
+    'band_cutoffs': (),  # frequency ranks where bands end; () = Baevski & Auli's, scaled
+    'band_factor': 4.0,  # band b has width rank / band_factor^b (at least 1)
+    'band_widths': (),  # explicit widths, one per band, overriding rank and band_factor
+})
 class AdaptiveConfig(base.KindConfig):
   """adaptive: the first band's width R = model.embed.rank in [1, D]; bands at
   model.embed.band_cutoffs; widths R / band_factor^b (or model.embed.band_widths)."""
-
-  name = 'adaptive'
-  order = 30
-  module = AdaptiveEmbedding
-  rank_label = 'W_0'
-  fields = {
-      'band_cutoffs': (),  # frequency ranks where bands end; () = Baevski & Auli's, scaled
-      'band_factor': 4.0,  # band b has width rank / band_factor^b (at least 1)
-      'band_widths': (),  # explicit widths, one per band, overriding rank and band_factor
-  }
 
   rank: int
   band_sizes: tuple[int, ...]

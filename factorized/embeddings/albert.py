@@ -19,8 +19,6 @@ Spectrum factors: [[A 1], [P; b]] (the bias is a rank-one part of the table).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,16 +73,10 @@ class AlbertEmbedding(nnx.Module):
             jnp.concatenate([self.P_ExD[...], b_D[None]], 0)]
 
 
-@base.register
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@base.register('albert', order=10, module=AlbertEmbedding, rank_label='E',
+               fields={'albert_head': 'mlm'})  # mlm (ALBERT's MLM head) | transpose
 class AlbertConfig(base.KindConfig):
   """albert: width E = model.embed.rank in [1, D]; the tied head per model.embed.albert_head."""
-
-  name = 'albert'
-  order = 10
-  module = AlbertEmbedding
-  rank_label = 'E'
-  fields = {'albert_head': 'mlm'}  # mlm (ALBERT's MLM head) | transpose (x P^T A^T)
 
   rank: int
   albert_head: str

@@ -2,11 +2,12 @@ r"""What every embedding kind shares: its config class and registry, and the hel
 
 Shapes: V vocabulary, D model width, K an inner width (a rank, a band's width).
 
-A kind is a frozen dataclass subclassing `KindConfig`, registered with `@register`: it holds
-the kind's arguments as plain numbers (the ConfigDict stops at `from_config`, which
-validates), and owns what the rest of the code asks of the kind: its parameter counts and
-FLOPs per token (`param_counts`, `flops_per_token`: the input side and what its tied head
-adds), and `build`, which makes its module. The module (an `nnx.Module`) implements
+A kind is a `KindConfig` subclass registered with `@register(name, ...)` (which makes it a
+frozen dataclass): it holds the kind's arguments as plain numbers (the ConfigDict stops at
+`embed_config`, which validates through the kind's `parse`), and owns what the rest of the
+code asks of the kind: its parameter counts and FLOPs per token (`param_counts`,
+`flops_per_token`: the input side and what its tied head adds), and `build`, which makes
+its module. The module (an `nnx.Module`) implements
 `__call__(ids_BxL) -> x_BxLxD`, `attend(x_BxLxD) -> logits_BxLxV`, `penalty()` and
 `factors()`, and names its table's parameters in `TABLE_PARAMS` and `TABLE_DECAY`
 (see the package docstring).
@@ -86,16 +87,24 @@ class KindConfig(abc.ABC):
     dense VxD table); `token_counts` (train-split counts per id) for kinds that need them."""
 
 
-def register(cls: type[KindConfig]) -> type[KindConfig]:
-  """Class decorator: adds a kind to the registry under `cls.name`."""
-  if cls.name in _REGISTRY:
-    raise ValueError(f'Two embedding kinds are named {cls.name!r}.')
-  clash = set(cls.fields) & {field for other in _REGISTRY.values() for field in other.fields}
-  if clash:
-    raise ValueError(f'Embedding kind {cls.name!r} declares model.embed fields {sorted(clash)} '
-                     'that another kind declares already.')
-  _REGISTRY[cls.name] = cls
-  return cls
+def register(name: str, *, order: int, module: type[nnx.Module], rank_label: str = '',
+             fields: dict[str, Any] | None = None):
+  """Class decorator: makes a KindConfig subclass a frozen dataclass with these class
+  attributes (see KindConfig) and adds it to the registry under `name`."""
+
+  def add(cls: type[KindConfig]) -> type[KindConfig]:
+    cls.name, cls.order, cls.module, cls.rank_label = name, order, module, rank_label
+    cls.fields = dict(fields or {})
+    if name in _REGISTRY:
+      raise ValueError(f'Two embedding kinds are named {name!r}.')
+    clash = set(cls.fields) & {field for other in _REGISTRY.values() for field in other.fields}
+    if clash:
+      raise ValueError(f'Embedding kind {name!r} declares model.embed fields {sorted(clash)} '
+                       'that another kind declares already.')
+    _REGISTRY[name] = dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+    return _REGISTRY[name]
+
+  return add
 
 
 def kind_names() -> tuple[str, ...]:

@@ -9,8 +9,6 @@ is a gather (0), the tied head 2 D V. Decay: W (TABLE_DECAY).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,15 +49,9 @@ class DenseEmbedding(nnx.Module):
     return [self.W_VxD[...]]
 
 
-@base.register
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@base.register('dense', order=0, module=DenseEmbedding)
 class DenseConfig(base.KindConfig):
   """dense: no rank (model.embed.rank is ignored)."""
-
-  name = 'dense'
-  order = 0
-  module = DenseEmbedding
-  rank_label = ''
 
   @classmethod
   def parse(cls, embed, **common) -> DenseConfig:

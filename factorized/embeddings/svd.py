@@ -29,7 +29,6 @@ token: lookup 2 R D; tied head 2 D R + 2 R V. Decay: s alone, so U diag(s) V shr
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -102,16 +101,10 @@ class SVDEmbedding(nnx.Module):
     return [self.U_VxR[...] * self.s_R[...], self.V_RxD[...]]
 
 
-@base.register
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@base.register('svd', order=20, module=SVDEmbedding, rank_label='R',
+               fields={'ortho_penalty': 0.0})  # lambda of (|U^T U - I|^2 + |V V^T - I|^2)
 class SVDConfig(base.KindConfig):
   """svd: rank R = model.embed.rank in [1, min(V, D)]; model.embed.ortho_penalty >= 0."""
-
-  name = 'svd'
-  order = 20
-  module = SVDEmbedding
-  rank_label = 'R'
-  fields = {'ortho_penalty': 0.0}  # lambda of (|U^T U - I|^2 + |V V^T - I|^2)
 
   rank: int
   ortho_penalty: float = 0.0

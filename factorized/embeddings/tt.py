@@ -44,7 +44,6 @@ no thinner factors exist.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -204,20 +203,13 @@ def plan(vocab_factors: tuple[int, ...], dim_factors: tuple[int, ...], rank: int
   return best
 
 
-@base.register
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@base.register('tt', order=40, module=TTEmbedding, rank_label='TT-rank', fields={
+    'tt_vocab_factors': (),  # v_1..v_n with product >= V; () = automatic
+    'tt_dim_factors': (),  # d_1..d_n with product D; () = automatic
+})
 class TTConfig(base.KindConfig):
   """tt: TT-rank R = model.embed.rank >= 1 (below the largest cut size); factors from
   model.embed.tt_vocab_factors and tt_dim_factors (or automatic)."""
-
-  name = 'tt'
-  order = 40
-  module = TTEmbedding
-  rank_label = 'TT-rank'
-  fields = {
-      'tt_vocab_factors': (),  # v_1..v_n with product >= V; () = automatic
-      'tt_dim_factors': (),  # d_1..d_n with product D; () = automatic
-  }
 
   rank: int
   vocab_factors: tuple[int, ...]
