@@ -199,8 +199,10 @@ def project_bench(args: argparse.Namespace, kind: str, rank: int, mesh) -> Bench
     name += f'@{args.vocab_size}'
   bench = Bench(name, kind, rank if embeddings.ranked(kind) else 0, args.vocab_size, config,
                 train, state, batch, None)
+  model = parts.merge(state.params)
   bench.info['head_chunk_rows'] = loss.chunk_rows_for(
-      args.head_chunk_rows, args.batch_size * args.seq_len, args.vocab_size, args.model_dim)
+      args.head_chunk_rows, args.batch_size * args.seq_len, args.vocab_size,
+      loss.head_width(model.head_module(), args.vocab_size))
   bench.info['remat'] = args.remat
   bench.evaluate = eval_runner(evaluate_step, bench, eval_batch, mesh)
   analyse(bench)

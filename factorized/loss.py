@@ -20,8 +20,11 @@ head's parameter gradient, whatever V is.
 that is the plain loss, while the NxV float32 logits take at most PLAIN_LOGITS_BYTES
 (768 MiB; the Brown runs, training and evaluation, stay there, and so compute bitwise what
 they computed before the chunked loss existed), else balanced chunks whose CxV tile stays
-within TILE_BYTES (32 MiB) but of at least D rows (every chunk reads the head's parameters
-and adds into their gradient: much thinner chunks turn the head memory-bound). Chunking
+within TILE_BYTES (32 MiB) but of at least K rows, K the head's width (its parameter count
+over V: D for dense, about R or E for a factorized tied head). Every chunk reads the head's
+parameters and adds into their gradient, so chunks much thinner than K rows turn the head
+memory-bound (benchmarks/README.md: dense at V=131,072 ran 1.35x slower in 64-row chunks
+than in 256-row ones). Chunking
 changes only the order of float32 sums (tests/test_loss.py: the chunked loss and its
 gradients equal the plain ones within 1e-5, for every kind and both heads).
 """
@@ -49,7 +52,7 @@ def token_nll(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
 
 
-def chunk_rows_for(requested: int, rows: int, vocab_size: int, model_dim: int) -> int:
+def chunk_rows_for(requested: int, rows: int, vocab_size: int, head_width: int) -> int:
   """Rows per chunk of the head: `requested` (model.head_chunk_rows, at most `rows`), or
   for 0 the automatic size of the module docstring. `rows` or more means the plain loss."""
   if requested < 0:
@@ -58,7 +61,7 @@ def chunk_rows_for(requested: int, rows: int, vocab_size: int, model_dim: int) -
     return min(requested, rows)
   if rows * vocab_size * 4 <= PLAIN_LOGITS_BYTES:
     return rows
-  largest = max(TILE_BYTES // (4 * vocab_size), model_dim, 1)
+  largest = max(TILE_BYTES // (4 * vocab_size), head_width, 1)
   return math.ceil(rows / math.ceil(rows / largest))
 
 
@@ -145,19 +148,25 @@ def _split_head(head: nnx.Module):
   return functools.partial(_apply, graphdef), params, rest
 
 
+def head_width(head: nnx.Module, vocab_size: int) -> int:
+  """K: the head's parameter count over V, rounded up (D for a dense table)."""
+  count = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(head, nnx.Param)))
+  return -(-count // vocab_size)
+
+
 def _head_inputs(model, inputs_BxL, targets_BxL, dropout_keys_B):
   x_BxLxD = model.hidden(model.embed_tokens(inputs_BxL), dropout_keys_B=dropout_keys_B)
+  head = model.head_module()
   chunk_rows = chunk_rows_for(model.head_chunk_rows, targets_BxL.size, model.vocab_size,
-                              x_BxLxD.shape[-1])
-  return x_BxLxD, chunk_rows
+                              head_width(head, model.vocab_size))
+  return x_BxLxD, head, chunk_rows
 
 
 def model_nll_sum(model, inputs_BxL: jax.Array, targets_BxL: jax.Array,
                   dropout_keys_B: jax.Array | None = None) -> jax.Array:
   """The summed token NLL of a TransformerLM on a batch, float32; differentiable in the
   model's parameters (training)."""
-  x_BxLxD, chunk_rows = _head_inputs(model, inputs_BxL, targets_BxL, dropout_keys_B)
-  head = model.head_module()
+  x_BxLxD, head, chunk_rows = _head_inputs(model, inputs_BxL, targets_BxL, dropout_keys_B)
   if chunk_rows >= targets_BxL.size:
     return token_nll(head.attend(x_BxLxD), targets_BxL).sum()
   apply, params, rest = _split_head(head)
@@ -167,8 +176,7 @@ def model_nll_sum(model, inputs_BxL: jax.Array, targets_BxL: jax.Array,
 
 def model_token_nll(model, inputs_BxL: jax.Array, targets_BxL: jax.Array) -> jax.Array:
   """nll_BxL of a TransformerLM on a batch, float32, without dropout (evaluation)."""
-  x_BxLxD, chunk_rows = _head_inputs(model, inputs_BxL, targets_BxL, None)
-  head = model.head_module()
+  x_BxLxD, head, chunk_rows = _head_inputs(model, inputs_BxL, targets_BxL, None)
   if chunk_rows >= targets_BxL.size:
     return token_nll(head.attend(x_BxLxD), targets_BxL)
   apply, params, rest = _split_head(head)

@@ -23,6 +23,9 @@ matrix. Choices, and why:
   - kernels are LeCun-normal, the two residual output projections scaled by
     1/sqrt(2 num_layers) (GPT-2), biases zero;
   - parameters are float32 and cast to `model.dtype` at use; logits are float32;
+  - the head is a module with `attend(x) -> logits` (`head_module()`: the embedding when
+    tied, UntiedHead otherwise), so that factorized/loss.py can run it over chunks of rows;
+    `model.remat` wraps each block in nnx.remat (jax.checkpoint);
   - random streams: the embedding (with any head parameters it owns) and the untied
     head each draw from a stream of their own, split off the model's `params` stream
     before anything else is drawn, so at one seed every other parameter (blocks,

@@ -103,13 +103,22 @@ def test_automatic_chunks_keep_the_plain_loss_where_it_fits_and_bound_the_tile()
   assert loss.chunk_rows_for(0, 4096, 17906, 256) == 4096
   assert loss.chunk_rows_for(0, 8192, 17906, 256) == 8192
   # V=131,072 and 16 x 128 rows (1 GiB of logits): balanced chunks of >= D rows.
-  assert loss.chunk_rows_for(0, 2048, 131072, 256) == 256
-  assert loss.chunk_rows_for(0, 2048, 131072, 64) == 64  # 32 MiB tiles
+  assert loss.chunk_rows_for(0, 2048, 131072, 256) == 256  # dense: K = D rows
+  assert loss.chunk_rows_for(0, 2048, 131072, 64) == 64  # svd R=64: 32 MiB tiles
   rows = loss.chunk_rows_for(0, 5000, 131072, 64)  # balanced: the last chunk nearly full
   assert rows * 131072 * 4 <= loss.TILE_BYTES and -(-5000 // rows) * rows - 5000 < rows
   assert loss.chunk_rows_for(5000, 4096, 17906, 128) == 4096
   with pytest.raises(ValueError, match='model.head_chunk_rows=-1'):
     loss.chunk_rows_for(-1, 10, 10, 4)
+
+
+def test_the_head_width_is_its_parameters_per_vocabulary_row():
+  widths = {}
+  for kind, head in (('dense', 'tied'), ('svd', 'tied'), ('svd', 'untied')):
+    model = make_model(make_config(kind, head, 0))
+    widths[kind, head] = loss.head_width(model.head_module(), VOCAB)
+  # svd R=4, D=16: U (60x4), s, V (4x16): 4 + (4 + 64) / 60, rounded up.
+  assert widths == {('dense', 'tied'): 16, ('svd', 'tied'): 6, ('svd', 'untied'): 16}
 
 
 def test_a_bad_chunk_size_names_the_field():
