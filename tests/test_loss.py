@@ -76,6 +76,15 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones(kind, head, overrides):
                                err_msg=jax.tree_util.keystr(path))
 
 
+def test_where_the_logits_fit_the_loss_is_the_plain_one_bitwise():
+  config = make_config('albert', 'tied', 0)
+  value, grads = value_and_grads(config, loss.model_nll_sum)
+  ref_value, ref_grads = value_and_grads(config, plain_nll_sum)
+  assert value == ref_value
+  for leaf, ref_leaf in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+    np.testing.assert_array_equal(leaf, ref_leaf)
+
+
 @pytest.mark.parametrize('chunk_rows', [1, 7, 24, 100])
 def test_per_token_nll_does_not_depend_on_the_chunk_size(chunk_rows):
   model = make_model(make_config('svd', 'tied', chunk_rows))
