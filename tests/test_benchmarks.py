@@ -33,7 +33,7 @@ def test_step_time_writes_json_csv_and_plot(repo_root, tmp_path):
   out = tmp_path / 'rows.json'
   result = subprocess.run(
       [sys.executable, str(repo_root / 'benchmarks' / 'step_time.py'), *TINY,
-       '--kinds=dense,svd,albert,adaptive,tt', '--ranks=4', '--steps=4', '--rounds=2',
+       '--kinds=dense,svd,tt', '--ranks=4', '--steps=4', '--rounds=2',
        '--reference',
        f'--out={out}', '--plot', f'--profile={tmp_path / "profile"}'],
       capture_output=True, text=True, timeout=600)
@@ -41,7 +41,7 @@ def test_step_time_writes_json_csv_and_plot(repo_root, tmp_path):
   assert 'tokens/s' in result.stdout and 'load average' in result.stdout
   rows = json.loads(out.read_text())
   assert [(r['kind'], r['rank']) for r in rows] == [
-      ('dense', 0), ('svd', 4), ('albert', 4), ('adaptive', 4), ('tt', 4), ('reference', 0)]
+      ('dense', 0), ('svd', 4), ('tt', 4), ('reference', 0)]
   for row in rows:
     assert row['steps'] == 4
     assert row['step_ms_min'] <= row['step_ms_median'] <= row['step_ms_max']
@@ -59,7 +59,7 @@ def test_step_time_writes_json_csv_and_plot(repo_root, tmp_path):
     assert (tmp_path / 'profile' / row['name']).is_dir()
   dense = rows[0]
   assert dense['speedup_vs_dense'] == 1.0 and dense['eval_ms_median'] > 0
-  assert all(r['flops_per_token'] < dense['flops_per_token'] for r in rows[1:3])
+  assert rows[1]['flops_per_token'] < dense['flops_per_token']
   assert rows[-1]['eval_ms_median'] is None and rows[-1]['dropout'] == 0.0
   with open(tmp_path / 'rows.csv') as f:
     table = list(csv.DictReader(f))
