@@ -1,8 +1,8 @@
 r"""Train-step throughput, MFU and memory of each embedding kind and rank, in one process.
 
-For dense and for each kind x rank, any of factorized.embeddings.KINDS (and, with --reference,
-the plain-JAX step of
-reference_step.py at the dense shape), this builds the project's own jitted train step
+For each vocabulary size (--vocab_sizes, default --vocab_size), for dense and for each
+kind x rank, any of factorized.embeddings.KINDS (and, with --reference, the plain-JAX step
+of reference_step.py at the dense shape), this builds the project's own jitted train step
 (factorized.step.make_train_step, shard_map over the ('data',) mesh) and eval step on a
 synthetic batch (no corpus needed), then times them. Configurations are interleaved:
 each of --rounds rounds runs every configuration for --steps/--rounds steps, after a
@@ -19,6 +19,10 @@ other processes falls on all of them alike. Reported per row:
   eval_ms_median, ...      the evaluation step (forward + masked NLL sum) on the same batch;
   xla_memory_bytes         what XLA's buffer assignment reserves for one train step
                            (arguments + outputs + temporaries - donated aliases);
+  xla_temp_bytes           its temporaries alone (memory_analysis' temp_size_in_bytes): the
+                           activations, the loss's logits tiles and the gradients;
+  head_chunk_rows          rows per chunk of the chunked head + loss (factorized/loss.py;
+                           --head_chunk_rows, 0: automatic);
   peak_memory_bytes        the device's peak_bytes_in_use where the backend reports it,
                            else the process's peak RSS, both read after this row's warm-up
                            (a high-water mark of the process so far: rows warm up in order);
@@ -34,6 +38,9 @@ row's top XLA ops, with shapes and JAX op names from the compiled HLO.
   python benchmarks/step_time.py --kinds=dense,svd,albert --ranks=16,32,64,128 \
       --dropout=0 --reference --out=/tmp/step_time.json --plot
   python benchmarks/step_time.py --kinds=dense,svd,adaptive,tt --ranks=8,16,32,64 --plot
+  # Against the vocabulary size (speedup_vs_dense is per vocabulary size):
+  python benchmarks/step_time.py --kinds=dense,svd --ranks=64 --dropout=0 \
+      --vocab_sizes=16384,50304,131072 --steps=10 --rounds=2 --out=/tmp/vocab.json
 
 A kind that needs train-split counts (adaptive's frequency order) gets Zipf counts over the
 ids (id 0 most frequent): the step's speed does not depend on which ids are frequent.
@@ -75,7 +82,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_step  # noqa: E402
 
 from configs import brown  # noqa: E402
-from factorized import costs, embeddings, optim, parallel, trainer  # noqa: E402
+from factorized import costs, embeddings, loss, optim, parallel, trainer  # noqa: E402
 from factorized.step import make_eval_step, make_train_step  # noqa: E402
 
 COMPILE_EVENTS = ('/jax/core/compile/backend_compile_duration',
@@ -89,6 +96,7 @@ class Bench:
   name: str
   kind: str
   rank: int
+  vocab_size: int
   config: ml_collections.ConfigDict
   train: Callable  # state, batch -> (state, metrics or loss)
   state: object
@@ -114,6 +122,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--dropout', type=float, default=None,
                       help="model.dropout (default: configs/brown.py's)")
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--vocab_sizes', default='',
+                      help='comma-separated vocabulary sizes to sweep (default: --vocab_size)')
+  parser.add_argument('--head_chunk_rows', type=int, default=0,
+                      help='model.head_chunk_rows: rows per chunk of the loss (0: automatic; '
+                      'batch_size x seq_len: one chunk)')
+  parser.add_argument('--remat', action='store_true',
+                      help='model.remat: recompute each block in the backward pass')
+  parser.add_argument('--memory_only', action='store_true',
+                      help="compile each row and report XLA's memory of its train step; "
+                      'no timing (fast, exact, independent of load)')
   parser.add_argument('--steps', type=int, default=20, help='timed train steps per row (>= 20)')
   parser.add_argument('--eval_steps', type=int, default=8, help='timed eval steps per row')
   parser.add_argument('--warmup', type=int, default=3, help='untimed steps after compiling')
@@ -134,6 +152,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   args.ranks = [int(r) for r in args.ranks.split(',') if r.strip()]
   args.mlp_dim = args.mlp_dim or 4 * args.model_dim
   args.peak_sizes = [int(n) for n in args.peak_sizes.split(',') if n.strip()]
+  args.vocab_sizes = [int(v) for v in args.vocab_sizes.split(',') if v.strip()] or [
+      args.vocab_size]
   unknown = set(args.kinds) - set(embeddings.KINDS)
   if unknown:
     parser.error(f'--kinds: unknown {sorted(unknown)}; allowed: {", ".join(embeddings.KINDS)}')
@@ -150,6 +170,8 @@ def make_config(args: argparse.Namespace, kind: str, rank: int) -> ml_collection
                       num_heads=args.num_heads, mlp_dim=args.mlp_dim, dtype=args.dtype)
   if args.dropout is not None:
     config.model.dropout = args.dropout
+  config.model.head_chunk_rows = args.head_chunk_rows
+  config.model.remat = args.remat
   config.train.batch_size = args.batch_size
   config.train.eval_batch_size = args.batch_size
   return config
@@ -173,8 +195,15 @@ def project_bench(args: argparse.Namespace, kind: str, rank: int, mesh) -> Bench
   eval_batch = parallel.global_batch(
       {**host_batch, 'mask': np.ones_like(host_batch['targets'])}, mesh)
   name = f'{kind}{rank}' if embeddings.ranked(kind) else kind
-  bench = Bench(name, kind, rank if embeddings.ranked(kind) else 0, config, train, state, batch,
-                None)
+  if len(args.vocab_sizes) > 1:
+    name += f'@{args.vocab_size}'
+  bench = Bench(name, kind, rank if embeddings.ranked(kind) else 0, args.vocab_size, config,
+                train, state, batch, None)
+  model = parts.merge(state.params)
+  bench.info['head_chunk_rows'] = loss.chunk_rows_for(
+      args.head_chunk_rows, args.batch_size * args.seq_len, args.vocab_size,
+      loss.head_width(model.head_module(), args.vocab_size))
+  bench.info['remat'] = args.remat
   bench.evaluate = eval_runner(evaluate_step, bench, eval_batch, mesh)
   analyse(bench)
   return bench
@@ -184,11 +213,8 @@ def eval_runner(evaluate_step: Callable, bench: Bench, eval_batch: dict, mesh
                 ) -> Callable[[], jax.Array]:
   """`() -> result` of one eval step on `eval_batch` with the current params.
 
-  make_eval_step's step is `(params, batch, sums_NxKx2, index) -> sums_NxKx2` (sums donated);
-  an older `(params, batch) -> sums` is also accepted.
+  make_eval_step's step is `(params, batch, sums_NxKx2, index) -> sums_NxKx2` (sums donated).
   """
-  if evaluate_step.__code__.co_argcount == 2:
-    return lambda: evaluate_step(bench.state.params, eval_batch)
   replicated = parallel.replicated(mesh)
   holder = {'sums': jax.device_put(np.zeros((1, 1, 2), np.float32), replicated),
             'index': jax.device_put(np.int32(0), replicated)}
@@ -212,22 +238,16 @@ def reference_bench(args: argparse.Namespace) -> Bench:
   config = make_config(args, 'dense', 0)
   config.model.update(dropout=0.0, dtype='float32')  # What reference_step.py computes.
   config.model.embed.head = 'tied'
-  bench = Bench('reference', 'reference', 0, config, train, state, batch, None)
+  name = 'reference' if len(args.vocab_sizes) == 1 else f'reference@{args.vocab_size}'
+  bench = Bench(name, 'reference', 0, args.vocab_size, config, train, state, batch, None)
   analyse(bench)
   return bench
 
 
 def compiled_step(train: Callable, state, batch):
-  """The compiled train step (for its memory analysis and HLO), or None if not reachable."""
-  if hasattr(train, 'lower'):
-    return train.lower(state, batch).compile()
-  # make_train_step returns a closure `lambda state, batch: step(state, parts.consts, batch)`.
-  cells = dict(zip(train.__code__.co_freevars, train.__closure__ or (), strict=True))
-  try:
-    jitted, parts = cells['step'].cell_contents, cells['parts'].cell_contents
-    return jitted.lower(state, parts.consts, batch).compile()
-  except (KeyError, ValueError, AttributeError, TypeError):
-    return None
+  """The compiled train step (for its memory analysis and HLO): every step here has
+  `lower` (jax.jit's, or factorized.step.BoundStep's)."""
+  return train.lower(state, batch).compile()
 
 
 def analyse(bench: Bench) -> None:
@@ -237,6 +257,7 @@ def analyse(bench: Bench) -> None:
   bench.info['xla_memory_bytes'] = None if stats is None else int(
       stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
       - stats.alias_size_in_bytes)
+  bench.info['xla_temp_bytes'] = None if stats is None else int(stats.temp_size_in_bytes)
   bench.hlo_text = compiled.as_text() if compiled is not None else ''
 
 
@@ -312,23 +333,65 @@ def split_evenly(total: int, parts: int) -> list[int]:
   return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-def benchmark(args: argparse.Namespace) -> list[dict]:
-  """Builds, warms up and times every row; returns the rows (see the module docstring)."""
-  mesh = parallel.make_mesh()
+def row_specs(args: argparse.Namespace) -> list[tuple[str, int]]:
+  """(kind, rank) of every row at one vocabulary size."""
   specs = []
   for kind in args.kinds:
     specs += [(kind, rank) for rank in args.ranks] if embeddings.ranked(kind) else [(kind, 0)]
+  return specs
+
+
+def memory_rows(args: argparse.Namespace) -> list[dict]:
+  """--memory_only: XLA's memory of each row's compiled train step, nothing run."""
+  mesh = parallel.make_mesh()
+  rows = []
+  for vocab_size in args.vocab_sizes:
+    shape = argparse.Namespace(**{**vars(args), 'vocab_size': vocab_size})
+    for kind, rank in row_specs(args):
+      bench = project_bench(shape, kind, rank, mesh)
+      logits_bytes = 4 * args.batch_size * args.seq_len * vocab_size
+      rows.append({'name': bench.name, 'kind': kind, 'rank': bench.rank,
+                   'vocab_size': vocab_size, 'batch_size': args.batch_size,
+                   'seq_len': args.seq_len, 'model_dim': args.model_dim, 'dtype': args.dtype,
+                   **bench.info, 'logits_bytes': logits_bytes,
+                   'temp_vs_logits': (bench.info['xla_temp_bytes'] / logits_bytes
+                                      if bench.info['xla_temp_bytes'] else None),
+                   'backend': jax.default_backend()})
+      del bench
+  return rows
+
+
+def format_memory_table(rows: list[dict]) -> str:
+  """A plain-text table of --memory_only rows."""
+  header = (f'{"row":>14} {"V":>8} {"chunk rows":>10} {"remat":>5} {"XLA MiB":>8} '
+            f'{"temp MiB":>8} {"temp / BxLxV":>12}')
+  lines = [header, '-' * len(header)]
+  for r in rows:
+    xla = f'{r["xla_memory_bytes"] / 2**20:.0f}' if r.get('xla_memory_bytes') else '-'
+    temp = f'{r["xla_temp_bytes"] / 2**20:.0f}' if r.get('xla_temp_bytes') else '-'
+    ratio = f'{r["temp_vs_logits"]:.1%}' if r.get('temp_vs_logits') else '-'
+    lines.append(f'{r["name"]:>14} {r["vocab_size"]:>8,} {r["head_chunk_rows"]:>10} '
+                 f'{"yes" if r["remat"] else "no":>5} {xla:>8} {temp:>8} {ratio:>12}')
+  return '\n'.join(lines)
+
+
+def benchmark(args: argparse.Namespace) -> list[dict]:
+  """Builds, warms up and times every row; returns the rows (see the module docstring)."""
+  mesh = parallel.make_mesh()
+  specs = row_specs(args)
   load_start = os.getloadavg()
   benches = []
-  for kind, rank in specs:
-    benches.append(project_bench(args, kind, rank, mesh))
-    run_steps(benches[-1], args.warmup, record=False)
-    run_evals(benches[-1], 1, record=False)
-    benches[-1].info['peak_memory_bytes'], benches[-1].info['memory_source'] = peak_memory()
-  if args.reference:
-    benches.append(reference_bench(args))
-    run_steps(benches[-1], args.warmup, record=False)
-    benches[-1].info['peak_memory_bytes'], benches[-1].info['memory_source'] = peak_memory()
+  for vocab_size in args.vocab_sizes:
+    shape = argparse.Namespace(**{**vars(args), 'vocab_size': vocab_size})
+    for kind, rank in specs:
+      benches.append(project_bench(shape, kind, rank, mesh))
+      run_steps(benches[-1], args.warmup, record=False)
+      run_evals(benches[-1], 1, record=False)
+      benches[-1].info['peak_memory_bytes'], benches[-1].info['memory_source'] = peak_memory()
+    if args.reference:
+      benches.append(reference_bench(shape))
+      run_steps(benches[-1], args.warmup, record=False)
+      benches[-1].info['peak_memory_bytes'], benches[-1].info['memory_source'] = peak_memory()
   for size in args.peak_sizes:
     time_peak(size, args.dtype, 1)  # compile
 
@@ -355,18 +418,18 @@ def benchmark(args: argparse.Namespace) -> list[dict]:
   rows = []
   for bench in benches:
     config = bench.config
-    flops = costs.flops_per_token(config, args.vocab_size)
+    flops = costs.flops_per_token(config, bench.vocab_size)
     median = statistics.median(bench.step_s)
     tokens_per_s = tokens / median
     train_flops = 3 * flops['total']
     row = {
         'name': bench.name, 'kind': bench.kind, 'rank': bench.rank,
         'head': config.model.embed.head,
-        'vocab_size': args.vocab_size, 'model_dim': args.model_dim,
+        'vocab_size': bench.vocab_size, 'model_dim': args.model_dim,
         'num_layers': args.num_layers, 'num_heads': args.num_heads, 'mlp_dim': args.mlp_dim,
         'seq_len': args.seq_len, 'batch_size': args.batch_size, 'dtype': config.model.dtype,
         'dropout': float(config.model.dropout),
-        'params': costs.param_counts(config, args.vocab_size)['total'],
+        'params': costs.param_counts(config, bench.vocab_size)['total'],
         'steps': len(bench.step_s),
         'step_ms_median': median * 1e3, 'step_ms_min': min(bench.step_s) * 1e3,
         'step_ms_max': max(bench.step_s) * 1e3, 'tokens_per_s': tokens_per_s,
@@ -390,8 +453,9 @@ def benchmark(args: argparse.Namespace) -> list[dict]:
         'device': jax.devices()[0].device_kind,
     }
     rows.append(row)
-  dense = next((r for r in rows if r['kind'] == 'dense'), None)
   for row in rows:
+    dense = next((r for r in rows if r['kind'] == 'dense'
+                  and r['vocab_size'] == row['vocab_size']), None)
     row['speedup_vs_dense'] = row['tokens_per_s'] / dense['tokens_per_s'] if dense else None
   return rows
 
@@ -433,18 +497,20 @@ def format_table(rows: list[dict]) -> str:
   """A plain-text table of the main columns."""
   header = (f'{"row":>10} {"params":>9} {"fwd MF/tok":>10} {"step ms (min-max)":>21} '
             f'{"cpu ms":>7} {"tokens/s":>9} {"x dense":>7} {"MFU":>6} {"eval ms":>8} {"XLA MB":>7} '
-            f'{"peak MB":>8} {"faults/step":>11}')
+            f'{"temp MB":>7} {"peak MB":>8} {"faults/step":>11}')
   lines = [header, '-' * len(header)]
   for r in rows:
     spread = f'{r["step_ms_median"]:.1f} ({r["step_ms_min"]:.0f}-{r["step_ms_max"]:.0f})'
     eval_ms = f'{r["eval_ms_median"]:.1f}' if r['eval_ms_median'] is not None else '-'
     xla = f'{r["xla_memory_bytes"] / 2**20:.0f}' if r.get('xla_memory_bytes') else '-'
+    temp = f'{r["xla_temp_bytes"] / 2**20:.0f}' if r.get('xla_temp_bytes') else '-'
     speedup = f'{r["speedup_vs_dense"]:.2f}' if r['speedup_vs_dense'] else '-'
     lines.append(
         f'{r["name"]:>10} {r["params"] / 1e6:8.2f}M {r["flops_per_token"] / 1e6:10.2f} '
         f'{spread:>21} {r["cpu_ms_per_step"]:7.0f} {r["tokens_per_s"]:9,.0f} {speedup:>7} '
         f'{r["mfu"]:6.1%} {eval_ms:>8} '
-        f'{xla:>7} {r["peak_memory_bytes"] / 2**20:8.0f} {r["minor_faults_per_step"]:11,.0f}')
+        f'{xla:>7} {temp:>7} {r["peak_memory_bytes"] / 2**20:8.0f} '
+        f'{r["minor_faults_per_step"]:11,.0f}')
   r = rows[0]
   lines.append(
       f'peak {r["peak_flops"] / 1e9:.1f} GFLOP/s (best median of NxN matmuls, N in '
@@ -467,8 +533,39 @@ def write_outputs(rows: list[dict], out: str) -> None:
     writer.writerows(rows)
 
 
+def plot_vocab(rows: list[dict], path: str) -> None:
+  """tokens/s and XLA temporaries against the vocabulary size: a line per row kind."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, (speed_ax, memory_ax) = plt.subplots(1, 2, figsize=(10, 4))
+  for label in dict.fromkeys(r['name'].split('@')[0] for r in rows):
+    mine = sorted((r for r in rows if r['name'].split('@')[0] == label),
+                  key=lambda r: r['vocab_size'])
+    vocab = [r['vocab_size'] for r in mine]
+    speed_ax.plot(vocab, [r['tokens_per_s'] for r in mine], marker='o', label=label)
+    if all(r.get('xla_temp_bytes') for r in mine):
+      memory_ax.plot(vocab, [r['xla_temp_bytes'] / 2**20 for r in mine], marker='o', label=label)
+  r = rows[0]
+  for ax, ylabel in ((speed_ax, 'train tokens/s'), (memory_ax, 'XLA temporaries (MiB)')):
+    ax.set_xscale('log')
+    ax.set(xlabel='vocabulary size V', ylabel=ylabel)
+    ax.legend()
+  fig.suptitle(f'D={r["model_dim"]} N={r["num_layers"]} L={r["seq_len"]} B={r["batch_size"]} '
+               f'{r["dtype"]} ({r["backend"]})')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def plot(rows: list[dict], path: str) -> None:
-  """tokens/s against rank: a line per factorized kind, dense and reference as levels."""
+  """tokens/s against rank: a line per factorized kind, dense and reference as levels
+  (against the vocabulary size instead when the rows sweep it)."""
+  if len({r['vocab_size'] for r in rows}) > 1:
+    plot_vocab(rows, path)
+    return
   import matplotlib
 
   matplotlib.use('Agg')
@@ -503,6 +600,12 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
   """Runs the benchmark, prints the table, writes --out and --plot."""
   args = parse_args(argv)
+  if args.memory_only:
+    rows = memory_rows(args)
+    print(format_memory_table(rows), flush=True)
+    if args.out:
+      write_outputs(rows, args.out)
+    return rows
   rows = benchmark(args)
   print(format_table(rows), flush=True)
   for row in rows:

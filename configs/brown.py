@@ -71,6 +71,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.dropout = 0.2
   config.model.positions = 'rope'  # rope | learned
   config.model.dtype = 'float32'  # compute dtype; params, logits and loss stay float32
+  # Rows per chunk of the output head and loss (factorized/loss.py). 0: automatic (the plain
+  # loss while the batch's float32 logits fit in 768 MiB, else chunks of <= 32 MiB).
+  config.model.head_chunk_rows = 0
+  # Recompute each block's activations in the backward pass (less memory, ~1/3 more FLOPs).
+  config.model.remat = False
 
   config.train = ml_collections.ConfigDict()
   # 1,500 steps x 32 x 128 = 6.1M tokens (7.7 epochs of Brown's train split).

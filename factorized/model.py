@@ -23,6 +23,9 @@ matrix. Choices, and why:
   - kernels are LeCun-normal, the two residual output projections scaled by
     1/sqrt(2 num_layers) (GPT-2), biases zero;
   - parameters are float32 and cast to `model.dtype` at use; logits are float32;
+  - the head is a module with `attend(x) -> logits` (`head_module()`: the embedding when
+    tied, UntiedHead otherwise), so that factorized/loss.py can run it over chunks of rows;
+    `model.remat` wraps each block in nnx.remat (jax.checkpoint);
   - random streams: the embedding (with any head parameters it owns) and the untied
     head each draw from a stream of their own, split off the model's `params` stream
     before anything else is drawn, so at one seed every other parameter (blocks,
@@ -79,6 +82,8 @@ class ModelArgs:
   positions: str
   dtype: str
   max_len: int
+  head_chunk_rows: int = 0  # rows per chunk of the loss's head (factorized/loss.py; 0: auto)
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   @classmethod
   def from_config(cls, model_config: ml_collections.ConfigDict, vocab_size: int,
@@ -100,9 +105,18 @@ class ModelArgs:
                        'heads of even width (RoPE rotates pairs); pick another num_heads.')
     if not embeddings.base.is_int(max_len) or max_len <= 0:
       raise ValueError(f'data.seq_len={max_len!r} (max_len) must be a positive integer.')
+    # Configs saved before these fields existed lack them: their defaults change nothing.
+    head_chunk_rows = model_config.get('head_chunk_rows', 0)
+    if not embeddings.base.is_int(head_chunk_rows) or head_chunk_rows < 0:
+      raise ValueError(f'model.head_chunk_rows={head_chunk_rows!r} must be an integer >= 0 '
+                       '(0: automatic, see factorized/loss.py).')
+    remat = model_config.get('remat', False)
+    if not isinstance(remat, bool):
+      raise ValueError(f'model.remat={remat!r} must be True or False.')
     return cls(embed=embed, vocab_size=int(vocab_size), **sizes,
                dropout=float(model_config.dropout), positions=model_config.positions,
-               dtype=model_config.dtype, max_len=int(max_len))
+               dtype=model_config.dtype, max_len=int(max_len),
+               head_chunk_rows=int(head_chunk_rows), remat=remat)
 
 
 @functools.lru_cache(maxsize=32)
@@ -186,7 +200,7 @@ class UntiedHead(nnx.Module):
     self.W_VxD = nnx.Param(
         jax.random.normal(rngs.params(), (vocab_size, dim), jnp.float32) / math.sqrt(dim))
 
-  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+  def attend(self, x_BxLxD: jax.Array) -> jax.Array:
     """logits_BxLxV = x W^T, float32."""
     return embeddings.project_to_vocab(x_BxLxD.astype(self.dtype), self.W_VxD[...])
 
@@ -219,6 +233,9 @@ class TransformerLM(nnx.Module):
     else:
       self.head = UntiedHead(dim, args.vocab_size, self.dtype, rngs=head_rngs)
     self.dropout = ExampleDropout(args.dropout, site=0)
+    self.vocab_size = args.vocab_size
+    self.head_chunk_rows = args.head_chunk_rows  # factorized/loss.py
+    self.remat = args.remat
 
   def embed_tokens(self, ids_BxL: jax.Array) -> jax.Array:
     """The residual stream's input: 0.02 sqrt(D) embed(ids) (+ learned positions)."""
@@ -230,15 +247,28 @@ class TransformerLM(nnx.Module):
       x_BxLxD = x_BxLxD + self.positions_LxD[...][:length].astype(self.dtype)
     return x_BxLxD
 
-  def decode(self, x_BxLxD: jax.Array, *, dropout_keys_B: jax.Array | None = None) -> jax.Array:
-    """Blocks, final LN and head on the embedded inputs: logits_BxLxV float32."""
+  def hidden(self, x_BxLxD: jax.Array, *, dropout_keys_B: jax.Array | None = None) -> jax.Array:
+    """Blocks and final LN on the embedded inputs: the head's input x_BxLxD. With
+    `remat`, each block keeps only its input for the backward pass and recomputes the rest
+    (jax.checkpoint): activation memory of one block instead of all of them."""
     x_BxLxD = self.dropout(x_BxLxD, dropout_keys_B)
     for block in self.blocks:
-      x_BxLxD = block(x_BxLxD, dropout_keys_B)
-    x_BxLxD = self.final_norm(x_BxLxD)
-    if self.head is None:
-      return self.embed.attend(x_BxLxD)
-    return self.head(x_BxLxD)
+      if self.remat:
+        x_BxLxD = nnx.remat(lambda block, x, keys: block(x, keys))(block, x_BxLxD,
+                                                                   dropout_keys_B)
+      else:
+        x_BxLxD = block(x_BxLxD, dropout_keys_B)
+    return self.final_norm(x_BxLxD)
+
+  def head_module(self) -> nnx.Module:
+    """What maps the final hidden states to logits through its `attend`: the embedding
+    (tied head) or the UntiedHead."""
+    return self.embed if self.head is None else self.head
+
+  def decode(self, x_BxLxD: jax.Array, *, dropout_keys_B: jax.Array | None = None) -> jax.Array:
+    """Blocks, final LN and head on the embedded inputs: all logits_BxLxV, float32 (the
+    loss computes them in chunks instead: factorized/loss.py)."""
+    return self.head_module().attend(self.hidden(x_BxLxD, dropout_keys_B=dropout_keys_B))
 
   def __call__(self, ids_BxL: jax.Array, *, dropout_keys_B: jax.Array | None = None
                ) -> jax.Array:

@@ -22,6 +22,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from factorized import loss as loss_lib
 from factorized.parallel import DATA_AXIS
 
 
@@ -35,12 +36,6 @@ class TrainState:
   rng: jax.Array  # uint32 key data of the base key (typed keys do not checkpoint)
 
 
-def token_nll(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
-  """Per-token negative log-likelihood in float32."""
-  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-  return optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelParts:
   """The static half of an NNX model (graphdef) and its non-trainable constants."""
@@ -50,6 +45,21 @@ class ModelParts:
 
   def merge(self, params: nnx.State) -> nnx.Module:
     return nnx.merge(self.graphdef, params, self.consts)
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundStep:
+  """A jitted step with the model's constants bound as its second argument; `lower` for
+  XLA's cost and memory analysis (benchmarks/step_time.py, tests/test_loss.py)."""
+
+  jitted: Callable
+  consts: nnx.State
+
+  def __call__(self, first, *args):
+    return self.jitted(first, self.consts, *args)
+
+  def lower(self, first, *args):
+    return self.jitted.lower(first, self.consts, *args)
 
 
 def make_train_step(
@@ -79,8 +89,9 @@ def make_train_step(
 
     def micro_loss(params, micro_batch):
       model = nnx.merge(parts.graphdef, params, consts)
-      logits = model(micro_batch['inputs'], dropout_keys_B=micro_batch['dropout_keys'])
-      nll_sum = token_nll(logits, micro_batch['targets']).sum()
+      # The head in chunks of rows where its logits are large (factorized/loss.py).
+      nll_sum = loss_lib.model_nll_sum(model, micro_batch['inputs'], micro_batch['targets'],
+                                       micro_batch['dropout_keys'])
       penalty = model.penalty()
       # psum over devices and the sum over micro-batches restore the global objective.
       loss = nll_sum / total_tokens + penalty / (num_devices * grad_accum_steps)
@@ -127,8 +138,7 @@ def make_train_step(
   sharded = jax.shard_map(
       per_device, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)), out_specs=(P(), P()))
 
-  step = jax.jit(sharded, donate_argnums=0)
-  return lambda state, batch: step(state, parts.consts, batch)
+  return BoundStep(jax.jit(sharded, donate_argnums=0), parts.consts)
 
 
 def make_eval_step(parts: ModelParts, mesh: Mesh, num_bands: int = 0
@@ -146,9 +156,8 @@ def make_eval_step(parts: ModelParts, mesh: Mesh, num_bands: int = 0
 
   def per_device(params: nnx.State, consts: nnx.State, batch: dict):
     model = nnx.merge(parts.graphdef, params, consts)
-    logits = model(batch['inputs'])
     mask = batch['mask'].astype(jnp.float32)
-    nll = token_nll(logits, batch['targets']) * mask
+    nll = loss_lib.model_token_nll(model, batch['inputs'], batch['targets']) * mask
     sums_Kx2 = jnp.stack([nll.sum(), mask.sum()])[None]
     if num_bands:
       in_band_BxLxK = jax.nn.one_hot(batch['bands'], num_bands, dtype=jnp.float32)
@@ -164,6 +173,4 @@ def make_eval_step(parts: ModelParts, mesh: Mesh, num_bands: int = 0
     return lax.dynamic_update_slice(sums_NxKx2, sharded(params, consts, batch)[None],
                                     (index, 0, 0))
 
-  jitted = jax.jit(step, donate_argnums=3)
-  return lambda params, batch, sums_NxKx2, index: jitted(
-      params, parts.consts, batch, sums_NxKx2, index)
+  return BoundStep(jax.jit(step, donate_argnums=3), parts.consts)

@@ -24,6 +24,8 @@ CONFIG_FILE = 'config.json'
 # Fields that may differ between a saved and a new config without refusing the workdir
 # (sections by their prefix): none of them changes what a run computes.
 _IGNORED_FIELDS = ('overwrite', 'launcher.')
+# Fields added after runs were saved, with the default that computes what those runs did.
+_LATER_FIELDS = {'model.head_chunk_rows': 0, 'model.remat': False}
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
@@ -45,12 +47,13 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
   write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
 
 
-def _kind_fields() -> dict[str, Any]:
-  """Every embedding kind's own field as a flat name, with its default (JSON types)."""
+def _field_defaults() -> dict[str, Any]:
+  """The fields a saved config may lack, as flat names with their defaults (JSON types):
+  every embedding kind's own, and `_LATER_FIELDS`."""
   from factorized import embeddings  # imports JAX: only where configs are compared or loaded
 
-  return {f'model.embed.{name}': json.loads(json.dumps(value))
-          for name, value in embeddings.config_fields().items()}
+  return {**_LATER_FIELDS, **{f'model.embed.{name}': json.loads(json.dumps(value))
+                              for name, value in embeddings.config_fields().items()}}
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
@@ -66,8 +69,8 @@ def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
 
 def config_differences(saved: dict, new: dict) -> list[str]:
   """Lists 'field: saved -> new' for every field that differs (but `_IGNORED_FIELDS`; a
-  kind field that `saved` lacks counts as its default)."""
-  saved_flat, new_flat = {**_kind_fields(), **_flatten(saved)}, _flatten(new)
+  field of `_field_defaults` that `saved` lacks counts as its default)."""
+  saved_flat, new_flat = {**_field_defaults(), **_flatten(saved)}, _flatten(new)
   lines = []
   for name in sorted(set(saved_flat) | set(new_flat)):
     if name.startswith(_IGNORED_FIELDS):
@@ -84,17 +87,20 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
 
 
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The config saved in `workdir` (kind fields it lacks set to their defaults); a
-  FileNotFoundError that says how to make one."""
+  """The config saved in `workdir` (fields of `_field_defaults` it lacks set to their
+  defaults); a FileNotFoundError that says how to make one."""
   path = pathlib.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(
         f'{path} not found: {workdir} is not a training workdir '
         f'(train.py --workdir={workdir} writes it).')
   saved = json.loads(path.read_text())
-  embed = saved.get('model', {}).get('embed', {})
-  for name, value in _kind_fields().items():
-    embed.setdefault(name.rsplit('.', 1)[1], value)
+  for name, value in _field_defaults().items():
+    *sections, field = name.split('.')
+    tree = saved
+    for section in sections:
+      tree = tree.setdefault(section, {})
+    tree.setdefault(field, value)
   return ml_collections.ConfigDict(saved)
 
 
