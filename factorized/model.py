@@ -25,7 +25,7 @@ matrix. Choices, and why:
   - parameters are float32 and cast to `model.dtype` at use; logits are float32;
   - the head is a module with `attend(x) -> logits` (`head_module()`: the embedding when
     tied, UntiedHead otherwise), so that factorized/loss.py can run it over chunks of rows;
-    `model.remat` wraps each block in nnx.remat (jax.checkpoint);
+    `model.remat` recomputes each block in the backward pass (`recomputed_block`);
   - random streams: the embedding (with any head parameters it owns) and the untied
     head each draw from a stream of their own, split off the model's `params` stream
     before anything else is drawn, so at one seed every other parameter (blocks,
@@ -205,6 +205,42 @@ class UntiedHead(nnx.Module):
     return embeddings.project_to_vocab(x_BxLxD.astype(self.dtype), self.W_VxD[...])
 
 
+def recomputed_block(block: Block, x_BxLxD: jax.Array,
+                     dropout_keys_B: jax.Array | None) -> jax.Array:
+  """block(x, keys), saving only x and recomputing the block in the backward pass.
+
+  jax.checkpoint (nnx.remat) saves no memory on XLA:CPU (benchmarks/README.md): XLA
+  expands the optimization barrier that keeps the recomputation apart from the forward
+  pass, then merges the two as common subexpressions, so every block's activations stay
+  live. Here the recomputation's input is x times a one computed from the block's output
+  cotangent: a value XLA cannot merge with the forward pass's, and that does not exist
+  before the later blocks' backward passes are done. The gradients are those of
+  `block` (x * 1 is x, bitwise)."""
+  graphdef, params = nnx.split(block)
+
+  def apply(params, x_BxLxD, keys_B):
+    return nnx.merge(graphdef, params)(x_BxLxD, keys_B)
+
+  @jax.custom_vjp
+  def run(params, x_BxLxD, keys_B):
+    return apply(params, x_BxLxD, keys_B)
+
+  def forward(params, x_BxLxD, keys_B):
+    return apply(params, x_BxLxD, keys_B), (params, x_BxLxD, keys_B)
+
+  def backward(saved, dy_BxLxD):
+    params, x_BxLxD, keys_B = saved
+    # x * 1, but a 1 that XLA cannot prove to be one: it depends on the cotangent.
+    probe = dy_BxLxD[0, 0, 0]
+    one = 1 + 0 * jnp.where(jnp.isfinite(probe), probe, 0)
+    x_BxLxD = x_BxLxD * one.astype(x_BxLxD.dtype)
+    _, pullback = jax.vjp(lambda params, x: apply(params, x, keys_B), params, x_BxLxD)
+    return (*pullback(dy_BxLxD), None)
+
+  run.defvjp(forward, backward)
+  return run(params, x_BxLxD, dropout_keys_B)
+
+
 class TransformerLM(nnx.Module):
   """Embedding -> pre-LN causal blocks -> final LN -> tied or untied head."""
 
@@ -250,12 +286,11 @@ class TransformerLM(nnx.Module):
   def hidden(self, x_BxLxD: jax.Array, *, dropout_keys_B: jax.Array | None = None) -> jax.Array:
     """Blocks and final LN on the embedded inputs: the head's input x_BxLxD. With
     `remat`, each block keeps only its input for the backward pass and recomputes the rest
-    (jax.checkpoint): activation memory of one block instead of all of them."""
+    there (`recomputed_block`): activation memory of one block instead of all of them."""
     x_BxLxD = self.dropout(x_BxLxD, dropout_keys_B)
     for block in self.blocks:
       if self.remat:
-        x_BxLxD = nnx.remat(lambda block, x, keys: block(x, keys))(block, x_BxLxD,
-                                                                   dropout_keys_B)
+        x_BxLxD = recomputed_block(block, x_BxLxD, dropout_keys_B)
       else:
         x_BxLxD = block(x_BxLxD, dropout_keys_B)
     return self.final_norm(x_BxLxD)

@@ -49,8 +49,8 @@ class ModelParts:
 
 @dataclasses.dataclass(frozen=True)
 class BoundStep:
-  """A jitted step with the model's constants bound as its second argument; `lower` for
-  XLA's cost and memory analysis (benchmarks/step_time.py, tests/test_loss.py)."""
+  """A jitted step with the model's constants bound as its second argument; `lower` and
+  `compile` for XLA's cost and memory analysis (benchmarks/step_time.py, tests/test_loss.py)."""
 
   jitted: Callable
   consts: nnx.State
@@ -60,6 +60,11 @@ class BoundStep:
 
   def lower(self, first, *args):
     return self.jitted.lower(first, self.consts, *args)
+
+  def compile(self, first, *args) -> BoundStep:
+    """This step compiled once for these arguments' shapes: its `jitted` is XLA's
+    executable (memory_analysis, as_text), called as before."""
+    return dataclasses.replace(self, jitted=self.lower(first, *args).compile())
 
 
 def make_train_step(

@@ -1,4 +1,5 @@
-"""Tests of factorized/loss.py: the chunked head + cross-entropy equals the plain one."""
+"""Tests of what bounds the train step's memory: factorized/loss.py (the chunked head and
+cross-entropy equal the plain ones) and model.remat's recomputed blocks."""
 
 import jax
 import jax.numpy as jnp
@@ -154,3 +155,24 @@ def test_the_compiled_train_step_never_holds_the_batch_logits():
   plain = compiled_temp_bytes(make_config('svd', 'tied', 0), vocab, batch_size, seq_len)
   assert plain > 2 * logits_bytes, plain  # the plain loss holds several
   assert chunked < logits_bytes / 2, (chunked, logits_bytes)
+
+
+def test_recomputed_blocks_give_the_same_loss_and_gradients():
+  config = make_config('svd', 'tied', 0)
+  config.model.dropout = 0.1  # the recomputation must draw the same masks
+  plain = value_and_grads(config, plain_nll_sum)
+  config.model.remat = True
+  recomputed = value_and_grads(config, plain_nll_sum)
+  np.testing.assert_array_equal(recomputed[0], plain[0])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               recomputed[1], plain[1])
+
+
+def test_recomputed_blocks_free_the_activations_of_all_but_one_block():
+  vocab, batch_size, seq_len = 64, 16, 64
+  config = make_config('dense', 'tied', 0)
+  config.model.update(num_layers=4, model_dim=64, mlp_dim=256)
+  saved = compiled_temp_bytes(config, vocab, batch_size, seq_len)
+  config.model.remat = True
+  recomputed = compiled_temp_bytes(config, vocab, batch_size, seq_len)
+  assert recomputed < 0.6 * saved, (recomputed, saved)

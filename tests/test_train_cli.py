@@ -15,6 +15,7 @@ import pytest
 
 from configs import brown
 from factorized import parallel, trainer
+from tests.conftest import TEST_XLA_FLAGS
 from tests.test_trainer import final_params
 
 
@@ -40,7 +41,7 @@ def command(repo_root, workdir, config, *extra):
 
 def cli_env(devices: int) -> dict:
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+             XLA_FLAGS=f'{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}')
   return env
 
 
