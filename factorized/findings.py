@@ -28,6 +28,7 @@ BEGIN = ('<!-- results:brown begin: generated from results/brown by `python -m '
 END = '<!-- results:brown end -->'
 MACHINE_FILE = 'machine.json'
 THRESHOLDS = (0.02, 0.05)
+FINETUNED = 'posthoc_svd_ft'  # + steps: the fine-tuned post-hoc rows' kind
 
 
 def _ppl(value: float) -> str:
@@ -97,14 +98,25 @@ def _thresholds(groups: pd.DataFrame, dense: pd.Series) -> list[str]:
   return lines
 
 
+def _seeded(groups: pd.DataFrame) -> pd.DataFrame:
+  return groups[(groups['seeds'] > 1) & (groups['head'] == 'tied')]
+
+
+def _pooled_std(groups: pd.DataFrame) -> float:
+  """The pooled sample std of test perplexity over the seeded tied points (NaN if none):
+  differences under twice it are within seed noise."""
+  seeded = _seeded(groups)
+  return float(seeded['test_ppl_std'].pow(2).mean() ** 0.5) if not seeded.empty else math.nan
+
+
 def _noise(groups: pd.DataFrame, dense: pd.Series) -> list[str]:
-  seeded = groups[(groups['seeds'] > 1) & (groups['head'] == 'tied')]
+  seeded = _seeded(groups)
   if seeded.empty:
     return ['- Seed noise: no point has more than one seed yet.']
   stds = ', '.join(
       f'{row["kind"]}{"" if pd.isna(row["rank"]) else " " + str(int(row["rank"]))} '
       f'±{row["test_ppl_std"]:.1f} ({row["seeds"]} seeds)' for _, row in seeded.iterrows())
-  pooled = float(seeded['test_ppl_std'].pow(2).mean() ** 0.5)
+  pooled = _pooled_std(groups)
   close = groups[(groups['head'] == 'tied') &
                  ((groups['test_ppl_mean'] - dense['test_ppl_mean']).abs() < 2 * pooled)]
   close = [f'{r["kind"]} {int(r["rank"])}' for _, r in close.iterrows()
@@ -119,7 +131,7 @@ def _posthoc(groups: pd.DataFrame) -> list[str]:
   posthoc = groups[groups['kind'] == 'posthoc_svd'].dropna(subset=['rank'])
   if posthoc.empty:
     return ['Post-hoc SVD has not been run on the dense point yet.']
-  finetuned = [k for k in dict.fromkeys(groups['kind']) if k.startswith('posthoc_svd_ft')]
+  finetuned = [k for k in dict.fromkeys(groups['kind']) if k.startswith(FINETUNED)]
   control = [k for k in dict.fromkeys(groups['kind']) if k.startswith('dense_ft')]
   header = ['rank', 'vocab params', 'post-hoc SVD', *[f'post-hoc + {k[12:]}' for k in finetuned],
             'svd from scratch']
@@ -133,12 +145,46 @@ def _posthoc(groups: pd.DataFrame) -> list[str]:
     scratch = _pick(groups, 'svd', rank=rank)
     cells.append(_mean_std(scratch) if scratch is not None else '-')
     lines.append('| ' + ' | '.join(cells) + ' |')
+  reading = [_against_scratch(groups, posthoc, 'posthoc_svd', 'Truncating the trained dense '
+                              'table (no fine-tuning)')]
+  reading += [_against_scratch(groups, posthoc, kind, f'With {kind[len(FINETUNED):]} '
+                               'fine-tuning steps, post-hoc SVD') for kind in finetuned]
+  dense = _pick(groups, 'dense')
   for kind in control:
     row = _pick(groups, kind)
-    if row is not None:
-      lines += ['', f'Compute-matched control: the dense model fine-tuned the same '
-                f'{kind[8:]} steps ({kind}) reaches {_ppl(row["test_ppl_mean"])}.']
-  return lines
+    if row is not None and dense is not None:
+      change = row['test_ppl_mean'] / dense['test_ppl_mean'] - 1
+      reading.append(
+          f'Compute-matched control: the dense model fine-tuned the same {kind[8:]} steps '
+          f'({kind}) reaches {_ppl(row["test_ppl_mean"])} against {_mean_std(dense)} '
+          f'({change:+.1%}), so the extra steps alone '
+          + ('do not lower perplexity' if change >= 0 else 'lower it too') + '.')
+  return lines + [''] + [f'- {line}' for line in reading if line]
+
+
+def _against_scratch(groups: pd.DataFrame, posthoc: pd.DataFrame, kind: str, subject: str
+                     ) -> str:
+  """Where the post-hoc `kind` rows beat or lose to svd trained from scratch at the same
+  rank, and by how much (relative test perplexity)."""
+  better, worse, noise = [], [], 2 * _pooled_std(groups)
+  for rank in sorted(int(r) for r in posthoc['rank']):
+    row, scratch = _pick(groups, kind, rank=rank), _pick(groups, 'svd', rank=rank)
+    if row is None or scratch is None:
+      continue
+    difference = row['test_ppl_mean'] - scratch['test_ppl_mean']
+    gap = f'{difference / scratch["test_ppl_mean"]:+.1%}'
+    if abs(difference) < noise:
+      gap += ', within seed noise'
+    (better if difference < 0 else worse).append(f'{rank} ({gap})')
+  if not better and not worse:
+    return ''
+  parts = []
+  if better:
+    parts.append(f'beats svd trained from scratch at rank {", ".join(better)}')
+  if worse:
+    parts.append(f'{"and loses" if better else "loses to svd trained from scratch"} at rank '
+                 f'{", ".join(worse)}')
+  return f'{subject} {" ".join(parts)}.'
 
 
 def _heads(groups: pd.DataFrame) -> list[str]:
@@ -147,6 +193,7 @@ def _heads(groups: pd.DataFrame) -> list[str]:
     return ['No untied point has finished yet.']
   lines = ['| kind | rank | tied: vocab params | tied: test ppl | untied: vocab params | '
            'untied: test ppl |', '|---|---:|---:|---:|---:|---:|']
+  gaps = []
   for _, row in untied.iterrows():
     rank = None if pd.isna(row['rank']) else int(row['rank'])
     tied = _pick(groups, row['kind'], rank=rank)
@@ -154,6 +201,12 @@ def _heads(groups: pd.DataFrame) -> list[str]:
                  + (f'{int(tied["vocab_params"]):,} | {_mean_std(tied)}' if tied is not None
                     else '- | -')
                  + f' | {int(row["vocab_params"]):,} | {_mean_std(row)} |')
+    if tied is not None:
+      name = row['kind'] + ('' if rank is None else f' {rank}')
+      gaps.append(f'{name} {row["test_ppl_mean"] / tied["test_ppl_mean"] - 1:+.1%} for '
+                  f'{int(row["vocab_params"] - tied["vocab_params"]):,} more parameters')
+  if gaps:
+    lines += ['', '- Untying the head changes test perplexity by: ' + '; '.join(gaps) + '.']
   return lines
 
 

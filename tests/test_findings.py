@@ -31,7 +31,7 @@ def sweep_dir(tmp_path):
              'ppl_by_rank': {'4': 900.0, '8': 400.0},
              'params_by_rank': {'4': {'embedding': 4260, 'total': 9260},
                                 '8': {'embedding': 8520, 'total': 13520}},
-             'finetune_steps': 300, 'finetuned_ppl_by_rank': {'4': 140.0, '8': 112.0},
+             'finetune_steps': 300, 'finetuned_ppl_by_rank': {'4': 140.0, '8': 108.0},
              'dense_finetuned_ppl': 99.0, 'dense_params': {'embedding': 64000, 'total': 69000}}
   (tmp_path / 'dense_seed0' / 'posthoc_svd_test.json').write_text(json.dumps(posthoc))
   (tmp_path / 'machine.json').write_text(json.dumps({'description': 'a test box'}))
@@ -50,8 +50,17 @@ def test_the_section_reads_the_thresholds_noise_posthoc_heads_and_bands(sweep_di
   # Only dense has seeds (std 2): differences under 4 are noise: svd 16 (+1) is, svd 8 not.
   assert ('pooled ±2.0. Differences from dense under twice that (4.0) are within seed noise: '
           'svd 16.') in text
-  assert '| 8 | 8,520 | 400.0 | 112.0 | 106.0 |' in text  # post-hoc, +300 steps, scratch
-  assert 'the dense model fine-tuned the same 300 steps (dense_ft300) reaches 99.0.' in text
+  assert '| 8 | 8,520 | 400.0 | 108.0 | 106.0 |' in text  # post-hoc, +300 steps, scratch
+  # 900 / 130 and 400 / 106; then 140 / 130 and 108 / 106 (a difference of 2 < 2 x 2.0).
+  assert ('- Truncating the trained dense table (no fine-tuning) loses to svd trained from '
+          'scratch at rank 4 (+592.3%), 8 (+277.4%).') in text
+  assert ('- With 300 fine-tuning steps, post-hoc SVD loses to svd trained from scratch at '
+          'rank 4 (+7.7%), 8 (+1.9%, within seed noise).') in text
+  assert 'reaches 99.0 against 102.0 ± 2.0 (-2.9%), so the extra steps alone lower it too.' in text
+  # 98 / 102 and 101 / 106, each for a second 16 x 4,000 matrix.
+  assert ('- Untying the head changes test perplexity by: dense -3.9% for 64,000 more '
+          'parameters; svd 8 -4.7% for 64,000 more parameters.') in text
+  assert 'the dense model fine-tuned the same 300 steps (dense_ft300) reaches 99.0' in text
   assert '| svd | 8 | 8,520 | 106.0 | 72,520 | 101.0 |' in text  # tied against untied
   assert '| svd | 4 | 1.05 | 1.27 |' in text  # band ppl over dense's
   assert 'svd at rank 4 pays most in band `101-1000` (×1.27)' in text
