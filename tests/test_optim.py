@@ -1,11 +1,13 @@
 """Optimizer: schedule shape, decay mask, and train.* validation."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import brown
-from factorized import optim
+from factorized import optim, rows
 
 
 def test_schedule_warms_up_linearly_then_decays_to_the_floor():
@@ -127,3 +129,24 @@ def test_an_unknown_embed_decay_is_named():
   with pytest.raises(ValueError, match=r"train\.embed_decay='rows' is unknown; allowed: "
                                        r'table\|factors\|none'):
     optim.validate_train_config(cfg)
+
+
+@pytest.mark.parametrize('max_norm', [0.5, 1e6])  # clips / does not
+def test_clipping_in_place_gives_optax_clipping_bitwise(max_norm, monkeypatch):
+  # 103 rows of 7 float32 (2,884 bytes): sliced in 10-row slices, the last one partial.
+  monkeypatch.setattr(rows, 'LARGE_BYTES', 1024)
+  monkeypatch.setattr(rows, 'SLICE_BYTES', 300)
+  keys = jax.random.split(jax.random.key(0), 3)
+  grads = {'table': jax.random.normal(keys[0], (103, 7)),
+           'bias': jax.random.normal(keys[1], (5,)), 'scale': jax.random.normal(keys[2], ())}
+
+  def clipped(transform):
+    return jax.jit(lambda g: transform.update(g, transform.init(g))[0])(grads)
+
+  ours, theirs = clipped(optim.clip_by_global_norm(max_norm)), clipped(
+      optax.clip_by_global_norm(max_norm))
+  jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+  assert (max_norm < 1) == (not np.array_equal(ours['table'], grads['table']))
+  # The same (empty) state: checkpoints written before keep restoring.
+  assert (jax.tree.structure(optim.clip_by_global_norm(1.0).init(grads))
+          == jax.tree.structure(optax.clip_by_global_norm(1.0).init(grads)))
