@@ -24,26 +24,46 @@ within TILE_BYTES (32 MiB) but of at least K rows, K the head's width (its param
 over V: D for dense, about R or E for a factorized tied head). Every chunk reads the head's
 parameters and adds into their gradient, so chunks much thinner than K rows turn the head
 memory-bound (benchmarks/README.md: dense at V=131,072 ran 1.35x slower in 64-row chunks
-than in 256-row ones). Chunking
-changes only the order of float32 sums (tests/test_loss.py: the chunked loss and its
-gradients equal the plain ones within 1e-5, for every kind and both heads).
+than in 256-row ones).
+
+A table head, one whose logits are `project_to_vocab(x, T)` with T (VxD) its only
+parameter (dense's tied head and the untied head: the module names T in LOGITS_TABLE),
+has a VxD gradient as large as a CxV tile, so the chunk's vjp above would hold it twice
+(its own and the sum). Such a head also walks the vocabulary, in slices of S rows
+(`vocab_slice_rows`: CxS tiles and SxD slices within SLICE_BYTES, 8 MiB):
+`_table_nll_sum`'s forward pass takes an online log-sum-exp over the slices' logits, and
+its backward pass recomputes each slice's logits, multiplies their gradient by the
+cotangent and adds the slice's table gradient into the one VxD sum in place. The head's
+FLOPs are 4/3 of the plain loss's (the logits twice); its memory is the table gradient
+once plus CxS tiles (with step.py's in-place psum and optim.py's in-place clipping, the
+compiled dense step at V=131,072 holds 22% of one BxLxV buffer, against 41% before).
+
+Chunking changes only the order of float32 sums (tests/test_loss.py: the chunked loss and
+its gradients equal the plain ones within 1e-5, for every kind and both heads, with
+partial last chunks of rows and of the vocabulary).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from factorized.embeddings import base
+
 # Largest NxV float32 logits the automatic chunk size leaves to the plain loss.
 PLAIN_LOGITS_BYTES = 768 * 2**20
 # Largest CxV float32 logits tile of an automatic chunk (benchmarks/README.md: at
 # V=131,072, chunks of 64 rows made the dense step 1.35x slower than 256-row ones).
 TILE_BYTES = 32 * 2**20
+# Largest CxS logits tile, and SxD table slice, of a table head's vocabulary slices.
+SLICE_BYTES = 8 * 2**20
 
 
 def token_nll(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
@@ -65,76 +85,178 @@ def chunk_rows_for(requested: int, rows: int, vocab_size: int, head_width: int) 
   return math.ceil(rows / math.ceil(rows / largest))
 
 
-def _apply(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
-           x_CxD: jax.Array) -> jax.Array:
-  return nnx.merge(graphdef, params, rest).attend(x_CxD)
+@dataclasses.dataclass(frozen=True)
+class _Head:
+  """A head as a function of its parameters and other state: `apply(params, rest, x)`.
+  `table`: its logits are project_to_vocab(x in `dtype`, T) with T its only parameter (the
+  module names T in LOGITS_TABLE), so the loss adds T's gradient in vocabulary slices."""
+  graphdef: nnx.GraphDef
+  table: bool
+  dtype: Any
+
+  def apply(self, params: nnx.State, rest: nnx.State, x_CxD: jax.Array) -> jax.Array:
+    return nnx.merge(self.graphdef, params, rest).attend(x_CxD)
 
 
-def _chunk(apply, params, rest, x_CxD, targets_C, with_grads: bool):
-  """nll_C of one chunk and, with_grads, the gradients of its sum: (dparams, dx_CxD)."""
+def vocab_slice_rows(chunk_rows: int, vocab_size: int, dim: int) -> int:
+  """S: vocabulary rows per slice of a table head (`_table_nll`, `_table_grads`), so that
+  a chunk's CxS logits tile and the SxD table slice each stay within SLICE_BYTES."""
+  return max(1, min(vocab_size, SLICE_BYTES // (4 * max(chunk_rows, dim))))
+
+
+def _over_vocab(body, carry, vocab_size: int, size: int):
+  """carry = body(carry, start, size) over the vocabulary in slices of `size` rows: a
+  fori_loop over the full slices, then the partial last one."""
+  full = vocab_size // size
+  carry = jax.lax.fori_loop(0, full, lambda i, carry: body(carry, i * size, size), carry)
+  if full * size < vocab_size:
+    carry = body(carry, full * size, vocab_size - full * size)
+  return carry
+
+
+def _over_rows(body, carry, chunk_rows: int, rows_N):
+  """(carry, outputs_N) of `carry, outputs_C = body(carry, rows_C)` over chunks of rows of
+  the arrays `rows_N`: the first chunk, the full chunks after it (lax.scan) and a partial
+  last one; the outputs concatenated over rows. `carry` may be None for the first chunk."""
+  rows = jax.tree.leaves(rows_N)[0].shape[0]
+  first = min(chunk_rows, rows)
+  full = first + (rows - first) // chunk_rows * chunk_rows
+  carry, outputs = body(carry, jax.tree.map(lambda a: a[:first], rows_N))
+  parts = [outputs]
+  if full > first:
+    chunks = jax.tree.map(lambda a: a[first:full].reshape(-1, chunk_rows, *a.shape[1:]),
+                          rows_N)
+    carry, outputs_M = jax.lax.scan(body, carry, chunks)
+    parts.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), outputs_M))
+  if full < rows:
+    carry, outputs = body(carry, jax.tree.map(lambda a: a[full:], rows_N))
+    parts.append(outputs)
+  return carry, jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+
+
+def _table_logits(head: _Head, table_VxD, h_CxD, start, size):
+  """The logits of vocabulary rows [start, start + size) and their vjp."""
+  table_SxD = jax.lax.dynamic_slice_in_dim(table_VxD, start, size)
+  return jax.vjp(base.project_to_vocab, h_CxD.astype(head.dtype), table_SxD)
+
+
+def _table_nll(head: _Head, table_VxD, x_CxD, targets_C):
+  """(nll_C, lse_C) of a table head's chunk, by an online log-sum-exp over S-row slices of
+  the vocabulary: CxS tiles, never CxV."""
+  (vocab_size, dim), rows = table_VxD.shape, x_CxD.shape[0]
+
+  def statistics(carry, start, size):
+    max_C, sum_C, target_C = carry
+    logits_CxS, _ = _table_logits(head, table_VxD, x_CxD, start, size)
+    new_max_C = jnp.maximum(max_C, logits_CxS.max(axis=-1))
+    sum_C = (sum_C * jnp.exp(max_C - new_max_C)
+             + jnp.exp(logits_CxS - new_max_C[:, None]).sum(axis=-1))
+    local_C = targets_C - start
+    picked_C = jnp.take_along_axis(logits_CxS, jnp.clip(local_C, 0, size - 1)[:, None],
+                                   axis=-1)[:, 0]
+    return new_max_C, sum_C, jnp.where((local_C >= 0) & (local_C < size), picked_C, target_C)
+
+  # *_like(targets): the carries vary over shard_map's devices as the targets do.
+  zeros_C = jnp.zeros_like(targets_C, jnp.float32)
+  max_C, sum_C, target_C = _over_vocab(
+      statistics, (jnp.full_like(zeros_C, -jnp.inf), zeros_C, zeros_C), vocab_size,
+      vocab_slice_rows(rows, vocab_size, dim))
+  lse_C = max_C + jnp.log(sum_C)
+  return lse_C - target_C, lse_C
+
+
+def _table_grads(head: _Head, table_VxD, dtable_VxD, x_CxD, targets_C, lse_C, ct):
+  """(dtable + the chunk's table gradient, dx_CxD) of ct * sum(nll_C): each slice's logits
+  recomputed, their gradient ct (softmax - onehot) pushed through project_to_vocab, dx
+  summed over slices and the slice's table gradient added into dtable in place."""
+  (vocab_size, dim), rows = table_VxD.shape, x_CxD.shape[0]
+
+  def gradients(carry, start, size):
+    dx_CxD, dtable_VxD = carry
+    logits_CxS, head_vjp = _table_logits(head, table_VxD, x_CxD, start, size)
+    g_CxS = ct * (jnp.exp(logits_CxS - lse_C[:, None]) - jax.nn.one_hot(
+        targets_C - start, size, dtype=jnp.float32))  # out-of-slice targets: no one
+    dh_CxD, dtable_SxD = head_vjp(g_CxS)
+    dtable_SxD += jax.lax.dynamic_slice_in_dim(dtable_VxD, start, size)
+    return (dx_CxD + dh_CxD.astype(jnp.float32),
+            jax.lax.dynamic_update_slice_in_dim(dtable_VxD, dtable_SxD, start, 0))
+
+  dx_CxD, dtable_VxD = _over_vocab(
+      gradients, (jnp.zeros_like(x_CxD, jnp.float32), dtable_VxD), vocab_size,
+      vocab_slice_rows(rows, vocab_size, dim))
+  return dtable_VxD, dx_CxD.astype(x_CxD.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _table_nll_sum(head, chunk_rows, table_VxD, x_NxD, targets_N):
+  """sum(nll_N) of a table head in chunks of rows and slices of the vocabulary; the
+  backward pass recomputes the logits (the head's FLOPs: 4/3 of the plain loss's)."""
+  return _table_nll_sum_fwd(head, chunk_rows, table_VxD, x_NxD, targets_N)[0]
+
+
+def _table_nll_sum_fwd(head, chunk_rows, table_VxD, x_NxD, targets_N):
+  _, (nll_N, lse_N) = _over_rows(
+      lambda carry, chunk: (carry, _table_nll(head, table_VxD, *chunk)), None, chunk_rows,
+      (x_NxD, targets_N))
+  return nll_N.sum(), (table_VxD, x_NxD, targets_N, lse_N)
+
+
+def _table_nll_sum_bwd(head, chunk_rows, residuals, ct):
+  table_VxD, x_NxD, targets_N, lse_N = residuals
+  dtable_VxD, dx_NxD = _over_rows(
+      lambda dtable_VxD, chunk: _table_grads(head, table_VxD, dtable_VxD, *chunk, ct),
+      jnp.zeros_like(table_VxD, jnp.float32), chunk_rows, (x_NxD, targets_N, lse_N))
+  return dtable_VxD.astype(table_VxD.dtype), dx_NxD, None
+
+
+_table_nll_sum.defvjp(_table_nll_sum_fwd, _table_nll_sum_bwd)
+
+
+def _chunk(head: _Head, params, rest, x_CxD, targets_C, dparams_sum, with_grads: bool):
+  """nll_C of one chunk and, with_grads, (dparams_sum + the float32 gradients of its sum
+  w.r.t. the head's parameters, dx_CxD); dparams_sum None starts the sums (no zeros to
+  mark as varying over shard_map's devices)."""
   if with_grads:
-    logits_CxV, head_vjp = jax.vjp(lambda p, x: apply(p, rest, x), params, x_CxD)
+    logits_CxV, head_vjp = jax.vjp(lambda p, x: head.apply(p, rest, x), params, x_CxD)
   else:
-    logits_CxV = apply(params, rest, x_CxD)
+    logits_CxV = head.apply(params, rest, x_CxD)
   logits_CxV = logits_CxV.astype(jnp.float32)
   lse_C = jax.nn.logsumexp(logits_CxV, axis=-1)
   nll_C = lse_C - jnp.take_along_axis(logits_CxV, targets_C[:, None], axis=-1)[:, 0]
   if not with_grads:
-    return nll_C, None
+    return dparams_sum, (nll_C, None)
   g_CxV = jnp.exp(logits_CxV - lse_C[:, None]) - jax.nn.one_hot(
       targets_C, logits_CxV.shape[-1], dtype=jnp.float32)
-  return nll_C, head_vjp(g_CxV)
+  dparams, dx_CxD = head_vjp(g_CxV)
+  dparams = jax.tree.map(lambda g: g.astype(jnp.float32), dparams)
+  if dparams_sum is not None:
+    dparams = jax.tree.map(jnp.add, dparams_sum, dparams)
+  return dparams, (nll_C, dx_CxD)
 
 
-def _walk(apply, chunk_rows: int, params, rest, x_NxD, targets_N, with_grads: bool):
-  """`_chunk` over the first chunk, the full chunks after it (lax.scan) and a partial last
-  one. The first chunk's parameter gradient starts the float32 sums (no zeros to mark as
-  varying over shard_map's devices).
-
-  Returns nll_N and, with_grads, (dparams, dx_NxD) of sum(nll_N)."""
-  rows, dim = x_NxD.shape
-  first = min(chunk_rows, rows)
-  full = first + (rows - first) // chunk_rows * chunk_rows
-  as_f32 = functools.partial(jax.tree.map, lambda g: g.astype(jnp.float32))
-
-  def step(dparams_sum, chunk):
-    nll_C, grads = _chunk(apply, params, rest, *chunk, with_grads)
-    if grads is None:
-      return dparams_sum, (nll_C, None)
-    return jax.tree.map(jnp.add, dparams_sum, as_f32(grads[0])), (nll_C, grads[1])
-
-  nll_C, grads = _chunk(apply, params, rest, x_NxD[:first], targets_N[:first], with_grads)
-  dparams = None if grads is None else as_f32(grads[0])
-  nll_parts, dx_parts = [nll_C], [None if grads is None else grads[1]]
-  if full > first:
-    chunks = (x_NxD[first:full].reshape(-1, chunk_rows, dim),
-              targets_N[first:full].reshape(-1, chunk_rows))
-    dparams, (nll_MxC, dx_MxCxD) = jax.lax.scan(step, dparams, chunks)
-    nll_parts.append(nll_MxC.reshape(-1))
-    dx_parts.append(None if dx_MxCxD is None else dx_MxCxD.reshape(-1, dim))
-  if full < rows:
-    dparams, (nll_C, dx_CxD) = step(dparams, (x_NxD[full:], targets_N[full:]))
-    nll_parts.append(nll_C)
-    dx_parts.append(dx_CxD)
-  nll_N = jnp.concatenate(nll_parts)
+def _walk(head: _Head, chunk_rows: int, params, rest, x_NxD, targets_N, with_grads: bool):
+  """`_chunk` over chunks of rows: nll_N and, with_grads, (dparams, dx_NxD) of sum(nll_N)."""
+  dparams, (nll_N, dx_NxD) = _over_rows(
+      lambda dparams_sum, chunk: _chunk(head, params, rest, *chunk, dparams_sum, with_grads),
+      None, chunk_rows, (x_NxD, targets_N))
   if not with_grads:
     return nll_N, None
   dparams = jax.tree.map(lambda g, p: g.astype(p.dtype), dparams, params)
-  return nll_N, (dparams, jnp.concatenate(dx_parts))
+  return nll_N, (dparams, dx_NxD)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _nll_sum(apply, chunk_rows, params, rest, x_NxD, targets_N):
-  return _walk(apply, chunk_rows, params, rest, x_NxD, targets_N, with_grads=False)[0].sum()
+def _nll_sum(head, chunk_rows, params, rest, x_NxD, targets_N):
+  return _walk(head, chunk_rows, params, rest, x_NxD, targets_N, with_grads=False)[0].sum()
 
 
-def _nll_sum_fwd(apply, chunk_rows, params, rest, x_NxD, targets_N):
-  nll_N, grads = _walk(apply, chunk_rows, params, rest, x_NxD, targets_N, with_grads=True)
+def _nll_sum_fwd(head, chunk_rows, params, rest, x_NxD, targets_N):
+  nll_N, grads = _walk(head, chunk_rows, params, rest, x_NxD, targets_N, with_grads=True)
   return nll_N.sum(), grads
 
 
-def _nll_sum_bwd(apply, chunk_rows, grads, ct):
-  del apply, chunk_rows
+def _nll_sum_bwd(head, chunk_rows, grads, ct):
+  del head, chunk_rows
   dparams, dx_NxD = jax.tree.map(lambda g: (g * ct).astype(g.dtype), grads)
   return dparams, None, dx_NxD, None
 
@@ -142,10 +264,12 @@ def _nll_sum_bwd(apply, chunk_rows, grads, ct):
 _nll_sum.defvjp(_nll_sum_fwd, _nll_sum_bwd)
 
 
-def _split_head(head: nnx.Module):
-  """(apply, params, rest): the head as a function of its parameters and other state."""
+def _split_head(head: nnx.Module) -> tuple[_Head, nnx.State, nnx.State]:
+  """(_Head, params, rest)."""
   graphdef, params, rest = nnx.split(head, nnx.Param, ...)
-  return functools.partial(_apply, graphdef), params, rest
+  name = getattr(head, 'LOGITS_TABLE', None)
+  table = name is not None and [path for path, _ in nnx.to_flat_state(params)] == [(name,)]
+  return _Head(graphdef, table, getattr(head, 'dtype', None)), params, rest
 
 
 def head_width(head: nnx.Module, vocab_size: int) -> int:
@@ -169,9 +293,11 @@ def model_nll_sum(model, inputs_BxL: jax.Array, targets_BxL: jax.Array,
   x_BxLxD, head, chunk_rows = _head_inputs(model, inputs_BxL, targets_BxL, dropout_keys_B)
   if chunk_rows >= targets_BxL.size:
     return token_nll(head.attend(x_BxLxD), targets_BxL).sum()
-  apply, params, rest = _split_head(head)
-  return _nll_sum(apply, chunk_rows, params, rest, x_BxLxD.reshape(-1, x_BxLxD.shape[-1]),
-                  targets_BxL.reshape(-1))
+  spec, params, rest = _split_head(head)
+  x_NxD, targets_N = x_BxLxD.reshape(-1, x_BxLxD.shape[-1]), targets_BxL.reshape(-1)
+  if spec.table:
+    return _table_nll_sum(spec, chunk_rows, jax.tree.leaves(params)[0], x_NxD, targets_N)
+  return _nll_sum(spec, chunk_rows, params, rest, x_NxD, targets_N)
 
 
 def model_token_nll(model, inputs_BxL: jax.Array, targets_BxL: jax.Array) -> jax.Array:
@@ -179,7 +305,13 @@ def model_token_nll(model, inputs_BxL: jax.Array, targets_BxL: jax.Array) -> jax
   x_BxLxD, head, chunk_rows = _head_inputs(model, inputs_BxL, targets_BxL, None)
   if chunk_rows >= targets_BxL.size:
     return token_nll(head.attend(x_BxLxD), targets_BxL)
-  apply, params, rest = _split_head(head)
-  nll_N, _ = _walk(apply, chunk_rows, params, rest, x_BxLxD.reshape(-1, x_BxLxD.shape[-1]),
-                   targets_BxL.reshape(-1), with_grads=False)
+  spec, params, rest = _split_head(head)
+  x_NxD, targets_N = x_BxLxD.reshape(-1, x_BxLxD.shape[-1]), targets_BxL.reshape(-1)
+  if spec.table:
+    table_VxD = jax.tree.leaves(params)[0]
+    _, (nll_N, _) = _over_rows(
+        lambda carry, chunk: (carry, _table_nll(spec, table_VxD, *chunk)), None, chunk_rows,
+        (x_NxD, targets_N))
+  else:
+    nll_N, _ = _walk(spec, chunk_rows, params, rest, x_NxD, targets_N, with_grads=False)
   return nll_N.reshape(targets_BxL.shape)

@@ -195,6 +195,8 @@ class Block(nnx.Module):
 class UntiedHead(nnx.Module):
   """A separate DxV output matrix ~ N(0, 1/D), stored transposed (VxD: faster on CPU)."""
 
+  LOGITS_TABLE = 'W_VxD'  # logits = project_to_vocab(x, W): factorized/loss.py slices its gradient
+
   def __init__(self, dim: int, vocab_size: int, dtype: jnp.dtype, *, rngs: nnx.Rngs):
     self.dtype = dtype
     self.W_VxD = nnx.Param(

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from configs import brown
-from factorized import loss, optim, parallel, trainer
+from factorized import loss, optim, parallel, rows, trainer
 from factorized.model import build_model
 from factorized.step import make_train_step
 
@@ -60,11 +60,7 @@ def value_and_grads(config, nll_fn):
       lambda p: nll_fn(nnx.merge(graphdef, p, rest), inputs_BxL, targets_BxL, keys_B)))(params)
 
 
-@pytest.mark.parametrize('kind,head,overrides', HEADS)
-def test_chunked_loss_and_gradients_equal_the_plain_ones(kind, head, overrides):
-  # 24 rows in chunks of 5: four full chunks and a partial one of 4 rows.
-  config = make_config(kind, head, 5, **overrides)
-  assert loss.chunk_rows_for(5, 24, VOCAB, 16) == 5
+def assert_chunked_equals_plain(config):
   value, grads = value_and_grads(config, loss.model_nll_sum)
   ref_value, ref_grads = value_and_grads(config, plain_nll_sum)
   np.testing.assert_allclose(value, ref_value, rtol=1e-5)
@@ -77,6 +73,29 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones(kind, head, overrides):
                                err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.parametrize('kind,head,overrides', HEADS)
+def test_chunked_loss_and_gradients_equal_the_plain_ones(kind, head, overrides):
+  # 24 rows in chunks of 5: four full chunks and a partial one of 4 rows.
+  assert loss.chunk_rows_for(5, 24, VOCAB, 16) == 5
+  assert_chunked_equals_plain(make_config(kind, head, 5, **overrides))
+
+
+# Slices of 7 vocabulary rows for chunks of 5 rows of width 16: 8 full slices of the 60
+# rows and a partial one of 4.
+SEVEN_ROW_SLICES = 7 * 4 * 16
+
+
+@pytest.mark.parametrize('head', ['tied', 'untied'])
+def test_a_table_head_in_vocabulary_slices_equals_the_plain_loss(head, monkeypatch):
+  # dense's tied head and the untied head name their logits' table (LOGITS_TABLE): the
+  # loss walks the vocabulary in slices, the backward pass recomputing the logits.
+  monkeypatch.setattr(loss, 'SLICE_BYTES', SEVEN_ROW_SLICES)
+  assert loss.vocab_slice_rows(5, VOCAB, 16) == 7
+  model = make_model(make_config('dense', head, 5))
+  assert loss._split_head(model.head_module())[0].table
+  assert_chunked_equals_plain(make_config('dense', head, 5))
+
+
 def test_where_the_logits_fit_the_loss_is_the_plain_one_bitwise():
   config = make_config('albert', 'tied', 0)
   value, grads = value_and_grads(config, loss.model_nll_sum)
@@ -86,9 +105,11 @@ def test_where_the_logits_fit_the_loss_is_the_plain_one_bitwise():
     np.testing.assert_array_equal(leaf, ref_leaf)
 
 
-@pytest.mark.parametrize('chunk_rows', [1, 7, 24, 100])
-def test_per_token_nll_does_not_depend_on_the_chunk_size(chunk_rows):
-  model = make_model(make_config('svd', 'tied', chunk_rows))
+@pytest.mark.parametrize('kind,chunk_rows', [('svd', 1), ('svd', 7), ('svd', 24), ('svd', 100),
+                                             ('dense', 5), ('dense', 24)])
+def test_per_token_nll_does_not_depend_on_the_chunk_size(kind, chunk_rows, monkeypatch):
+  monkeypatch.setattr(loss, 'SLICE_BYTES', SEVEN_ROW_SLICES)  # dense: slices of the table
+  model = make_model(make_config(kind, 'tied', chunk_rows))
   inputs_BxL, targets_BxL = batch()
   expected = loss.token_nll(model(inputs_BxL), targets_BxL)
   got = loss.model_token_nll(model, inputs_BxL, targets_BxL)
@@ -176,3 +197,18 @@ def test_recomputed_blocks_free_the_activations_of_all_but_one_block():
   config.model.remat = True
   recomputed = compiled_temp_bytes(config, vocab, batch_size, seq_len)
   assert recomputed < 0.6 * saved, (recomputed, saved)
+
+
+def test_a_table_heads_step_holds_the_table_gradient_once(monkeypatch):
+  # dense, V=32,768, D=64: an 8 MiB table, 128 rows per chunk. Its gradient is summed in
+  # vocabulary slices (loss.py), over devices and clipped a slice at a time (rows.py), so
+  # the step holds it once, and 1 MiB tiles. The plain loss holds the 8 MiB logits of
+  # each 128-row chunk twice and more, on top.
+  for module in (loss, rows):
+    monkeypatch.setattr(module, 'SLICE_BYTES', 2**20)
+  monkeypatch.setattr(rows, 'LARGE_BYTES', 2**20)
+  vocab, table_bytes = 32768, 32768 * 64 * 4
+  config = make_config('dense', 'tied', 128)
+  config.model.update(num_layers=1, model_dim=64, mlp_dim=64)
+  sliced = compiled_temp_bytes(config, vocab, 8, 64)
+  assert sliced < 1.9 * table_bytes, sliced / table_bytes

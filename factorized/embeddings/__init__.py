@@ -34,6 +34,10 @@ Weight decay (optim.py, `train.embed_decay`): each module names its table's para
 ones whose decoupled decay shrinks the whole table by the same factor (1 - lr wd) as decay
 shrinks a dense W (`TABLE_DECAY`). Parameters a tied head adds (ALBERT's MLM head) are not
 the table's and follow optim.py's general rule.
+
+A module whose tied logits are `project_to_vocab(x, T)` with T (VxD) its only parameter
+may name T in `LOGITS_TABLE` (dense does): the chunked loss then walks the vocabulary in
+slices and holds T's gradient once (factorized/loss.py).
 """
 
 from __future__ import annotations
