@@ -127,6 +127,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--head_chunk_rows', type=int, default=0,
                       help='model.head_chunk_rows: rows per chunk of the loss (0: automatic; '
                       'batch_size x seq_len: one chunk)')
+  parser.add_argument('--head_chunk_vocab', type=int, default=0,
+                      help='model.head_chunk_vocab: vocabulary rows per slice of a dense or '
+                      'untied head in the chunked loss (0: automatic)')
   parser.add_argument('--remat', action='store_true',
                       help='model.remat: recompute each block in the backward pass')
   parser.add_argument('--memory_only', action='store_true',
@@ -171,6 +174,7 @@ def make_config(args: argparse.Namespace, kind: str, rank: int) -> ml_collection
   if args.dropout is not None:
     config.model.dropout = args.dropout
   config.model.head_chunk_rows = args.head_chunk_rows
+  config.model.head_chunk_vocab = args.head_chunk_vocab
   config.model.remat = args.remat
   config.train.batch_size = args.batch_size
   config.train.eval_batch_size = args.batch_size

@@ -74,6 +74,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Rows per chunk of the output head and loss (factorized/loss.py). 0: automatic (the plain
   # loss while the batch's float32 logits fit in 768 MiB, else chunks of <= 32 MiB).
   config.model.head_chunk_rows = 0
+  # Vocabulary rows per slice of a dense or untied head (factorized/loss.py). 0: automatic
+  # (tiles of <= 8 MiB).
+  config.model.head_chunk_vocab = 0
   # Recompute each block's activations in the backward pass (less memory, ~1/3 more FLOPs).
   config.model.remat = False
 

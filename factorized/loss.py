@@ -30,7 +30,8 @@ A table head, one whose logits are `project_to_vocab(x, T)` with T (VxD) its onl
 parameter (dense's tied head and the untied head: the module names T in LOGITS_TABLE),
 has a VxD gradient as large as a CxV tile, so the chunk's vjp above would hold it twice
 (its own and the sum). Such a head also walks the vocabulary, in slices of S rows
-(`vocab_slice_rows`: CxS tiles and SxD slices within SLICE_BYTES, 8 MiB):
+(`model.head_chunk_vocab`, or for 0 `vocab_slice_rows`: CxS tiles and SxD slices within
+SLICE_BYTES, 8 MiB):
 `_table_nll_sum`'s forward pass takes an online log-sum-exp over the slices' logits, and
 its backward pass recomputes each slice's logits, multiplies their gradient by the
 cotangent and adds the slice's table gradient into the one VxD sum in place. The head's
@@ -89,18 +90,25 @@ def chunk_rows_for(requested: int, rows: int, vocab_size: int, head_width: int) 
 class _Head:
   """A head as a function of its parameters and other state: `apply(params, rest, x)`.
   `table`: its logits are project_to_vocab(x in `dtype`, T) with T its only parameter (the
-  module names T in LOGITS_TABLE), so the loss adds T's gradient in vocabulary slices."""
+  module names T in LOGITS_TABLE), so the loss walks the vocabulary in slices of
+  `vocab_slice_rows(chunk_vocab, ...)` rows (chunk_vocab: model.head_chunk_vocab)."""
   graphdef: nnx.GraphDef
   table: bool
   dtype: Any
+  chunk_vocab: int = 0
 
   def apply(self, params: nnx.State, rest: nnx.State, x_CxD: jax.Array) -> jax.Array:
     return nnx.merge(self.graphdef, params, rest).attend(x_CxD)
 
 
-def vocab_slice_rows(chunk_rows: int, vocab_size: int, dim: int) -> int:
-  """S: vocabulary rows per slice of a table head (`_table_nll`, `_table_grads`), so that
-  a chunk's CxS logits tile and the SxD table slice each stay within SLICE_BYTES."""
+def vocab_slice_rows(requested: int, chunk_rows: int, vocab_size: int, dim: int) -> int:
+  """S: vocabulary rows per slice of a table head (`_table_nll`, `_table_grads`):
+  `requested` (model.head_chunk_vocab, at most V), or for 0 the most that keep a chunk's
+  CxS logits tile and the SxD table slice each within SLICE_BYTES."""
+  if requested < 0:
+    raise ValueError(f'model.head_chunk_vocab={requested} must be >= 0 (0: automatic).')
+  if requested:
+    return min(requested, vocab_size)
   return max(1, min(vocab_size, SLICE_BYTES // (4 * max(chunk_rows, dim))))
 
 
@@ -160,7 +168,7 @@ def _table_nll(head: _Head, table_VxD, x_CxD, targets_C):
   zeros_C = jnp.zeros_like(targets_C, jnp.float32)
   max_C, sum_C, target_C = _over_vocab(
       statistics, (jnp.full_like(zeros_C, -jnp.inf), zeros_C, zeros_C), vocab_size,
-      vocab_slice_rows(rows, vocab_size, dim))
+      vocab_slice_rows(head.chunk_vocab, rows, vocab_size, dim))
   lse_C = max_C + jnp.log(sum_C)
   return lse_C - target_C, lse_C
 
@@ -183,7 +191,7 @@ def _table_grads(head: _Head, table_VxD, dtable_VxD, x_CxD, targets_C, lse_C, ct
 
   dx_CxD, dtable_VxD = _over_vocab(
       gradients, (jnp.zeros_like(x_CxD, jnp.float32), dtable_VxD), vocab_size,
-      vocab_slice_rows(rows, vocab_size, dim))
+      vocab_slice_rows(head.chunk_vocab, rows, vocab_size, dim))
   return dtable_VxD, dx_CxD.astype(x_CxD.dtype)
 
 
@@ -264,12 +272,13 @@ def _nll_sum_bwd(head, chunk_rows, grads, ct):
 _nll_sum.defvjp(_nll_sum_fwd, _nll_sum_bwd)
 
 
-def _split_head(head: nnx.Module) -> tuple[_Head, nnx.State, nnx.State]:
+def _split_head(head: nnx.Module, chunk_vocab: int = 0
+                ) -> tuple[_Head, nnx.State, nnx.State]:
   """(_Head, params, rest)."""
   graphdef, params, rest = nnx.split(head, nnx.Param, ...)
   name = getattr(head, 'LOGITS_TABLE', None)
   table = name is not None and [path for path, _ in nnx.to_flat_state(params)] == [(name,)]
-  return _Head(graphdef, table, getattr(head, 'dtype', None)), params, rest
+  return _Head(graphdef, table, getattr(head, 'dtype', None), chunk_vocab), params, rest
 
 
 def head_width(head: nnx.Module, vocab_size: int) -> int:
@@ -293,7 +302,7 @@ def model_nll_sum(model, inputs_BxL: jax.Array, targets_BxL: jax.Array,
   x_BxLxD, head, chunk_rows = _head_inputs(model, inputs_BxL, targets_BxL, dropout_keys_B)
   if chunk_rows >= targets_BxL.size:
     return token_nll(head.attend(x_BxLxD), targets_BxL).sum()
-  spec, params, rest = _split_head(head)
+  spec, params, rest = _split_head(head, model.head_chunk_vocab)
   x_NxD, targets_N = x_BxLxD.reshape(-1, x_BxLxD.shape[-1]), targets_BxL.reshape(-1)
   if spec.table:
     return _table_nll_sum(spec, chunk_rows, jax.tree.leaves(params)[0], x_NxD, targets_N)
@@ -305,7 +314,7 @@ def model_token_nll(model, inputs_BxL: jax.Array, targets_BxL: jax.Array) -> jax
   x_BxLxD, head, chunk_rows = _head_inputs(model, inputs_BxL, targets_BxL, None)
   if chunk_rows >= targets_BxL.size:
     return token_nll(head.attend(x_BxLxD), targets_BxL)
-  spec, params, rest = _split_head(head)
+  spec, params, rest = _split_head(head, model.head_chunk_vocab)
   x_NxD, targets_N = x_BxLxD.reshape(-1, x_BxLxD.shape[-1]), targets_BxL.reshape(-1)
   if spec.table:
     table_VxD = jax.tree.leaves(params)[0]

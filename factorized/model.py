@@ -83,6 +83,7 @@ class ModelArgs:
   dtype: str
   max_len: int
   head_chunk_rows: int = 0  # rows per chunk of the loss's head (factorized/loss.py; 0: auto)
+  head_chunk_vocab: int = 0  # vocabulary rows per slice of a table head (loss.py; 0: auto)
   remat: bool = False  # recompute each block's activations in the backward pass
 
   @classmethod
@@ -106,17 +107,19 @@ class ModelArgs:
     if not embeddings.base.is_int(max_len) or max_len <= 0:
       raise ValueError(f'data.seq_len={max_len!r} (max_len) must be a positive integer.')
     # Configs saved before these fields existed lack them: their defaults change nothing.
-    head_chunk_rows = model_config.get('head_chunk_rows', 0)
-    if not embeddings.base.is_int(head_chunk_rows) or head_chunk_rows < 0:
-      raise ValueError(f'model.head_chunk_rows={head_chunk_rows!r} must be an integer >= 0 '
-                       '(0: automatic, see factorized/loss.py).')
+    chunks = {field: model_config.get(field, 0)
+              for field in ('head_chunk_rows', 'head_chunk_vocab')}
+    for field, value in chunks.items():
+      if not embeddings.base.is_int(value) or value < 0:
+        raise ValueError(f'model.{field}={value!r} must be an integer >= 0 '
+                         '(0: automatic, see factorized/loss.py).')
     remat = model_config.get('remat', False)
     if not isinstance(remat, bool):
       raise ValueError(f'model.remat={remat!r} must be True or False.')
     return cls(embed=embed, vocab_size=int(vocab_size), **sizes,
                dropout=float(model_config.dropout), positions=model_config.positions,
                dtype=model_config.dtype, max_len=int(max_len),
-               head_chunk_rows=int(head_chunk_rows), remat=remat)
+               **{field: int(value) for field, value in chunks.items()}, remat=remat)
 
 
 @functools.lru_cache(maxsize=32)
@@ -273,6 +276,7 @@ class TransformerLM(nnx.Module):
     self.dropout = ExampleDropout(args.dropout, site=0)
     self.vocab_size = args.vocab_size
     self.head_chunk_rows = args.head_chunk_rows  # factorized/loss.py
+    self.head_chunk_vocab = args.head_chunk_vocab
     self.remat = args.remat
 
   def embed_tokens(self, ids_BxL: jax.Array) -> jax.Array:

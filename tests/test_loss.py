@@ -80,20 +80,23 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones(kind, head, overrides):
   assert_chunked_equals_plain(make_config(kind, head, 5, **overrides))
 
 
-# Slices of 7 vocabulary rows for chunks of 5 rows of width 16: 8 full slices of the 60
-# rows and a partial one of 4.
-SEVEN_ROW_SLICES = 7 * 4 * 16
-
-
 @pytest.mark.parametrize('head', ['tied', 'untied'])
-def test_a_table_head_in_vocabulary_slices_equals_the_plain_loss(head, monkeypatch):
+def test_a_table_head_in_vocabulary_slices_equals_the_plain_loss(head):
   # dense's tied head and the untied head name their logits' table (LOGITS_TABLE): the
-  # loss walks the vocabulary in slices, the backward pass recomputing the logits.
-  monkeypatch.setattr(loss, 'SLICE_BYTES', SEVEN_ROW_SLICES)
-  assert loss.vocab_slice_rows(5, VOCAB, 16) == 7
-  model = make_model(make_config('dense', head, 5))
-  assert loss._split_head(model.head_module())[0].table
-  assert_chunked_equals_plain(make_config('dense', head, 5))
+  # loss walks the vocabulary in slices, the backward pass recomputing the logits. Slices
+  # of 7 rows: 8 full ones of the 60 rows and a partial one of 4.
+  config = make_config('dense', head, 5)
+  config.model.head_chunk_vocab = 7
+  assert loss._split_head(make_model(config).head_module())[0].table
+  assert_chunked_equals_plain(config)
+
+
+def test_automatic_vocabulary_slices_bound_the_tile():
+  assert loss.vocab_slice_rows(0, 5, VOCAB, 16) == VOCAB  # one slice
+  assert loss.vocab_slice_rows(0, 256, 131072, 256) == 8192  # 8 MiB tiles and slices
+  assert loss.vocab_slice_rows(0, 2048, 131072, 256) == 1024
+  assert loss.vocab_slice_rows(7, 5, VOCAB, 16) == 7
+  assert loss.vocab_slice_rows(100, 5, VOCAB, 16) == VOCAB
 
 
 def test_where_the_logits_fit_the_loss_is_the_plain_one_bitwise():
@@ -107,9 +110,10 @@ def test_where_the_logits_fit_the_loss_is_the_plain_one_bitwise():
 
 @pytest.mark.parametrize('kind,chunk_rows', [('svd', 1), ('svd', 7), ('svd', 24), ('svd', 100),
                                              ('dense', 5), ('dense', 24)])
-def test_per_token_nll_does_not_depend_on_the_chunk_size(kind, chunk_rows, monkeypatch):
-  monkeypatch.setattr(loss, 'SLICE_BYTES', SEVEN_ROW_SLICES)  # dense: slices of the table
-  model = make_model(make_config(kind, 'tied', chunk_rows))
+def test_per_token_nll_does_not_depend_on_the_chunk_size(kind, chunk_rows):
+  config = make_config(kind, 'tied', chunk_rows)
+  config.model.head_chunk_vocab = 7  # dense: slices of the table (svd has none)
+  model = make_model(config)
   inputs_BxL, targets_BxL = batch()
   expected = loss.token_nll(model(inputs_BxL), targets_BxL)
   got = loss.model_token_nll(model, inputs_BxL, targets_BxL)
@@ -155,6 +159,10 @@ def test_the_head_width_is_its_parameters_per_vocabulary_row():
 def test_a_bad_chunk_size_names_the_field():
   config = make_config('dense', 'tied', -3)
   with pytest.raises(ValueError, match='model.head_chunk_rows=-3 must be an integer >= 0'):
+    build_model(config, VOCAB, rngs=nnx.Rngs(0))
+  config = make_config('dense', 'tied', 0)
+  config.model.head_chunk_vocab = -2
+  with pytest.raises(ValueError, match='model.head_chunk_vocab=-2 must be an integer >= 0'):
     build_model(config, VOCAB, rngs=nnx.Rngs(0))
 
 
@@ -204,11 +212,11 @@ def test_a_table_heads_step_holds_the_table_gradient_once(monkeypatch):
   # vocabulary slices (loss.py), over devices and clipped a slice at a time (rows.py), so
   # the step holds it once, and 1 MiB tiles. The plain loss holds the 8 MiB logits of
   # each 128-row chunk twice and more, on top.
-  for module in (loss, rows):
-    monkeypatch.setattr(module, 'SLICE_BYTES', 2**20)
+  monkeypatch.setattr(rows, 'SLICE_BYTES', 2**20)
   monkeypatch.setattr(rows, 'LARGE_BYTES', 2**20)
   vocab, table_bytes = 32768, 32768 * 64 * 4
   config = make_config('dense', 'tied', 128)
+  config.model.head_chunk_vocab = 2048  # 1 MiB tiles and slices
   config.model.update(num_layers=1, model_dim=64, mlp_dim=64)
   sliced = compiled_temp_bytes(config, vocab, 8, 64)
   assert sliced < 1.9 * table_bytes, sliced / table_bytes
