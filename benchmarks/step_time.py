@@ -13,9 +13,14 @@ other processes falls on all of them alike. Reported per row:
   flops_per_token          forward matmul FLOPs per token (factorized/costs.py: embedding,
                            output head, blocks); a train step counts 3x that
                            (train_flops_per_token: backward = 2x forward);
-  mfu                      tokens_per_s x train_flops_per_token / peak, where the peak is
-                           the best median FLOP/s of jitted NxN matmuls (--peak_sizes) timed
-                           in the same rounds (mfu_vs_max_peak: against the best sample);
+  mfu                      tokens_per_s x train_flops_per_token / (devices x peak), where
+                           the peak is the best median FLOP/s of jitted NxN matmuls
+                           (--peak_sizes) on one device, timed in the same rounds, and
+                           devices is every device of the mesh the tokens/s counts
+                           (mfu_vs_max_peak: against the best sample);
+  mfu_vs_published         the same against the device's published dense peak in the
+                           compute dtype (PUBLISHED_PEAK_FLOPS, or --published_peak_tflops;
+                           None for a device it does not know, such as a CPU);
   eval_ms_median, ...      the evaluation step (forward + masked NLL sum) on the same batch;
   xla_memory_bytes         what XLA's buffer assignment reserves for one train step
                            (arguments + outputs + temporaries - donated aliases);
@@ -29,6 +34,8 @@ other processes falls on all of them alike. Reported per row:
   cpu_ms_per_step          CPU time (user + sys, all threads) of the process per timed train
                            step: less sensitive than wall time to other processes' load;
   minor_faults_per_step    page faults of the process per timed train step (allocator);
+  compile_s                seconds to lower and compile the train step (XLA's autotuning
+                           included; printed to stderr as each row compiles);
   recompiles               compilations or traces seen during the timed steps (should be 0).
 The timed steps run under jax.transfer_guard('disallow'): an implicit host transfer in
 the step would raise. --profile DIR then traces 3 more steps of each row with
@@ -84,6 +91,18 @@ import reference_step  # noqa: E402
 from configs import brown  # noqa: E402
 from factorized import costs, embeddings, loss, optim, parallel, trainer  # noqa: E402
 from factorized.step import BoundStep, make_eval_step, make_train_step  # noqa: E402
+
+# Vendors' published dense (no sparsity) peak FLOP/s of one device, by jax's device_kind
+# and compute dtype: NVIDIA's H100/H200 SXM and A100 datasheets (bf16 on tensor cores, fp32
+# without them), Google's Cloud TPU pages. Matched on the start of device_kind.
+PUBLISHED_PEAK_FLOPS = {
+    ('NVIDIA H200', 'bfloat16'): 989.4e12, ('NVIDIA H200', 'float32'): 66.9e12,
+    ('NVIDIA H100 80GB HBM3', 'bfloat16'): 989.4e12,
+    ('NVIDIA H100 80GB HBM3', 'float32'): 66.9e12,
+    ('NVIDIA A100', 'bfloat16'): 312e12, ('NVIDIA A100', 'float32'): 19.5e12,
+    ('TPU v4', 'bfloat16'): 275e12, ('TPU v5 lite', 'bfloat16'): 197e12,
+    ('TPU v5p', 'bfloat16'): 459e12, ('TPU v6 lite', 'bfloat16'): 918e12,
+}
 
 COMPILE_EVENTS = ('/jax/core/compile/backend_compile_duration',
                   '/jax/core/compile/jaxpr_trace_duration')
@@ -141,6 +160,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--rounds', type=int, default=4, help='interleaved rounds')
   parser.add_argument('--peak_sizes', default='1024,2048',
                       help='N of the NxN peak matmuls; the peak is the best of their medians')
+  parser.add_argument('--published_peak_tflops', type=float, default=0.0,
+                      help="one device's published dense peak in the compute dtype, TFLOP/s, "
+                      'for mfu_vs_published (0: PUBLISHED_PEAK_FLOPS by device kind)')
   parser.add_argument('--reference', action='store_true',
                       help='also time reference_step.py (plain JAX, dense, tied, float32, '
                       'no dropout: compare it with --dropout=0)')
@@ -261,7 +283,11 @@ def compile_train(bench: Bench):
 
 def analyse(bench: Bench) -> None:
   """Records XLA's memory for one step (arguments + outputs + temporaries - aliases)."""
+  start = time.perf_counter()
   compiled = compile_train(bench)
+  bench.info['compile_s'] = time.perf_counter() - start
+  print(f'{bench.name}: train step compiled in {bench.info["compile_s"]:.1f} s', file=sys.stderr,
+        flush=True)  # Rows come out at the end; this shows progress where compiles are slow.
   stats = compiled.memory_analysis() if compiled is not None else None
   bench.info['xla_memory_bytes'] = None if stats is None else int(
       stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
@@ -289,6 +315,14 @@ class CompileCounter:
     del duration, kwargs
     if event in COMPILE_EVENTS:
       self.count += 1
+
+
+def published_peak(device_kind: str, dtype: str, override_tflops: float) -> float | None:
+  """One device's published dense peak FLOP/s in `dtype`, or None where unknown."""
+  if override_tflops > 0:
+    return override_tflops * 1e12
+  return next((flops for (kind, kind_dtype), flops in PUBLISHED_PEAK_FLOPS.items()
+               if device_kind.startswith(kind) and kind_dtype == dtype), None)
 
 
 def time_peak(size: int, dtype: str, reps: int) -> list[float]:
@@ -424,6 +458,9 @@ def benchmark(args: argparse.Namespace) -> list[dict]:
   peak = max(peak_by_size.values())
   peak_max = max(max(samples) for samples in peak_samples.values())
   tokens = args.batch_size * args.seq_len
+  devices = mesh.devices.size  # The tokens/s counts every device of the mesh.
+  device_kind = jax.devices()[0].device_kind
+  published = published_peak(device_kind, args.dtype, args.published_peak_tflops)
   rows = []
   for bench in benches:
     config = bench.config
@@ -447,8 +484,12 @@ def benchmark(args: argparse.Namespace) -> list[dict]:
         'train_flops_per_token': train_flops,
         'peak_flops': peak, 'peak_flops_max': peak_max,
         'peak_flops_by_size': {str(size): value for size, value in peak_by_size.items()},
-        'mfu': tokens_per_s * train_flops / peak,
-        'mfu_vs_max_peak': tokens_per_s * train_flops / peak_max,
+        'devices': devices,
+        'mfu': tokens_per_s * train_flops / (devices * peak),
+        'mfu_vs_max_peak': tokens_per_s * train_flops / (devices * peak_max),
+        'published_peak_flops': published,
+        'mfu_vs_published': (tokens_per_s * train_flops / (devices * published)
+                             if published else None),
         'eval_ms_median': statistics.median(bench.eval_s) * 1e3 if bench.eval_s else None,
         'eval_ms_min': min(bench.eval_s) * 1e3 if bench.eval_s else None,
         'eval_ms_max': max(bench.eval_s) * 1e3 if bench.eval_s else None,
@@ -459,7 +500,7 @@ def benchmark(args: argparse.Namespace) -> list[dict]:
         'recompiles': counter.count,
         'load_avg_start': load_start[0], 'load_avg_end': load_end[0],
         'fast_malloc': fast_malloc_active(), 'backend': jax.default_backend(),
-        'device': jax.devices()[0].device_kind,
+        'device': device_kind,
     }
     rows.append(row)
   for row in rows:
@@ -505,8 +546,8 @@ def profile(bench: Bench, directory: str, steps: int = 3, top: int = 12) -> list
 def format_table(rows: list[dict]) -> str:
   """A plain-text table of the main columns."""
   header = (f'{"row":>10} {"params":>9} {"fwd MF/tok":>10} {"step ms (min-max)":>21} '
-            f'{"cpu ms":>7} {"tokens/s":>9} {"x dense":>7} {"MFU":>6} {"eval ms":>8} {"XLA MB":>7} '
-            f'{"temp MB":>7} {"peak MB":>8} {"faults/step":>11}')
+            f'{"cpu ms":>7} {"tokens/s":>9} {"x dense":>7} {"MFU":>6} {"MFU pub":>7} '
+            f'{"eval ms":>8} {"XLA MB":>7} {"temp MB":>7} {"peak MB":>8} {"faults/step":>11}')
   lines = [header, '-' * len(header)]
   for r in rows:
     spread = f'{r["step_ms_median"]:.1f} ({r["step_ms_min"]:.0f}-{r["step_ms_max"]:.0f})'
@@ -514,10 +555,11 @@ def format_table(rows: list[dict]) -> str:
     xla = f'{r["xla_memory_bytes"] / 2**20:.0f}' if r.get('xla_memory_bytes') else '-'
     temp = f'{r["xla_temp_bytes"] / 2**20:.0f}' if r.get('xla_temp_bytes') else '-'
     speedup = f'{r["speedup_vs_dense"]:.2f}' if r['speedup_vs_dense'] else '-'
+    published = f'{r["mfu_vs_published"]:.1%}' if r['mfu_vs_published'] else '-'
     lines.append(
         f'{r["name"]:>10} {r["params"] / 1e6:8.2f}M {r["flops_per_token"] / 1e6:10.2f} '
         f'{spread:>21} {r["cpu_ms_per_step"]:7.0f} {r["tokens_per_s"]:9,.0f} {speedup:>7} '
-        f'{r["mfu"]:6.1%} {eval_ms:>8} '
+        f'{r["mfu"]:6.1%} {published:>7} {eval_ms:>8} '
         f'{xla:>7} {temp:>7} {r["peak_memory_bytes"] / 2**20:8.0f} '
         f'{r["minor_faults_per_step"]:11,.0f}')
   r = rows[0]
@@ -525,10 +567,17 @@ def format_table(rows: list[dict]) -> str:
       f'peak {r["peak_flops"] / 1e9:.1f} GFLOP/s (best median of NxN matmuls, N in '
       f'{",".join(r["peak_flops_by_size"])}; best sample {r["peak_flops_max"] / 1e9:.1f}) '
       f'({jax.default_backend()} {r["device"]}, {r["dtype"]}); MFU = tokens/s x 3 x forward '
-      f'FLOPs/token / peak; load average {r["load_avg_start"]:.2f} -> '
+      f'FLOPs/token / ({r["devices"]} device(s) x peak); MFU pub: against the published peak '
+      f'{published_text(r)}; load average {r["load_avg_start"]:.2f} -> '
       f'{r["load_avg_end"]:.2f}; fast malloc {"on" if r["fast_malloc"] else "off"}; '
       f'recompiles while timing: {r["recompiles"]}; memory: {r["memory_source"]}')
   return '\n'.join(lines)
+
+
+def published_text(row: dict) -> str:
+  """'989.4 TFLOP/s' or 'unknown for this device'."""
+  flops = row['published_peak_flops']
+  return f'{flops / 1e12:.1f} TFLOP/s' if flops else 'unknown for this device'
 
 
 def write_outputs(rows: list[dict], out: str) -> None:

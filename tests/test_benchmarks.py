@@ -25,6 +25,7 @@ def load_script(repo_root, name: str):
   """Imports benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
   spec = importlib.util.spec_from_file_location(name, repo_root / 'benchmarks' / f'{name}.py')
   module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # dataclasses look their module up while the class is built
   spec.loader.exec_module(module)
   return module
 
@@ -34,7 +35,7 @@ def test_step_time_writes_json_csv_and_plot(repo_root, tmp_path):
   result = subprocess.run(
       [sys.executable, str(repo_root / 'benchmarks' / 'step_time.py'), *TINY,
        '--kinds=dense,svd,tt', '--ranks=4', '--steps=4', '--rounds=2',
-       '--reference',
+       '--reference', '--published_peak_tflops=0.5',
        f'--out={out}', '--plot', f'--profile={tmp_path / "profile"}'],
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -49,10 +50,16 @@ def test_step_time_writes_json_csv_and_plot(repo_root, tmp_path):
     assert row['train_flops_per_token'] == 3 * row['flops_per_token'] > 0
     assert row['flops_per_token'] == (row['flops_embedding'] + row['flops_output_head']
                                       + row['flops_blocks'])
+    train_flops_per_s = row['tokens_per_s'] * row['train_flops_per_token']
+    assert row['devices'] == jax.device_count() >= 1
     assert 0 < row['mfu'] == pytest.approx(
-        row['tokens_per_s'] * row['train_flops_per_token'] / row['peak_flops'])
+        train_flops_per_s / (row['devices'] * row['peak_flops']))
+    assert row['published_peak_flops'] == 0.5e12
+    assert row['mfu_vs_published'] == pytest.approx(
+        train_flops_per_s / (row['devices'] * 0.5e12))
     assert row['peak_memory_bytes'] > 0 and row['recompiles'] == 0
     assert 0 < row['xla_temp_bytes'] < row['xla_memory_bytes']
+    assert row['compile_s'] > 0 and f'{row["name"]}: train step compiled in' in result.stderr
     assert row['fast_malloc'] is True  # the script re-exec'd itself with the tunables
     assert row['profile_top_ops'] and {'op', 'ms_per_step', 'shape', 'jax_op'} == set(
         row['profile_top_ops'][0])
@@ -66,6 +73,15 @@ def test_step_time_writes_json_csv_and_plot(repo_root, tmp_path):
   assert [r['kind'] for r in table] == [r['kind'] for r in rows]
   assert float(table[0]['tokens_per_s']) == pytest.approx(dense['tokens_per_s'])
   assert (tmp_path / 'rows.png').stat().st_size > 0
+
+
+def test_published_peak_is_looked_up_by_device_kind_and_dtype(repo_root):
+  step_time = load_script(repo_root, 'step_time')
+  assert step_time.published_peak('NVIDIA H200', 'bfloat16', 0) == 989.4e12
+  assert step_time.published_peak('NVIDIA H100 80GB HBM3', 'float32', 0) == 66.9e12
+  assert step_time.published_peak('TPU v5 lite', 'bfloat16', 0) == 197e12
+  assert step_time.published_peak('cpu', 'float32', 0) is None
+  assert step_time.published_peak('cpu', 'float32', 2.0) == 2e12
 
 
 def test_step_time_sweeps_the_vocabulary_with_per_vocabulary_speedups(repo_root, tmp_path):
