@@ -8,7 +8,7 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from factorized import checkpointing, parallel, trainer
+from factorized import checkpointing, compile_cache, parallel, trainer
 from factorized import data as data_lib
 from factorized import workdir as workdir_lib
 
@@ -43,6 +43,7 @@ def restore_run(workdir: str, checkpoint: str = 'latest', *,
   Returns the Run (its state restored) and the restored step.
   """
   config = workdir_lib.load_config(workdir)
+  compile_cache.enable(config.data)
   checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
   try:
     step = _checkpoint_step(checkpointer, checkpoint, workdir)

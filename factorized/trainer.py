@@ -21,7 +21,7 @@ import tqdm
 from flax import nnx
 from jax.sharding import Mesh
 
-from factorized import checkpointing, costs, embeddings, optim, parallel, spectrum
+from factorized import checkpointing, compile_cache, costs, embeddings, optim, parallel, spectrum
 from factorized import data as data_lib
 from factorized import model as model_lib
 from factorized import progress as progress_lib
@@ -243,6 +243,7 @@ def train_and_evaluate(
   However it ends (finished, interrupted, non-finite loss), pending checkpoint writes
   complete and the event file is closed before this returns or raises.
   """
+  compile_cache.enable(config.data)  # before anything compiles: a restart reuses the steps
   resuming = parallel.primary_first(
       lambda: workdir_lib.prepare_workdir(workdir, config), 'prepare_workdir')
   run = build_run(config, workdir, mesh=mesh)
