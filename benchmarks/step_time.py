@@ -155,7 +155,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="compile each row and report XLA's memory of its train step; "
                       'no timing (fast, exact, independent of load)')
   parser.add_argument('--steps', type=int, default=20, help='timed train steps per row (>= 20)')
-  parser.add_argument('--eval_steps', type=int, default=8, help='timed eval steps per row')
+  parser.add_argument('--eval_steps', type=int, default=8,
+                      help='timed eval steps per row (0: the eval step is neither compiled nor '
+                      'run, which saves its compile time on each row)')
   parser.add_argument('--warmup', type=int, default=3, help='untimed steps after compiling')
   parser.add_argument('--rounds', type=int, default=4, help='interleaved rounds')
   parser.add_argument('--peak_sizes', default='1024,2048',
@@ -429,7 +431,7 @@ def benchmark(args: argparse.Namespace) -> list[dict]:
     for kind, rank in specs:
       benches.append(project_bench(shape, kind, rank, mesh))
       run_steps(benches[-1], args.warmup, record=False)
-      run_evals(benches[-1], 1, record=False)
+      run_evals(benches[-1], min(args.eval_steps, 1), record=False)  # compiles it
       benches[-1].info['peak_memory_bytes'], benches[-1].info['memory_source'] = peak_memory()
     if args.reference:
       benches.append(reference_bench(shape))

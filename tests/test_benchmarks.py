@@ -90,13 +90,14 @@ def test_step_time_sweeps_the_vocabulary_with_per_vocabulary_speedups(repo_root,
   result = subprocess.run(
       [sys.executable, str(repo_root / 'benchmarks' / 'step_time.py'), *shape,
        '--vocab_sizes=256,2048', '--kinds=dense,svd', '--ranks=4', '--steps=2', '--rounds=1',
-       '--eval_steps=1', '--head_chunk_rows=32', f'--out={out}', '--plot'],
+       '--eval_steps=0', '--head_chunk_rows=32', f'--out={out}', '--plot'],
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = json.loads(out.read_text())
   assert [(r['name'], r['vocab_size']) for r in rows] == [
       ('dense@256', 256), ('svd4@256', 256), ('dense@2048', 2048), ('svd4@2048', 2048)]
   assert [r['speedup_vs_dense'] for r in rows[::2]] == [1.0, 1.0]
+  assert {r['eval_ms_median'] for r in rows} == {None}  # --eval_steps=0: no eval step
   assert {r['head_chunk_rows'] for r in rows} == {32}
   dense_small, dense_large = rows[0], rows[2]
   assert dense_large['flops_output_head'] == 8 * dense_small['flops_output_head']
