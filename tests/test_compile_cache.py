@@ -42,3 +42,16 @@ def test_jax_own_setting_wins(tmp_path, monkeypatch):
   assert chosen  # conftest's JAX_COMPILATION_CACHE_DIR
   assert compile_cache.enable(data_config(str(tmp_path))) == chosen
   assert jax.config.jax_compilation_cache_dir == chosen
+
+
+def test_gpu_autotuning_is_kept_beside_the_programs(no_cache_dir, tmp_path, monkeypatch):
+  """On a GPU most of a compile is XLA's autotuning (results/bench_h200); JAX keeps its
+  per-fusion results under the cache folder, so runs of other programs with the same
+  matmuls reuse them. Guards against a setting that turns that off."""
+  from jax._src import compiler  # the compile options JAX hands XLA; no public API
+  monkeypatch.delenv(compile_cache.ENV_SWITCH, raising=False)
+  directory = compile_cache.enable(data_config(str(tmp_path)))
+  options = compiler.get_compile_options(num_replicas=1, num_partitions=1)
+  autotune = options.executable_build_options.debug_options.xla_gpu_per_fusion_autotune_cache_dir
+  assert autotune == str(tmp_path / 'jax' / 'xla_gpu_per_fusion_autotune_cache_dir')
+  assert autotune.startswith(directory)
