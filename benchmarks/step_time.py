@@ -45,6 +45,10 @@ row's top XLA ops, with shapes and JAX op names from the compiled HLO.
   python benchmarks/step_time.py --kinds=dense,svd,albert --ranks=16,32,64,128 \
       --dropout=0 --reference --out=/tmp/step_time.json --plot
   python benchmarks/step_time.py --kinds=dense,svd,adaptive,tt --ranks=8,16,32,64 --plot
+  # Every kind at Brown's default shape, ranks spanning ~5% to 100% of dense's vocabulary
+  # parameters (adaptive and tt get Zipf counts, as below):
+  python benchmarks/step_time.py --brown --kinds=dense,svd,albert,adaptive,tt \
+      --ranks=16,64 --steps=12 --rounds=3 --eval_steps=0
   # Against the vocabulary size (speedup_vs_dense is per vocabulary size):
   python benchmarks/step_time.py --kinds=dense,svd --ranks=64 --dropout=0 \
       --vocab_sizes=16384,50304,131072 --steps=10 --rounds=2 --out=/tmp/vocab.json
@@ -104,6 +108,10 @@ PUBLISHED_PEAK_FLOPS = {
     ('TPU v5p', 'bfloat16'): 459e12, ('TPU v6 lite', 'bfloat16'): 918e12,
 }
 
+# configs/brown.py's default shape, with Brown's vocabulary (17,906 ids).
+BROWN_SHAPE = {'vocab_size': 17_906, 'model_dim': 128, 'num_layers': 2, 'num_heads': 4,
+               'mlp_dim': 512, 'seq_len': 128, 'batch_size': 32, 'vocab_sizes': ''}
+
 COMPILE_EVENTS = ('/jax/core/compile/backend_compile_duration',
                   '/jax/core/compile/jaxpr_trace_duration')
 
@@ -138,6 +146,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help='comma-separated ranks of every kind that has one (dense has none)')
   parser.add_argument('--head', default='tied', choices=('tied', 'untied'))
   reference_step.add_shape_flags(parser)
+  parser.add_argument('--brown', action='store_true',
+                      help="Brown's default shape (configs/brown.py: V=17,906, D=128, 2 layers, "
+                      '4 heads, MLP 512, batch 32x128), overriding the shape flags')
   parser.add_argument('--dropout', type=float, default=None,
                       help="model.dropout (default: configs/brown.py's)")
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
@@ -175,6 +186,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--plot', nargs='?', const='', default=None,
                       help='draw tokens/s against rank (PNG; default: beside --out)')
   args = parser.parse_args(argv)
+  if args.brown:
+    args.__dict__.update(BROWN_SHAPE)
   args.kinds = [k.strip() for k in args.kinds.split(',') if k.strip()]
   args.ranks = [int(r) for r in args.ranks.split(',') if r.strip()]
   args.mlp_dim = args.mlp_dim or 4 * args.model_dim

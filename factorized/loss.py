@@ -3,17 +3,19 @@ r"""The token NLL of a TransformerLM, with its output head computed in chunks of
 Shapes: B batch, L length, N = B L rows (tokens), C rows per chunk, D model width,
 V vocabulary.
 
-Every head maps the final hidden states to float32 logits through its `attend(x_NxD)`
-(the embedding's tied head, or model.py's UntiedHead), whatever the kind. The plain loss
-(`token_nll`, optax's integer-label cross-entropy on all BxLxV logits, autodiff through
-the head) holds several NxV float32 buffers: the logits, their softmax and gradient. At
-V=131,072 and 16x128 tokens each is 1 GiB. `nll_sum` instead walks over chunks of C rows
-(the last one may be partial): for each it computes the CxV logits, their log-sum-exp,
-the NLL and, in the same pass, the logits' gradient softmax - onehot, which it pushes
-through the head at once (`jax.vjp` of `attend`: the chunk's rows' gradient, and the
-head parameters' gradient, summed over chunks in float32). The loss is a scalar, so its
-backward pass only scales those by the cotangent: no logits are saved or recomputed, the
-head's FLOPs are the plain loss's, and the loss's memory is a few CxV tiles plus the
+Every head maps the final hidden states to float32 logits through its `attend(x_NxD)` (the
+embedding's tied head, or model.py's UntiedHead), whatever the kind, or in parts
+(`attend_parts`: tt's table slices, adaptive's bands, in a vocabulary order of the module's
+own, the targets mapped into it): `parts_nll` takes the log-sum-exp over the parts.
+The plain loss (`token_nll`, optax's integer-label cross-entropy on all BxLxV logits,
+autodiff through the head) holds several NxV float32 buffers: the logits, their softmax
+and gradient. At V=131,072 and 16x128 tokens each is 1 GiB. `nll_sum` instead walks over
+chunks of C rows (the last one may be partial): for each it computes the CxV logits, their
+log-sum-exp, the NLL and, in the same pass, the logits' gradient softmax - onehot, which
+it pushes through the head at once (`jax.vjp` of `attend`: the chunk's rows' gradient, and
+the head parameters' gradient, summed over chunks in float32). The loss is a scalar, so
+its backward pass only scales those by the cotangent: no logits are saved or recomputed,
+the head's FLOPs are the plain loss's, and the loss's memory is a few CxV tiles plus the
 head's parameter gradient, whatever V is.
 
 `model.head_chunk_rows` sets C; 0 (the default) picks it with `chunk_rows_for`: one chunk,
@@ -98,7 +100,48 @@ class _Head:
   chunk_vocab: int = 0
 
   def apply(self, params: nnx.State, rest: nnx.State, x_CxD: jax.Array) -> jax.Array:
-    return nnx.merge(self.graphdef, params, rest).attend(x_CxD)
+    return head_logits(nnx.merge(self.graphdef, params, rest), x_CxD)
+
+
+def head_logits(head: nnx.Module, x_BxLxD: jax.Array) -> jax.Array:
+  """All the head's logits, in the vocabulary order of `head_targets` (`attend_parts`
+  concatenated where the module has them, else `attend`: id order)."""
+  attend_parts = getattr(head, 'attend_parts', None)
+  return head.attend(x_BxLxD) if attend_parts is None else jnp.concatenate(
+      attend_parts(x_BxLxD), axis=-1)
+
+
+def head_targets(head: nnx.Module, targets_BxL: jax.Array) -> jax.Array:
+  """The targets' positions in the head's vocabulary order (`ordered_ids`, else ids)."""
+  ordered_ids = getattr(head, 'ordered_ids', None)
+  return targets_BxL if ordered_ids is None else ordered_ids(targets_BxL)
+
+
+def parts_nll(parts: list[jax.Array], targets_BxL: jax.Array) -> jax.Array:
+  """The per-token NLL in float32 from logits in parts over consecutive ranges of the
+  vocabulary (targets in that order): the log-sum-exp over the parts' log-sum-exps, less
+  the target's logit taken from its own part. Equal to `token_nll` of the concatenated
+  parts to float32 rounding; no BxLxV array is made beyond the parts themselves."""
+  lse_BxLxP = jnp.stack([jax.nn.logsumexp(part.astype(jnp.float32), axis=-1)
+                         for part in parts], axis=-1)
+  target_BxL, start = jnp.zeros(targets_BxL.shape, jnp.float32), 0
+  for part in parts:
+    local_BxL = targets_BxL - start
+    size = part.shape[-1]
+    picked_BxL = jnp.take_along_axis(part.astype(jnp.float32),
+                                     jnp.clip(local_BxL, 0, size - 1)[..., None], axis=-1)[..., 0]
+    target_BxL += jnp.where((local_BxL >= 0) & (local_BxL < size), picked_BxL, 0.0)
+    start += size
+  return jax.nn.logsumexp(lse_BxLxP, axis=-1) - target_BxL
+
+
+def _plain_nll(head: nnx.Module, x_BxLxD: jax.Array, targets_BxL: jax.Array) -> jax.Array:
+  """nll_BxL from all the logits at once: `parts_nll` for a head in parts, else
+  `token_nll` of `attend`."""
+  attend_parts = getattr(head, 'attend_parts', None)
+  if attend_parts is None:
+    return token_nll(head.attend(x_BxLxD), targets_BxL)
+  return parts_nll(attend_parts(x_BxLxD), targets_BxL)
 
 
 def vocab_slice_rows(requested: int, chunk_rows: int, vocab_size: int, dim: int) -> int:
@@ -292,16 +335,17 @@ def _head_inputs(model, inputs_BxL, targets_BxL, dropout_keys_B):
   head = model.head_module()
   chunk_rows = chunk_rows_for(model.head_chunk_rows, targets_BxL.size, model.vocab_size,
                               head_width(head, model.vocab_size))
-  return x_BxLxD, head, chunk_rows
+  return x_BxLxD, head, head_targets(head, targets_BxL), chunk_rows
 
 
 def model_nll_sum(model, inputs_BxL: jax.Array, targets_BxL: jax.Array,
                   dropout_keys_B: jax.Array | None = None) -> jax.Array:
   """The summed token NLL of a TransformerLM on a batch, float32; differentiable in the
   model's parameters (training)."""
-  x_BxLxD, head, chunk_rows = _head_inputs(model, inputs_BxL, targets_BxL, dropout_keys_B)
+  x_BxLxD, head, targets_BxL, chunk_rows = _head_inputs(model, inputs_BxL, targets_BxL,
+                                                        dropout_keys_B)
   if chunk_rows >= targets_BxL.size:
-    return token_nll(head.attend(x_BxLxD), targets_BxL).sum()
+    return _plain_nll(head, x_BxLxD, targets_BxL).sum()
   spec, params, rest = _split_head(head, model.head_chunk_vocab)
   x_NxD, targets_N = x_BxLxD.reshape(-1, x_BxLxD.shape[-1]), targets_BxL.reshape(-1)
   if spec.table:
@@ -311,9 +355,9 @@ def model_nll_sum(model, inputs_BxL: jax.Array, targets_BxL: jax.Array,
 
 def model_token_nll(model, inputs_BxL: jax.Array, targets_BxL: jax.Array) -> jax.Array:
   """nll_BxL of a TransformerLM on a batch, float32, without dropout (evaluation)."""
-  x_BxLxD, head, chunk_rows = _head_inputs(model, inputs_BxL, targets_BxL, None)
+  x_BxLxD, head, targets_BxL, chunk_rows = _head_inputs(model, inputs_BxL, targets_BxL, None)
   if chunk_rows >= targets_BxL.size:
-    return token_nll(head.attend(x_BxLxD), targets_BxL)
+    return _plain_nll(head, x_BxLxD, targets_BxL)
   spec, params, rest = _split_head(head, model.head_chunk_vocab)
   x_NxD, targets_N = x_BxLxD.reshape(-1, x_BxLxD.shape[-1]), targets_BxL.reshape(-1)
   if spec.table:

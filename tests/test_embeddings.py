@@ -370,7 +370,7 @@ def test_tt_auto_factors_and_bonds():
   assert config.dim_factors == (2, 3, 4) and config.bonds == (8, 12)
 
 
-def test_tt_head_is_the_same_for_every_cut_order_and_chunking_and_the_cheapest_is_chosen():
+def test_tt_head_is_the_same_for_every_cut_and_slice_size_and_the_smallest_bond_is_chosen():
   vocab, dim, rank = 50, 24, 3
   vocab_factors, dim_factors = (2, 3, 3, 3), (1, 2, 3, 4)
   sizes = [v * d for v, d in zip(vocab_factors, dim_factors, strict=True)]
@@ -378,24 +378,43 @@ def test_tt_head_is_the_same_for_every_cut_order_and_chunking_and_the_cheapest_i
       'tt', rank, dim, tt_vocab_factors=vocab_factors, tt_dim_factors=dim_factors), vocab)
   x_BxLxD = jax.random.normal(jax.random.key(3), (2, 5, dim))
 
-  def build(cut, order, chunk_elements):
-    return tt.TTEmbedding(vocab, vocab_factors, dim_factors, config.bonds, cut, order,
-                          dtype='float32', rngs=nnx.Rngs(0), chunk_elements=chunk_elements)
+  def build(cut, slice_elements):
+    return tt.TTEmbedding(vocab, vocab_factors, dim_factors, config.bonds, cut,
+                          dtype='float32', rngs=nnx.Rngs(0), slice_elements=slice_elements)
 
-  def gradient(embed):
-    return jax.grad(lambda x: jnp.sum(jnp.sin(embed.attend(x))))(x_BxLxD)
+  def gradients(embed):
+    graphdef, params = nnx.split(embed)
+    return jax.grad(lambda x, params: jnp.sum(jnp.sin(nnx.merge(graphdef, params).attend(x))),
+                    argnums=(0, 1))(x_BxLxD, params)
 
-  expected = np.asarray(x_BxLxD) @ explicit_table('tt', build(1, tt.RIGHT_FIRST, 1), vocab).T
-  flops = {}
-  for cut, order in itertools.product((1, 2, 3), (tt.RIGHT_FIRST, tt.LEFT_FIRST)):
-    # One chunk, and a token per chunk (under jax.checkpoint): the same values and gradient.
-    whole, chunked = build(cut, order, tt.CHUNK_ELEMENTS), build(cut, order, 1)
-    for embed in (whole, chunked):
-      np.testing.assert_allclose(embed.attend(x_BxLxD), expected, atol=1e-5,
-                                 err_msg=f'{cut} {order}')
-    np.testing.assert_allclose(gradient(chunked), gradient(whole), atol=1e-5)
-    if config.bonds[cut - 1] < min(math.prod(sizes[:cut]), math.prod(sizes[cut:])):
-      compiled = jax.jit(whole.attend).lower(x_BxLxD).compile().cost_analysis()
-      flops[(cut, order)] = (compiled[0] if isinstance(compiled, list) else compiled)['flops']
-  # The chosen plan is the cheapest that XLA counts, of those whose blocks stay below the table.
-  assert len(flops) >= 4 and min(flops, key=flops.get) == (config.cut, config.head_order), flops
+  def table_from_cores(cores):  # the TT product of the 4 cores, written out (ids, coords)
+    full = jnp.einsum('xiaq,qjbr,rkcs,sldy->ijklabcd', *cores)
+    return full.reshape(math.prod(vocab_factors), dim)[:vocab]
+
+  explicit_graphdef, explicit_params = nnx.split(build(1, 1))
+  explicit = jax.grad(lambda x, params: jnp.sum(jnp.sin(x @ table_from_cores(
+      [core[...] for core in nnx.merge(explicit_graphdef, params).G_RxVkxDkxR]).T)),
+                      argnums=(0, 1))(x_BxLxD, explicit_params)
+  expected = np.asarray(x_BxLxD) @ explicit_table('tt', build(1, 1), vocab).T
+  for cut in (1, 2, 3):
+    # The most a slice may hold (half the table), one table row per slice (the
+    # padding left out), and the default: the same logits; under jax.checkpoint, the same
+    # gradients.
+    widest = build(cut, vocab * dim)
+    (vocab_left, *_), (_, vocab_right, _) = (block.shape for block in widest.blocks())
+    spans = widest.slices(vocab_left, vocab_right)
+    assert max(rows * columns for _, rows, _, columns in spans) * dim <= vocab * dim / 2
+    reference = gradients(widest)
+    # The same gradients as autodiff through the explicit VxD table (the cores are the
+    # same whatever the cut).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+                 reference, explicit)
+    for embed in (widest, build(cut, 1), build(cut, tt.SLICE_ELEMENTS)):
+      np.testing.assert_allclose(embed.attend(x_BxLxD), expected, atol=1e-5, err_msg=str(cut))
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+                   gradients(embed), reference)
+  # The plan takes the smallest bond whose blocks stay below the table.
+  allowed = [k for k in (1, 2, 3) if config.bonds[k - 1] < min(math.prod(sizes[:k]),
+                                                              math.prod(sizes[k:]))]
+  assert config.cut in allowed
+  assert config.bonds[config.cut - 1] == min(config.bonds[k - 1] for k in allowed)

@@ -220,3 +220,19 @@ def test_a_table_heads_step_holds_the_table_gradient_once(monkeypatch):
   config.model.update(num_layers=1, model_dim=64, mlp_dim=64)
   sliced = compiled_temp_bytes(config, vocab, 8, 64)
   assert sliced < 1.9 * table_bytes, sliced / table_bytes
+
+
+def test_a_head_in_its_own_vocabulary_order_gives_the_id_order_loss_without_permuting():
+  # adaptive's head computes its logits band by band (frequency order): the loss takes them
+  # so, with the targets' positions, and equals the loss of the id-order logits, gradients
+  # included, while neither pass gathers or scatters BxLxV logits.
+  config = make_config('adaptive', 'tied', 0, band_cutoffs=(10, 30))
+  assert_chunked_equals_plain(config)
+  graphdef, params, rest = nnx.split(make_model(config), nnx.Param, ...)
+  inputs_BxL, targets_BxL = batch()
+  jaxpr = jax.make_jaxpr(jax.value_and_grad(lambda p: loss.model_nll_sum(
+      nnx.merge(graphdef, p, rest), inputs_BxL, targets_BxL)))(params)
+  permuted = [eqn.outvars[0].aval.shape for eqn in jaxpr.jaxpr.eqns
+              if eqn.primitive.name in ('gather', 'scatter-add', 'scatter_add')
+              and eqn.outvars[0].aval.shape[-1:] == (VOCAB,)]
+  assert not permuted, permuted

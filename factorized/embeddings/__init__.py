@@ -38,6 +38,14 @@ the table's and follow optim.py's general rule.
 A module whose tied logits are `project_to_vocab(x, T)` with T (VxD) its only parameter
 may name T in `LOGITS_TABLE` (dense does): the chunked loss then walks the vocabulary in
 slices and holds T's gradient once (factorized/loss.py).
+
+A module whose head computes its logits in parts (tt: slices of the table; adaptive:
+frequency bands) may define `attend_parts(x_BxLxD) -> [logits_BxLxV_p, ...]`, consecutive
+ranges of a vocabulary order of its own, and, where that order is not the ids' order,
+`ordered_ids(ids) -> positions` of the ids in it. The loss then takes the log-sum-exp over
+the parts and the target's logit from its part (loss.py's `parts_nll`): the same NLL,
+without concatenating the parts into BxLxV logits or putting them back in id order (a
+gather, and a scatter in the backward pass), which would cost more than the head itself.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ and its own projection to D:
 
   A_b: V_b x W_b, P_b: W_b x D     x = A_b[i] P_b for the id at position i of band b
   tied head: band b's logits (x P_b^T) A_b^T, the bands concatenated (frequency order)
-             and put back in id order: the full softmax.
+             and put back in id order: the full softmax. The loss takes them band by band
+             with the targets' positions in the frequency order (`attend_parts`,
+             `ordered_ids`): the same NLL without gathering the BxLxV logits.
 
 Init (sigma^2 = 1/D), albert's per band: A_b ~ N(0, D sigma^2 / W_b), P_b with random
 orthonormal rows (W_b <= D): Var(x) = W_b (D sigma^2 / W_b) / D = sigma^2 and
@@ -101,13 +103,20 @@ class AdaptiveEmbedding(nnx.Module):
       x_BxLxD = part_BxLxD if x_BxLxD is None else x_BxLxD + part_BxLxD
     return x_BxLxD
 
-  def attend(self, x_BxLxD: jax.Array) -> jax.Array:
-    """Tied logits_BxLxV: band b's (x P_b^T) A_b^T, in id order, float32."""
+  def attend_parts(self, x_BxLxD: jax.Array) -> list[jax.Array]:
+    """Tied logits band by band (frequency order): band b's (x P_b^T) A_b^T, float32."""
     x_BxLxD = x_BxLxD.astype(self.dtype)
-    parts = [base.project_to_vocab(
+    return [base.project_to_vocab(
         jnp.einsum('...d,wd->...w', x_BxLxD, projection[...].astype(self.dtype)), table[...])
-             for _, _, table, projection in self._bands()]
-    return jnp.concatenate(parts, axis=-1)[..., self.position_V[...]]
+            for _, _, table, projection in self._bands()]
+
+  def ordered_ids(self, ids: jax.Array) -> jax.Array:
+    """Each id's position in the frequency order of `attend_parts`."""
+    return self.position_V[...][ids]
+
+  def attend(self, x_BxLxD: jax.Array) -> jax.Array:
+    """Tied logits_BxLxV in id order, float32."""
+    return jnp.concatenate(self.attend_parts(x_BxLxD), axis=-1)[..., self.position_V[...]]
 
   def penalty(self) -> jax.Array:
     """No regulariser: 0."""

@@ -16,14 +16,22 @@ with bond ranks r_k = min(R, m_1...m_k, m_{k+1}...m_n), m_k = v_k d_k, R = model
 Computation: once per call the cores are merged into two blocks at a cut c,
 L = G_1..G_c (V_L x D_L x r_c) and R = G_{c+1}..G_n (r_c x V_R x D_R), both smaller than the
 table (r_c below both sides' sizes).
-  lookup     x[id] = L[i_L] R[:, i_R] (D_L x r_c times r_c x D_R): 2 D r_c FLOPs per token;
-  tied head  all V' logits by contracting x (as D_L x D_R) through R, then L ("right
-             first": 2 r_c (D V_R + V' D_L) FLOPs per token), or through L, then R ("left
-             first": 2 r_c (D V_L + V' D_R)); the cut and the order are the cheapest of all
-             that never build the table. The padding ids' logits are dropped. The
-             intermediate (D_L r_c V_R or V_L r_c D_R per token) can be many times the
-             logits, so tokens go through in chunks whose intermediate holds at most
-             `chunk_elements` values, each chunk recomputed in the backward pass.
+  lookup     x[id] = L[i_L] R[:, i_R] (D_L x r_c times r_c x D_R): 2 D r_c FLOPs per token,
+             computed as a gather from the head's table slices below (per call; faster on
+             CPUs than a batch of N small D_L x r_c x D_R products);
+  tied head  the table in slices of S rows of L (S V_R rows of the table, at most
+             SLICE_ELEMENTS values and half the table; where one row of L holds
+             more, a row of L times a run of R's columns), each slice L[s] R made
+             (2 S V_R D r_c FLOPs, per call) and multiplied into the hidden states as a dense
+             table slice is (2 D V FLOPs per token, the padding ids' rows dropped before the
+             product), under jax.checkpoint: the backward pass makes each slice again rather
+             than keep it, so no more than one slice of the table is ever held. The loss
+             takes the slices' logits as they are (`attend_parts`), without concatenating.
+The cut is the one of smallest bond r_c (then of fewest block values) whose blocks stay
+below the table. A per-token contraction through the blocks (x through R, then L) never
+makes a table slice, but costs 2 r_c (D V_R + V' D_L) FLOPs per token (4.5x dense's head at
+Brown's R=64) and holds an N x D_L x r_c x V_R intermediate: several times slower than these
+slices (benchmarks/README.md).
 
 Auto factors (tt_vocab_factors=(), tt_dim_factors=()): 3 cores; V' from ceil(V^(1/3))
 factors lowered one at a time while the product stays >= V (17,906 -> 27 x 26 x 26 =
@@ -36,14 +44,15 @@ sqrt(V' D sigma^2): mean-square entry sigma^2, so Var(x) = sigma^2 and, the entr
 row being uncorrelated, Var(logit) = D sigma^2.
 
 Parameters sum_k r_{k-1} v_k d_k r_k; the tied head adds none. FLOPs per token as above
-(the block merges are per call, not per token: not counted). Decay: the first core (the
-table is linear in each core: decaying one shrinks it by (1 - lr wd)). Spectrum factors:
-[W] (V x D, from the blocks, outside the loss): a TT matrix is in general of full rank, so
-no thinner factors exist.
+(the block merges and table slices are per call, not per token: not counted; `table_flops`).
+Decay: the first core (the table is linear in each core: decaying one shrinks it by
+(1 - lr wd)). Spectrum factors: [W] (V x D, from the blocks, outside the loss): a TT
+matrix is in general of full rank, so no thinner factors exist.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -54,8 +63,7 @@ from flax import nnx
 from factorized.embeddings import base
 
 AUTO_CORES = 3
-CHUNK_ELEMENTS = 2 ** 24  # the tied head's intermediate per chunk of tokens (64 MiB float32)
-RIGHT_FIRST, LEFT_FIRST = 'right_first', 'left_first'
+SLICE_ELEMENTS = 2 ** 21  # the most table values of one slice of the tied head (8 MiB float32)
 
 
 def _merge(cores: list[jax.Array]) -> jax.Array:
@@ -69,17 +77,18 @@ def _merge(cores: list[jax.Array]) -> jax.Array:
 
 
 class TTEmbedding(nnx.Module):
-  """A TT-matrix table: lookups and the tied head through two merged blocks of cores."""
+  """A TT-matrix table: lookups through two merged blocks of cores, the tied head through
+  slices of the table made from them."""
 
   TABLE_PARAMS = ('G_RxVkxDkxR',)
   TABLE_DECAY = (('G_RxVkxDkxR', 0),)  # the table is linear in each core: decay the first
 
   def __init__(self, vocab_size: int, vocab_factors: tuple[int, ...],
-               dim_factors: tuple[int, ...], bonds: tuple[int, ...], cut: int, order: str, *,
-               dtype: str, rngs: nnx.Rngs, chunk_elements: int = CHUNK_ELEMENTS):
+               dim_factors: tuple[int, ...], bonds: tuple[int, ...], cut: int, *,
+               dtype: str, rngs: nnx.Rngs, slice_elements: int = SLICE_ELEMENTS):
     self.dtype = base.compute_dtype(dtype)
-    self.vocab_size, self.cut, self.order = vocab_size, cut, order
-    self.chunk_elements = chunk_elements
+    self.vocab_size, self.cut = vocab_size, cut
+    self.slice_elements = slice_elements
     ranks = (1, *bonds, 1)
     shapes = [(ranks[k], v, d, ranks[k + 1])
               for k, (v, d) in enumerate(zip(vocab_factors, dim_factors, strict=True))]
@@ -99,47 +108,66 @@ class TTEmbedding(nnx.Module):
     return left[0].astype(self.dtype), right[..., 0].astype(self.dtype)
 
   def __call__(self, ids_BxL: jax.Array) -> jax.Array:
-    """Looks up x_BxLxD = L[i_L] R[:, i_R] in the compute dtype."""
-    left_VLxDLxR, right_RxVRxDR = self.blocks()
-    ids_N = ids_BxL.reshape(-1)
-    vocab_right = right_RxVRxDR.shape[1]
-    x_NxDLxDR = jnp.einsum('nda,ane->nde', left_VLxDLxR[ids_N // vocab_right],
-                           right_RxVRxDR[:, ids_N % vocab_right])
-    return x_NxDLxDR.reshape(*ids_BxL.shape, self.model_dim)
+    """Looks up x_BxLxD, each id's row from the table slice that holds it (`_table_slices`),
+    in the compute dtype. A gather's gradient needs its indices, not the slice, so the
+    backward pass keeps the blocks, never a slice."""
 
-  def _logits(self, x_NxDLxDR: jax.Array, left_VLxDLxR: jax.Array,
-              right_RxVRxDR: jax.Array) -> jax.Array:
-    """logits_NxVLxVR of a chunk of tokens, float32, in the configured order."""
-    if self.order == RIGHT_FIRST:
-      y_NxDLxRxVR = jnp.einsum('nde,aue->ndau', x_NxDLxDR, right_RxVRxDR)
-      return jnp.einsum('ndau,tda->ntu', y_NxDLxRxVR, left_VLxDLxR,
-                        preferred_element_type=jnp.float32)
-    y_NxVLxRxDR = jnp.einsum('nde,tda->ntae', x_NxDLxDR, left_VLxDLxR)
-    return jnp.einsum('ntae,aue->ntu', y_NxVLxRxDR, right_RxVRxDR,
-                      preferred_element_type=jnp.float32)
+    def rows(table_SxD, first):
+      local_BxL = ids_BxL - first
+      held_BxL = (local_BxL >= 0) & (local_BxL < table_SxD.shape[0])
+      rows_BxLxD = table_SxD[jnp.clip(local_BxL, 0, table_SxD.shape[0] - 1)]
+      return jnp.where(held_BxL[..., None], rows_BxLxD, jnp.zeros((), table_SxD.dtype))
+
+    parts = [rows(make_table(), first) for first, make_table in self._table_slices()]
+    return functools.reduce(jnp.add, parts)
+
+  def slices(self, vocab_left: int, vocab_right: int) -> list[tuple[int, int, int, int]]:
+    """The tied head's slices of the table, in id order, as (L rows start, count, R columns
+    start, count): whole rows of L while one holds at most the slice limit (min of
+    `slice_elements` and half the table, at least one table row), else one row of
+    L with a run of R's columns; slices of padding ids only are left out."""
+    limit = max(self.model_dim, min(self.slice_elements, self.vocab_size * self.model_dim // 2))
+    rows_of_l = limit // (vocab_right * self.model_dim)
+    if rows_of_l:
+      spans = [(start, min(rows_of_l, vocab_left - start), 0, vocab_right)
+               for start in range(0, vocab_left, rows_of_l)]
+    else:
+      columns = limit // self.model_dim
+      spans = [(row, 1, start, min(columns, vocab_right - start))
+               for row in range(vocab_left) for start in range(0, vocab_right, columns)]
+    return [span for span in spans if span[0] * vocab_right + span[2] < self.vocab_size]
 
   def attend(self, x_BxLxD: jax.Array) -> jax.Array:
-    """Tied logits_BxLxV = x W^T through the blocks (never W), float32."""
+    """Tied logits_BxLxV = x W^T, float32 (`attend_parts` concatenated)."""
+    parts = self.attend_parts(x_BxLxD)
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+  def _table_slices(self):
+    """[(first id, () -> its table slice S x D in the compute dtype)] in id order (`slices`;
+    the padding rows dropped)."""
     left_VLxDLxR, right_RxVRxDR = self.blocks()
-    (vocab_left, dim_left, rank), (_, vocab_right, dim_right) = (left_VLxDLxR.shape,
-                                                                 right_RxVRxDR.shape)
-    *batch, _ = x_BxLxD.shape
-    x_NxDLxDR = x_BxLxD.astype(self.dtype).reshape(-1, dim_left, dim_right)
-    tokens = x_NxDLxDR.shape[0]
-    per_token = rank * (dim_left * vocab_right if self.order == RIGHT_FIRST
-                        else vocab_left * dim_right)
-    chunk = max(1, self.chunk_elements // per_token)
-    if tokens <= chunk:
-      logits_NxVLxVR = self._logits(x_NxDLxDR, left_VLxDLxR, right_RxVRxDR)
-    else:
-      chunks = -(-tokens // chunk)
-      padded_NxDLxDR = jnp.pad(x_NxDLxDR, ((0, chunks * chunk - tokens), (0, 0), (0, 0)))
-      step = jax.checkpoint(lambda x: self._logits(x, left_VLxDLxR, right_RxVRxDR))
-      logits_NxVLxVR = jax.lax.map(step, padded_NxDLxDR.reshape(chunks, chunk, dim_left,
-                                                                dim_right))
-      logits_NxVLxVR = logits_NxVLxVR.reshape(-1, vocab_left, vocab_right)[:tokens]
-    logits_NxV = logits_NxVLxVR.reshape(tokens, vocab_left * vocab_right)[:, :self.vocab_size]
-    return logits_NxV.reshape(*batch, self.vocab_size)
+    vocab_left, vocab_right = left_VLxDLxR.shape[0], right_RxVRxDR.shape[1]
+    made = []
+    for left_start, left_rows, right_start, right_columns in self.slices(vocab_left,
+                                                                          vocab_right):
+      first = left_start * vocab_right + right_start
+      kept = min(left_rows * right_columns, self.vocab_size - first)
+      left_SLxDLxR = left_VLxDLxR[left_start:left_start + left_rows]
+      right_RxSRxDR = right_RxVRxDR[:, right_start:right_start + right_columns]
+
+      def make_table(left_SLxDLxR=left_SLxDLxR, right_RxSRxDR=right_RxSRxDR, kept=kept):
+        table_SxD = jnp.einsum('tda,aue->tude', left_SLxDLxR, right_RxSRxDR)
+        return table_SxD.reshape(-1, self.model_dim)[:kept]
+
+      made.append((first, make_table))
+    return made
+
+  def attend_parts(self, x_BxLxD: jax.Array) -> list[jax.Array]:
+    """Tied logits x W^T slice by slice of W (id order), float32, W never made whole: each
+    slice under jax.checkpoint, made again in the backward pass rather than kept."""
+    x_BxLxD = x_BxLxD.astype(self.dtype)
+    return [jax.checkpoint(lambda x, make_table=make_table: base.project_to_vocab(
+        x, make_table()))(x_BxLxD) for _, make_table in self._table_slices()]
 
   def penalty(self) -> jax.Array:
     """No regulariser: 0."""
@@ -183,24 +211,21 @@ def auto_dim_factors(dim: int, cores: int) -> tuple[int, ...]:
 
 
 def plan(vocab_factors: tuple[int, ...], dim_factors: tuple[int, ...], rank: int
-         ) -> tuple[tuple[int, ...], int, str, int] | None:
-  """(bonds, cut, order, tied-head FLOPs per token) of the cheapest head that never builds
-  the table, or None when every cut leaves a block as large as the table."""
+         ) -> tuple[tuple[int, ...], int] | None:
+  """(bonds, cut): the cut of smallest bond (then of fewest block values) whose blocks stay
+  below the table, or None when every cut leaves a block as large as the table."""
   sizes = [v * d for v, d in zip(vocab_factors, dim_factors, strict=True)]
   cuts = range(1, len(sizes))
   bonds = tuple(min(rank, math.prod(sizes[:k]), math.prod(sizes[k:])) for k in cuts)
-  padded, dim = math.prod(vocab_factors), math.prod(dim_factors)
   best = None
   for k, bond in zip(cuts, bonds, strict=True):
-    if bond >= min(math.prod(sizes[:k]), math.prod(sizes[k:])):
+    left, right = math.prod(sizes[:k]), math.prod(sizes[k:])
+    if bond >= min(left, right):
       continue  # a block would hold as many values as the table
-    vocab_left, dim_left = math.prod(vocab_factors[:k]), math.prod(dim_factors[:k])
-    vocab_right, dim_right = padded // vocab_left, dim // dim_left
-    for order, flops in ((RIGHT_FIRST, 2 * bond * (dim * vocab_right + padded * dim_left)),
-                         (LEFT_FIRST, 2 * bond * (dim * vocab_left + padded * dim_right))):
-      if best is None or flops < best[3]:
-        best = (bonds, k, order, flops)
-  return best
+    key = (bond, bond * (left + right))
+    if best is None or key < best[0]:
+      best = (key, k)
+  return None if best is None else (bonds, best[1])
 
 
 @base.register('tt', order=40, module=TTEmbedding, rank_label='TT-rank', fields={
@@ -216,8 +241,6 @@ class TTConfig(base.KindConfig):
   dim_factors: tuple[int, ...]
   bonds: tuple[int, ...]
   cut: int
-  head_order: str
-  head_flops: int
 
   @classmethod
   def parse(cls, embed, **common) -> TTConfig:
@@ -249,9 +272,9 @@ class TTConfig(base.KindConfig):
                        f'tt_vocab_factors={vocab_factors}, tt_dim_factors={dim_factors}: every '
                        'cut of the cores would leave a block as large as the table; it must be '
                        f'< {largest}.')
-    bonds, cut, order, flops = chosen
+    bonds, cut = chosen
     return cls(rank=int(rank), vocab_factors=vocab_factors, dim_factors=dim_factors,
-               bonds=bonds, cut=cut, head_order=order, head_flops=flops, **common)
+               bonds=bonds, cut=cut, **common)
 
   def param_counts(self) -> dict[str, int]:
     ranks = (1, *self.bonds, 1)
@@ -260,7 +283,12 @@ class TTConfig(base.KindConfig):
 
   def flops_per_token(self) -> dict[str, int]:
     return {'embedding': 2 * self.model_dim * self.bonds[self.cut - 1],
-            'tied_head': self.head_flops}
+            'tied_head': 2 * self.model_dim * self.vocab_size}
+
+  def table_flops(self) -> int:
+    """FLOPs per call (not per token) of making the tied head's table slices from the
+    blocks, 2 V' D r_c (the block merges, smaller, not counted)."""
+    return 2 * math.prod(self.vocab_factors) * self.model_dim * self.bonds[self.cut - 1]
 
   def build(self, rngs: nnx.Rngs, *, dense_table: jax.typing.ArrayLike | None = None,
             token_counts: np.ndarray | None = None) -> TTEmbedding:
@@ -268,4 +296,4 @@ class TTConfig(base.KindConfig):
       raise ValueError("dense_table initialisation needs model.embed.kind='svd' (or 'dense', "
                        "'adaptive'), not 'tt'.")
     return TTEmbedding(self.vocab_size, self.vocab_factors, self.dim_factors, self.bonds,
-                       self.cut, self.head_order, dtype=self.dtype, rngs=rngs)
+                       self.cut, dtype=self.dtype, rngs=rngs)
