@@ -94,6 +94,7 @@ import reference_step  # noqa: E402
 
 from configs import brown  # noqa: E402
 from factorized import costs, embeddings, loss, optim, parallel, trainer  # noqa: E402
+from factorized import step as step_lib  # noqa: E402
 from factorized.step import BoundStep, make_eval_step, make_train_step  # noqa: E402
 
 # Vendors' published dense (no sparsity) peak FLOP/s of one device, by jax's device_kind
@@ -254,11 +255,10 @@ def eval_runner(evaluate_step: Callable, bench: Bench, eval_batch: dict, mesh
                 ) -> Callable[[], jax.Array]:
   """`() -> result` of one eval step on `eval_batch` with the current params.
 
-  make_eval_step's step is `(params, batch, sums_NxKx2, index) -> sums_NxKx2` (sums donated).
+  make_eval_step's step is `(params, batch, sums, index) -> sums` (sums donated).
   """
-  replicated = parallel.replicated(mesh)
-  holder = {'sums': jax.device_put(np.zeros((1, 1, 2), np.float32), replicated),
-            'index': jax.device_put(np.int32(0), replicated)}
+  holder = {'sums': step_lib.eval_sums(1, 0, mesh),
+            'index': jax.device_put(np.int32(0), parallel.replicated(mesh))}
 
   def run() -> jax.Array:
     holder['sums'] = evaluate_step(bench.state.params, eval_batch, holder['sums'],

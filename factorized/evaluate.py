@@ -1,10 +1,11 @@
 """Exact evaluation: perplexity = exp(total NLL / total tokens), every token once.
 
-The same Evaluator serves periodic evaluation in training and `eval.py`. Per-batch
-sums are written on device into one [num_batches, 1 + bands, 2] array (no host sync per
-batch) and added up in float64 on the host at the end. Besides the whole split, it
-reports the perplexity of each frequency band of the target (data.frequency_bands), with
-the band's token count, so a comparison can show which words a low rank costs.
+The same Evaluator serves periodic evaluation in training and `eval.py`. Each device's
+per-batch sums are written on device into one [num_batches, devices, 1 + bands, 2] array
+(no host sync per batch, no collective) and added up in float64 on the host at the end.
+Besides the whole split, it reports the perplexity of each frequency band of the target
+(data.frequency_bands), with the band's token count, so a comparison can show which words
+a low rank costs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from jax.sharding import Mesh
 
 from factorized import data as data_lib
 from factorized import parallel
+from factorized import step as step_lib
 from factorized.step import ModelParts, make_eval_step
 
 
@@ -69,15 +71,13 @@ class Evaluator:
         process_count=jax.process_count(),
         stride=self.stride,
     )
-    rows = 1 + len(self.band_names)
-    sums_NxKx2 = jax.device_put(np.zeros((self.num_batches, rows, 2), np.float32),
-                                parallel.replicated(self.mesh))
+    sums_NxDxKx2 = step_lib.eval_sums(self.num_batches, len(self.band_names), self.mesh)
     for index, batch in enumerate(batches):
       if self.band_V is not None:
         batch['bands'] = self.band_V[batch['targets']]
-      sums_NxKx2 = self._eval_step(params, parallel.global_batch(batch, self.mesh), sums_NxKx2,
-                                   np.int32(index))
-    sums_Kx2 = np.asarray(jax.device_get(sums_NxKx2), np.float64).sum(axis=0)
+      sums_NxDxKx2 = self._eval_step(params, parallel.global_batch(batch, self.mesh),
+                                     sums_NxDxKx2, np.int32(index))
+    sums_Kx2 = step_lib.total_eval_sums(sums_NxDxKx2)
     nll_sum, token_count = sums_Kx2[0]
     if round(token_count) != len(self.tokens):
       raise RuntimeError(

@@ -17,10 +17,12 @@ from collections.abc import Callable
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax import lax
-from jax.sharding import Mesh
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from factorized import loss as loss_lib
@@ -157,18 +159,21 @@ def make_train_step(
 
 def make_eval_step(parts: ModelParts, mesh: Mesh, num_bands: int = 0
                    ) -> Callable[[nnx.State, dict, jax.Array, jax.Array], jax.Array]:
-  """Returns the jitted `(params, batch, sums_NxKx2, index) -> sums_NxKx2` (sums donated).
+  """Returns the jitted `(params, batch, sums_NxDxKx2, index) -> sums_NxDxKx2` (sums
+  donated; `eval_sums` makes them, `total_eval_sums` adds them up).
 
-  Row `index` of `sums_NxKx2` receives this batch's [nll_sum, token_count] pairs, summed
-  over devices: K = 1 + num_bands, first over every target, then over the targets of each
-  band (`batch['bands']`, the band of each target, 0..num_bands-1). `batch['mask']` is 1
-  for real targets and 0 for padding. Threading one results array through every batch
-  chains the executions: they run one after another without a host sync per batch.
-  (Independent dispatches would run concurrently, and on a host with few cores the
-  collectives of many concurrent programs can starve each other of threads.)
+  Row `index` of each device's column of `sums_NxDxKx2` receives that device's
+  [nll_sum, token_count] pairs of this batch: K = 1 + num_bands, first over every target,
+  then over the targets of each band (`batch['bands']`, the band of each target,
+  0..num_bands-1). `batch['mask']` is 1 for real targets and 0 for padding. The step has no
+  collective: the host adds the devices' sums up once, at the end, in float64. (The
+  batches' programs depend on one another only through the sums they write, so XLA:CPU runs
+  their forward passes concurrently; a psum in each would block one of its worker threads
+  per device and batch in the psum's rendezvous, and on a busy host with few cores those
+  waits starved the pool until the collective timed out and aborted the process.)
   """
 
-  def per_device(params: nnx.State, consts: nnx.State, batch: dict):
+  def per_device(params: nnx.State, consts: nnx.State, batch: dict, sums_NxDxKx2, index):
     model = nnx.merge(parts.graphdef, params, consts)
     mask = batch['mask'].astype(jnp.float32)
     nll = loss_lib.model_token_nll(model, batch['inputs'], batch['targets']) * mask
@@ -178,13 +183,26 @@ def make_eval_step(parts: ModelParts, mesh: Mesh, num_bands: int = 0
       band_sums_Kx2 = jnp.stack([jnp.einsum('bl,blk->k', nll, in_band_BxLxK),
                                  jnp.einsum('bl,blk->k', mask, in_band_BxLxK)], axis=1)
       sums_Kx2 = jnp.concatenate([sums_Kx2, band_sums_Kx2])
-    return lax.psum(sums_Kx2, DATA_AXIS)
+    return lax.dynamic_update_slice(sums_NxDxKx2, sums_Kx2[None, None], (index, 0, 0, 0))
 
   sharded = jax.shard_map(
-      per_device, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)), out_specs=P())
+      per_device, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P(None, DATA_AXIS), P()),
+      out_specs=P(None, DATA_AXIS))
+  return BoundStep(jax.jit(sharded, donate_argnums=3), parts.consts)
 
-  def step(params, consts, batch, sums_NxKx2, index):
-    return lax.dynamic_update_slice(sums_NxKx2, sharded(params, consts, batch)[None],
-                                    (index, 0, 0))
 
-  return BoundStep(jax.jit(step, donate_argnums=3), parts.consts)
+def eval_sums(num_batches: int, num_bands: int, mesh: Mesh) -> jax.Array:
+  """Zeros for make_eval_step's sums: num_batches x devices x (1 + num_bands) x 2, float32,
+  each device holding its own column."""
+  shape = (num_batches, mesh.devices.size, 1 + num_bands, 2)
+  sharding = NamedSharding(mesh, P(None, DATA_AXIS))
+  return jax.make_array_from_callback(shape, sharding,
+                                      lambda index: np.zeros(shape, np.float32)[index])
+
+
+def total_eval_sums(sums_NxDxKx2: jax.Array) -> np.ndarray:
+  """The sums over batches and devices, K x 2 in float64 (gathered from every process)."""
+  if jax.process_count() > 1:
+    sums_NxDxKx2 = multihost_utils.process_allgather(sums_NxDxKx2, tiled=True)
+  sums_NxDxKx2 = np.asarray(jax.device_get(sums_NxDxKx2), np.float64)
+  return sums_NxDxKx2.sum(axis=1).sum(axis=0)

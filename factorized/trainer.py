@@ -1,8 +1,11 @@
 """The training loop: data -> pure data-parallel step -> evaluation, checkpoints, events.
 
 `train_and_evaluate(config, workdir)` runs or resumes a run and returns its summary.
-Inside the step loop nothing waits for the device except at log, eval and checkpoint
-steps, and there the metrics read are those of the step before (already finished).
+Inside the step loop the host reads nothing from the device except at log, eval and
+checkpoint steps, and there the metrics read are those of the step before (already
+finished). It keeps at most two steps in flight: after dispatching a step it waits for
+the previous one to finish (a wait, not a transfer), so the progress bar counts finished
+steps and a stop signal checkpoints within about two steps' time.
 """
 
 from __future__ import annotations
@@ -307,7 +310,12 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
     for step in range(start_step + 1, train_cfg.num_steps + 1):
       batch = parallel.global_batch(next(batches), run.mesh)
       state, metrics = train_step(state, batch)
-      bar.update(1)
+      if pending is not None:
+        # At most two steps in flight: this one queued behind the previous, which the host
+        # waits for (no transfer) before preparing the next batch. The bar counts finished
+        # steps, and a stop request is served within about two steps' time.
+        jax.block_until_ready(pending[1])
+        bar.update(max(0, pending[0] - bar.n))
       if pending is not None and pending[0] % train_cfg.log_every == 0:
         last_metrics = read(pending[1])
         _check_finite(pending[0], last_metrics, checkpointer)
@@ -330,6 +338,7 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
       do_eval = final or step % train_cfg.eval_every == 0
       if final or do_eval or step % train_cfg.ckpt_every == 0 or stop.signal_name:
         last_metrics = read(metrics)
+        bar.update(step - bar.n)  # this step has finished too
         throughput.interval(step)
         paused_at = time.perf_counter()
         _check_finite(step, last_metrics, checkpointer)

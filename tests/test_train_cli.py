@@ -140,3 +140,25 @@ def test_eval_cli_prints_and_writes_the_perplexity(tiny_config, tmp_path, repo_r
       [sys.executable, 'eval.py', f'--workdir={tmp_path / "nothing"}'],
       cwd=repo_root, env=cli_env(1), capture_output=True, text=True, timeout=120)
   assert missing.returncode == 1 and 'not a training workdir' in missing.stderr
+
+
+def test_four_devices_on_a_busy_machine_evaluate_and_checkpoint_without_aborting(
+    brown_zip, tmp_path, repo_root):
+  # Evaluations and checkpoints coincide at steps 15 and 30 of runlocal; each evaluation
+  # dispatches its batches back to back. With a psum in every batch, XLA:CPU ran their
+  # forward passes concurrently and their collectives' waits starved its worker threads on
+  # a busy host: the rendezvous timed out and aborted the process (exit 134).
+  del brown_zip
+  busy = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(2)]
+  try:
+    result = subprocess.run(
+        [sys.executable, str(repo_root / 'train.py'),
+         '--config=configs/brown.py:kind=svd,rank=16,runlocal',
+         '--config.model.embed.ortho_penalty=0.1', f'--workdir={tmp_path}'],
+        cwd=repo_root, env=cli_env(4), capture_output=True, text=True, timeout=400)
+  finally:
+    for process in busy:
+      process.kill()
+      process.wait()
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads((tmp_path / 'summary.json').read_text())['steps'] == 30
