@@ -21,6 +21,14 @@ Arguments (after the colon, comma-separated):
   seeds=0+1+2             run every point at each seed (sub-workdirs get `_seed<S>`; the
                           reports give mean and standard deviation over seeds); without
                           it, each point runs once at the config's seed, unsuffixed;
+  lrs=1.5e-3+3e-3+6e-3    train.lr values: every point at each (short for axis=train.lr:...);
+  axis=FIELD:V1+V2[/FIELD:V1+V2]  any config fields swept (values typed as the field's
+                          default), every point at each combination; sub-workdirs get
+                          `_<field><value>` (`svd_rank32_lr0.006_seed0`), except where a
+                          value is the base config's, so that point is the one already run;
+                          summary.csv gets a column per swept field, and the reports the
+                          `tuned` rows (the train.lr of best valid perplexity per kind,
+                          head and rank, and its test perplexity);
   runlocal                brown.py's runlocal sizes: the whole sweep (7 points) takes a
                           few minutes on a 2-core CPU;
   gpu                     brown.py's accelerator-sized model.
@@ -42,6 +50,13 @@ Launch commands:
       --workdir=/tmp/sweep_kinds
   # Three seeds of some points (error bars in the reports):
   python train.py --config=configs/rank_sweep.py:kinds=dense+svd,ranks=32,seeds=0+1+2 \
+      --workdir=runs/sweep
+  # A learning rate per kind: every point at three rates (the reports' tuned rows pick the
+  # best by valid perplexity; the test split chooses nothing):
+  python train.py --config=configs/rank_sweep.py:kinds=dense+svd,ranks=32,lrs=1.5e-3+3e-3+6e-3 \
+      --workdir=runs/sweep
+  # Any field: twice the steps, and adaptive's band widths halving per band:
+  python train.py --config=configs/rank_sweep.py:kinds=adaptive,ranks=128,axis=model.embed.band_factor:2.0 \
       --workdir=runs/sweep
   # Only some points; overrides apply to every point:
   python train.py --config=configs/rank_sweep.py:kinds=dense+svd,ranks=16+64 \
@@ -66,7 +81,7 @@ from factorized.embeddings import KINDS, ranked
 
 def _parse(arg: str | None) -> ml_collections.ConfigDict:
   arg = parse_arg(arg, head='tied', kinds='dense+albert+svd', ranks='8+16+32+64+128+256',
-                  seeds='', runlocal=False, gpu=False)
+                  seeds='', lrs='', axis='', runlocal=False, gpu=False)
   if arg.head not in ('tied', 'untied', 'both'):
     raise ValueError(f'Config argument head={arg.head!r} must be tied, untied or both.')
   kinds = [kind for kind in arg.kinds.split('+') if kind]
@@ -83,7 +98,54 @@ def _parse(arg: str | None) -> ml_collections.ConfigDict:
     raise ValueError(f'Config argument ranks={arg.ranks!r}: ranks must be >= 1.')
   arg.kinds, arg.ranks = '+'.join(kinds), '+'.join(map(str, ranks))
   arg.seeds = '+'.join(map(str, _seeds(arg.seeds)))
+  _axes(arg, _base_config(arg))  # fails here, naming the argument, on a bad axis
   return arg
+
+
+def _axes(arg: ml_collections.ConfigDict, base: ml_collections.ConfigDict
+          ) -> list[tuple[str, list]]:
+  """[(dotted field, values typed as its default)] of `lrs=` and `axis=`."""
+  specs = [f'train.lr:{arg.lrs}'] if arg.lrs else []
+  specs += [spec for spec in arg.axis.split('/') if spec]
+  axes = []
+  for spec in specs:
+    field, _, raw = spec.partition(':')
+    node = _field(base, field)
+    if node is _MISSING:
+      raise ValueError(f'Config argument axis={spec!r}: {field!r} is not a config field '
+                       '(e.g. axis=train.lr:1e-3+3e-3).')
+    values = [value for value in raw.split('+') if value]
+    if not values or isinstance(node, (ml_collections.ConfigDict, tuple, list)):
+      raise ValueError(f'Config argument axis={spec!r}: expected FIELD:V1+V2 over a number, '
+                       'string or bool field, e.g. axis=train.lr:1e-3+3e-3.')
+    axes.append((field, [_typed(value, node, spec) for value in values]))
+  return axes
+
+
+_MISSING = object()
+
+
+def _field(config: ml_collections.ConfigDict, field: str):
+  """The value of dotted `field` in `config`, or _MISSING."""
+  node = config
+  for part in field.split('.'):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return _MISSING
+    node = node[part]
+  return node
+
+
+def _typed(raw: str, default, spec: str):
+  """`raw` as the type of the field's `default`."""
+  try:
+    if isinstance(default, bool):
+      if raw.lower() not in ('true', 'false'):
+        raise ValueError
+      return raw.lower() == 'true'
+    return type(default)(raw) if isinstance(default, (int, float)) else raw
+  except ValueError:
+    raise ValueError(f'Config argument axis={spec!r}: {raw!r} is not a '
+                     f'{type(default).__name__} like the field\'s default {default!r}.') from None
 
 
 def _seeds(text: str) -> list[int]:
@@ -115,12 +177,20 @@ def get_sweep(arg: str | None = None) -> list[dict]:
   ranks = [rank for rank in map(int, arg.ranks.split('+')) if rank <= dim]  # capped at D
   heads = ('tied', 'untied') if arg.head == 'both' else (arg.head,)
   seeds = [{'seed': seed} for seed in _seeds(arg.seeds)] or [{}]
+  base = _base_config(arg)
+  # Every combination of the axes' values; a value equal to the base config's is no
+  # override, so that point keeps the name (and the run) it has without the axis.
+  combinations = [{}]
+  for field, values in _axes(arg, base):
+    default = _field(base, field)
+    combinations = [{**combination, **({} if value == default else {field: value})}
+                    for combination in combinations for value in values]
   points = []
   for head in heads:
     untied = {'model.embed.head': 'untied'} if head == 'untied' else {}
     for kind in arg.kinds.split('+'):
       for rank in ranks if ranked(kind) else [None]:
         with_rank = {} if rank is None else {'model.embed.rank': rank}
-        points.extend({'model.embed.kind': kind, **with_rank, **untied, **seed}
-                      for seed in seeds)
+        points.extend({'model.embed.kind': kind, **with_rank, **untied, **axes, **seed}
+                      for axes in combinations for seed in seeds)
   return points

@@ -147,6 +147,29 @@ def plot_band_ppl(table: pd.DataFrame, x: str = 'vocab_params') -> Figure:
   return fig
 
 
+def plot_tuning(table: pd.DataFrame, field: str = sweep_report.TUNED) -> Figure:
+  """Best valid perplexity (mean over seeds, std bars) against a swept `field` (train.lr),
+  one curve per kind, head and rank tried at several values; the tuned value circled."""
+  groups = sweep_report.aggregate(table[table['kind'].isin(embeddings.KINDS)])
+  chosen = sweep_report.tuned(table)
+  fig, (ax,) = _figure(1, width=6.0)
+  for _, best in chosen.iterrows():
+    same = (groups['kind'] == best['kind']) & (groups['head'] == best['head'])
+    same &= groups['rank'].isna() if pd.isna(best['rank']) else groups['rank'] == best['rank']
+    rows = groups[same].sort_values(field)
+    label = best['series'] + ('' if pd.isna(best['rank']) else f' {best["rank"]}')
+    _error_bars(ax, rows, field, 'best_valid_ppl', label=label, **_style(best['series']))
+    ax.scatter([best[field]], [best['best_valid_ppl_mean']], s=80, facecolors='none',
+               edgecolors='black', zorder=4)
+  ax.set_xscale('log')
+  ax.set(xlabel=field, ylabel='best valid perplexity',
+         title=f'valid perplexity against {field} (circled: the tuned value)')
+  ax.grid(alpha=0.3)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7)
+  return fig
+
+
 def png_bytes(figure: Figure) -> bytes:
   """The figure as PNG bytes (for files written atomically)."""
   out = io.BytesIO()

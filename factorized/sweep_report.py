@@ -55,10 +55,16 @@ SWEEP_RUN = 'sweep'
 CSV_FILE, AGGREGATE_FILE, MD_FILE = 'summary.csv', 'aggregate.csv', 'summary.md'
 PNG_FILE = 'ppl_vs_vocab_params.png'
 PNG_FILES = (PNG_FILE, 'ppl_vs_rank.png', 'band_ppl_vs_vocab_params.png')
+TUNING_PNG_FILE = 'valid_ppl_vs_lr.png'  # written when train.lr is swept
 POSTHOC_METHOD = 'posthoc_svd'  # every post-hoc method's name starts so (posthoc.py)
 POSTHOC_FILE = '{method}_{split}.json'
 COLUMNS = ('run', 'kind', 'head', 'rank', 'seed', 'embedding_params', 'vocab_params',
-           'total_params', 'valid_ppl', 'test_ppl', 'tokens_per_s')
+           'total_params', 'valid_ppl', 'best_valid_ppl', 'test_ppl', 'tokens_per_s')
+# Config fields that never make a swept column: what COLUMNS already say, and fields that
+# do not change what is computed.
+NOT_SWEPT = ('seed', 'overwrite', 'model.embed.kind', 'model.embed.rank', 'model.embed.head',
+             'data.cache_dir', 'launcher.')
+TUNED = 'lr'  # the swept column the tuned rows choose (train.lr)
 GROUP = ('kind', 'head', 'rank')
 PARAMS = ('embedding_params', 'vocab_params', 'total_params')
 BAND_PREFIX = 'test_ppl@'
@@ -82,8 +88,8 @@ def _summary_row(run: str, summary: dict) -> dict[str, Any]:
       'embedding_params': params['embedding'],
       'vocab_params': params.get('vocab', params['embedding'] + params['output_head']),
       'total_params': params['total'],
-      'valid_ppl': summary.get('valid_ppl'), 'test_ppl': summary.get('test_ppl'),
-      'tokens_per_s': summary.get('tokens_per_s'),
+      'valid_ppl': summary.get('valid_ppl'), 'best_valid_ppl': summary.get('best_valid_ppl'),
+      'test_ppl': summary.get('test_ppl'), 'tokens_per_s': summary.get('tokens_per_s'),
   }
   for band, result in (summary.get('test_bands') or {}).items():
     row[BAND_PREFIX + band] = result['ppl']
@@ -120,8 +126,11 @@ def _posthoc_rows(run: str, run_dir: pathlib.Path, seed: int | None) -> list[dic
             'embedding_params': params['embedding'],
             'vocab_params': params.get('vocab', params['embedding']),
             'total_params': params['total'],
-            'valid_ppl': None, 'test_ppl': None, 'tokens_per_s': None})
+            'valid_ppl': None, 'best_valid_ppl': None, 'test_ppl': None,
+            'tokens_per_s': None})
         row[f'{split}_ppl'] = ppl
+        if split == 'valid':  # one evaluation: the last is the best
+          row['best_valid_ppl'] = ppl
   return list(rows.values())
 
 
@@ -136,18 +145,53 @@ def _sort_key(row: dict) -> tuple:
           -1 if row['seed'] is None else row['seed'], row['run'])
 
 
+def _flat(config: dict, prefix: str = '') -> dict[str, Any]:
+  """A saved config as {dotted field: value} (tuples and lists as tuples)."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = tuple(value) if isinstance(value, list) else value
+  return flat
+
+
+def swept_fields(configs: list[dict]) -> dict[str, str]:
+  """{dotted field: column name} of the config fields whose values differ between the
+  runs (a sweep's axes: train.lr -> 'lr'), among those every run's config has (a field
+  added to the code later is no axis), NOT_SWEPT aside."""
+  flats = [_flat(config) for config in configs]
+  common = set.intersection(*(set(flat) for flat in flats)) if flats else set()
+  fields = sorted(field for field in common
+                  if not any(field == skip or field.startswith(skip) for skip in NOT_SWEPT)
+                  and len({repr(flat[field]) for flat in flats}) > 1)
+  names = [field.rsplit('.', 1)[-1] for field in fields]
+  return {field: name if names.count(name) == 1 else field
+          for field, name in zip(fields, names, strict=True)}
+
+
 def collect_rows(sweep_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
-  """The per-run rows (sorted by head, kind, rank, seed) and the runs without a summary."""
-  rows, unfinished = [], []
+  """The per-run rows (sorted by head, kind, rank, seed) and the runs without a summary.
+  Each row carries the values of the swept fields (`swept_fields`) of its run's config;
+  post-hoc rows those of the run they compress."""
+  runs, unfinished = [], []
   for run_dir in _run_dirs(pathlib.Path(sweep_dir)):
     summary_path = run_dir / 'summary.json'
-    seed = None
-    if summary_path.exists():
-      rows.append(_summary_row(run_dir.name, json.loads(summary_path.read_text())))
-      seed = rows[-1]['seed']
-    elif (run_dir / 'config.json').exists():
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    if summary is None and (run_dir / 'config.json').exists():
       unfinished.append(run_dir.name)
-    rows.extend(_posthoc_rows(run_dir.name, run_dir, seed))
+    runs.append((run_dir, summary))
+  swept = swept_fields([summary['config'] for _, summary in runs if summary])
+  rows = []
+  for run_dir, summary in runs:
+    values, seed = {}, None
+    if summary:
+      rows.append(_summary_row(run_dir.name, summary))
+      seed = rows[-1]['seed']
+      flat = _flat(summary['config'])
+      values = {name: flat[field] for field, name in swept.items()}
+      rows[-1].update(values)
+    rows.extend({**row, **values} for row in _posthoc_rows(run_dir.name, run_dir, seed))
   return sorted(rows, key=_sort_key), unfinished
 
 
@@ -158,10 +202,52 @@ def _band_order(column: str) -> float:
 
 
 def rows_table(rows: list[dict]) -> pd.DataFrame:
-  """The per-run rows as summary.csv's frame: COLUMNS, then band columns; `series` added."""
+  """The per-run rows as summary.csv's frame: COLUMNS, the swept fields' columns, then band
+  columns; `series` added."""
   bands = sorted({c for row in rows for c in row if c.startswith(BAND_PREFIX)}, key=_band_order)
-  table = pd.DataFrame(rows, columns=[*COLUMNS, *bands])
+  swept = [c for row in rows for c in row if c not in COLUMNS and not c.startswith(BAND_PREFIX)]
+  table = pd.DataFrame(rows, columns=[*COLUMNS, *dict.fromkeys(swept), *bands])
   return with_series(table.astype({'rank': 'Int64', 'seed': 'Int64'}))
+
+
+def swept_columns(table: pd.DataFrame) -> list[str]:
+  """The swept fields' columns of a per-run or aggregate table (rows_table)."""
+  known = {*COLUMNS, 'series', 'seeds'}
+  return [c for c in table.columns if c not in known and not c.startswith(BAND_PREFIX)
+          and not c.endswith(('_mean', '_std'))]
+
+
+def base_rows(table: pd.DataFrame) -> pd.DataFrame:
+  """The rows at every swept field's most common value (the grid's own settings: what the
+  plots and the by-vocab-params table show; the tuned rows show the rest)."""
+  keep = pd.Series(True, index=table.index)
+  for column in swept_columns(table):
+    values = table[column].map(repr)
+    keep &= values == values.mode().iloc[0]
+  return table[keep]
+
+
+def tuned(table: pd.DataFrame) -> pd.DataFrame:
+  """The tuned rows: per (kind, head, rank, other swept fields) trained with several values
+  of TUNED (train.lr), the value of lowest best-valid perplexity (mean over seeds) and its
+  test perplexity; `tried` lists the values, `at_edge` says whether the best is the lowest
+  or highest tried (then the range should widen). The test split chooses nothing."""
+  columns = ['kind', 'head', 'rank', TUNED, 'tried', 'at_edge', 'seeds', 'vocab_params',
+             'best_valid_ppl_mean', 'test_ppl_mean', 'test_ppl_std', 'series']
+  groups = aggregate(table[table['kind'].isin(embeddings.KINDS)])
+  if TUNED not in groups.columns:
+    return pd.DataFrame(columns=columns)
+  keys = [*GROUP, *[c for c in swept_columns(groups) if c != TUNED]]
+  rows = []
+  for _, points in groups.groupby(keys, dropna=False, sort=False):
+    points = points[np.isfinite(points['best_valid_ppl_mean'].astype(float))]
+    if len(points) < 2:
+      continue
+    best = points.loc[points['best_valid_ppl_mean'].astype(float).idxmin()]
+    tried = sorted(points[TUNED])
+    rows.append({**best.to_dict(), 'tried': '+'.join(f'{v:g}' for v in tried),
+                 'at_edge': best[TUNED] in (tried[0], tried[-1])})
+  return pd.DataFrame(rows, columns=[*columns, *(c for c in keys if c not in columns)])
 
 
 def with_series(table: pd.DataFrame) -> pd.DataFrame:
@@ -172,19 +258,21 @@ def with_series(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
-  """The perplexity columns of a per-run table: valid, test, then the bands'."""
-  return ['valid_ppl', 'test_ppl', *[c for c in table.columns if c.startswith(BAND_PREFIX)]]
+  """The perplexity columns of a per-run table: valid, best valid, test, then the bands'."""
+  return ['valid_ppl', 'best_valid_ppl', 'test_ppl',
+          *[c for c in table.columns if c.startswith(BAND_PREFIX)]]
 
 
 def aggregate(table: pd.DataFrame) -> pd.DataFrame:
-  """One row per (kind, head, rank) of a per-run table: `seeds`, parameter counts, and
-  `<metric>_mean` / `<metric>_std` (sample std over seeds; NaN for one seed)."""
+  """One row per (kind, head, rank, swept fields) of a per-run table: `seeds`, parameter
+  counts, and `<metric>_mean` / `<metric>_std` (sample std over seeds; NaN for one seed)."""
   metrics = metric_columns(table)
-  groups = table.groupby(list(GROUP), dropna=False, sort=False)
+  keys = [*GROUP, *swept_columns(table)]
+  groups = table.groupby(keys, dropna=False, sort=False)
   out = groups[list(PARAMS)].first()
   out.insert(0, 'seeds', groups.size())
-  numeric = table[list(GROUP) + metrics].astype({m: float for m in metrics})
-  stats = numeric.groupby(list(GROUP), dropna=False, sort=False)[metrics].agg(['mean', 'std'])
+  numeric = table[keys + metrics].astype({m: float for m in metrics})
+  stats = numeric.groupby(keys, dropna=False, sort=False)[metrics].agg(['mean', 'std'])
   stats.columns = [f'{metric}_{stat}' for metric, stat in stats.columns]
   return with_series(out.join(stats).reset_index())
 
@@ -249,19 +337,31 @@ def markdown_report(table: pd.DataFrame, unfinished: list[str]) -> str:
   then every run."""
   groups = aggregate(table)
   bands = [c for c in metric_columns(table) if c.startswith(BAND_PREFIX)]
-  header = ['kind', 'head', 'rank', 'seeds', 'vocab params', 'total params', 'valid ppl',
-            'test ppl', *[b.replace(BAND_PREFIX, 'test ppl ') for b in bands]]
+  swept = swept_columns(groups)
+  header = ['kind', 'head', 'rank', *swept, 'seeds', 'vocab params', 'total params',
+            'valid ppl', 'test ppl', *[b.replace(BAND_PREFIX, 'test ppl ') for b in bands]]
   lines = ['Mean ± standard deviation over seeds:', '',
            '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for _, row in groups.iterrows():
-    cells = [row['kind'], row['head'], _format('rank', row['rank']), str(row['seeds']),
+    cells = [row['kind'], row['head'], _format('rank', row['rank']),
+             *[_format(c, row[c]) for c in swept], str(row['seeds']),
              _format('vocab_params', row['vocab_params']),
              _format('total_params', row['total_params']),
              *[_mean_std(row, m) for m in ('valid_ppl', 'test_ppl', *bands)]]
     lines.append('| ' + ' | '.join(cells) + ' |')
   lines += ['', 'By vocabulary parameters (every kind on one axis; the Pareto front: no point '
-            'is both smaller and better):', '', *_by_vocab_params(groups)]
-  lines += ['', 'Every run:', '', *_markdown(table, list(COLUMNS))]
+            'is both smaller and better):', '', *_by_vocab_params(aggregate(base_rows(table)))]
+  chosen = tuned(table)
+  if not chosen.empty:
+    lines += ['', f'Tuned {TUNED} (per kind, head and rank: the value of lowest best-valid '
+              'perplexity, mean over seeds; the test split chooses nothing):', '',
+              f'| kind | head | rank | {TUNED} | tried | at an edge | best valid ppl | '
+              'test ppl |', '|---|---|---|---|---|---|---|---|']
+    for _, row in chosen.iterrows():
+      lines.append(f'| {row["kind"]} | {row["head"]} | {_format("rank", row["rank"])} | '
+                   f'{row[TUNED]:g} | {row["tried"]} | {"yes" if row["at_edge"] else ""} | '
+                   f'{row["best_valid_ppl_mean"]:.2f} | {_mean_std(row, "test_ppl")} |')
+  lines += ['', 'Every run:', '', *_markdown(table, [*COLUMNS, *swept_columns(table)])]
   if unfinished:
     lines += ['', f'Not finished (no summary.json yet): {", ".join(unfinished)}.']
   return '\n'.join(lines) + '\n'
@@ -318,11 +418,14 @@ def write_reports(sweep_dir: str | os.PathLike) -> str:
   write_atomic(root / CSV_FILE, _csv(table.drop(columns='series')))
   write_atomic(root / AGGREGATE_FILE, _csv(aggregate(table).drop(columns='series')))
   write_atomic(root / MD_FILE, report)
-  figures = (plots.plot_ppl(table, 'vocab_params'), plots.plot_ppl(table, 'rank'),
-             plots.plot_band_ppl(table, 'vocab_params'))
+  base = base_rows(table)
+  figures = (plots.plot_ppl(base, 'vocab_params'), plots.plot_ppl(base, 'rank'),
+             plots.plot_band_ppl(base, 'vocab_params'))
   for name, figure in zip(PNG_FILES, figures, strict=True):
     write_atomic(root / name, plots.png_bytes(figure))
-  write_tensorboard_run(aggregate(table), root, _full_rank(root))
+  if not tuned(table).empty:
+    write_atomic(root / TUNING_PNG_FILE, plots.png_bytes(plots.plot_tuning(table, TUNED)))
+  write_tensorboard_run(aggregate(base), root, _full_rank(root))
   return report
 
 

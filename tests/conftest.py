@@ -139,17 +139,17 @@ def dense_embedding(runs):
 
 
 SUMMARY_CSV = """\
-run,kind,head,rank,seed,embedding_params,vocab_params,total_params,valid_ppl,test_ppl,tokens_per_s
-dense,dense,tied,,0,1000,1000,2000,50.0,52.0,1000.0
-albert_rank4,albert,tied,4,0,320,400,1400,65.0,66.0,
-svd_rank4,svd,tied,4,0,300,300,1300,70.0,72.0,
-svd_rank8,svd,tied,8,0,600,600,1600,60.0,61.0,
-svd_rank4_untied,svd,untied,4,0,300,1300,2300,68.0,69.0,
-dense,posthoc_svd,tied,4,0,300,300,1300,,90.0,
-dense,posthoc_svd,tied,8,0,600,600,1600,,70.0,
-dense,posthoc_svd_ft10,tied,4,0,300,300,1300,,80.0,
-dense,posthoc_svd_ft10,tied,8,0,600,600,1600,,65.0,
-dense,posthoc_svd_freq,tied,4,0,300,300,1300,,85.0,
+run,kind,head,rank,seed,embedding_params,vocab_params,total_params,valid_ppl,best_valid_ppl,test_ppl,tokens_per_s
+dense,dense,tied,,0,1000,1000,2000,50.0,50.0,52.0,1000.0
+albert_rank4,albert,tied,4,0,320,400,1400,65.0,65.0,66.0,
+svd_rank4,svd,tied,4,0,300,300,1300,70.0,70.0,72.0,
+svd_rank8,svd,tied,8,0,600,600,1600,60.0,60.0,61.0,
+svd_rank4_untied,svd,untied,4,0,300,1300,2300,68.0,68.0,69.0,
+dense,posthoc_svd,tied,4,0,300,300,1300,,,90.0,
+dense,posthoc_svd,tied,8,0,600,600,1600,,,70.0,
+dense,posthoc_svd_ft10,tied,4,0,300,300,1300,,,80.0,
+dense,posthoc_svd_ft10,tied,8,0,600,600,1600,,,65.0,
+dense,posthoc_svd_freq,tied,4,0,300,300,1300,,,85.0,
 """
 
 

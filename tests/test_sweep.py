@@ -128,19 +128,21 @@ def read_scalars(run_dir, tag):
       'scalars'] else []
 
 
-def fake_run(root, name, kind, rank, head='tied', valid=50.0, test=60.0, seed=0, bands=None):
+def fake_run(root, name, kind, rank, head='tied', valid=50.0, test=60.0, seed=0, bands=None,
+             lr=3e-3):
   """A run directory holding only what the reports read from summary.json."""
   vocab, dim = 1000, 64
   embedding = {'dense': vocab * dim, 'albert': vocab * rank + rank * dim + dim,
                'svd': vocab * rank + rank + rank * dim,
                'tt': 2000 * rank}[kind]  # a made-up count: the reports only read it
   head_only = vocab * dim if head == 'untied' else 0
-  summary = {'config': {'seed': seed, 'model': {'model_dim': dim, 'embed': {
-                 'kind': kind, 'rank': rank, 'head': head}}},
+  summary = {'config': {'seed': seed, 'train': {'lr': lr}, 'model': {
+                 'model_dim': dim, 'embed': {'kind': kind, 'rank': rank, 'head': head}}},
              'vocab_size': vocab,
              'params': {'embedding': embedding, 'output_head': head_only,
                         'vocab': embedding + head_only, 'total': embedding + head_only + 5000},
-             'valid_ppl': valid, 'test_ppl': test, 'tokens_per_s': 1234.5,
+             'valid_ppl': valid, 'best_valid_ppl': valid, 'test_ppl': test,
+             'tokens_per_s': 1234.5,
              'wall_time_s': 600.0, 'test_bands': bands or {}}
   (root / name).mkdir(parents=True)
   (root / name / 'summary.json').write_text(json.dumps(summary))
@@ -234,3 +236,44 @@ def test_pareto_front_keeps_the_undominated_points():
   table = pd.DataFrame({'p': [10, 20, 30, 40, 15], 'ppl': [90.0, 80.0, 85.0, 70.0, 95.0]})
   front = sweep_report.pareto_front(table, 'p', 'ppl')
   assert list(front['p']) == [10, 20, 40]
+
+
+def test_an_axis_sweeps_any_field_and_names_its_points_and_a_base_value_keeps_the_old_name():
+  points = rank_sweep.get_sweep('kinds=dense+svd,ranks=32,lrs=1.5e-3+3e-3+6e-3,seeds=0')
+  assert [sweep.point_name(point) for point in points] == [
+      'dense_lr0.0015_seed0', 'dense_seed0', 'dense_lr0.006_seed0',
+      'svd_rank32_lr0.0015_seed0', 'svd_rank32_seed0', 'svd_rank32_lr0.006_seed0']
+  both = rank_sweep.get_sweep(
+      'kinds=adaptive,ranks=128,axis=model.embed.band_factor:2+4/train.num_steps:3000')
+  assert [sweep.point_name(point) for point in both] == [
+      'adaptive_rank128_band_factor2.0_num_steps3000', 'adaptive_rank128_num_steps3000']
+  points = sweep.make_points(rank_sweep.get_config(''), both)
+  assert points[0].config.model.embed.band_factor == 2.0
+  assert points[0].config.train.num_steps == 3000
+  for bad, message in (('axis=train.lrr:1', "'train.lrr' is not a config field"),
+                       ('lrs=fast', "'fast' is not a float"),
+                       ('axis=model.embed.band_cutoffs:1', r'expected FIELD:V1\+V2')):
+    with pytest.raises(ValueError, match=message):
+      rank_sweep.get_sweep(bad)
+
+
+def test_tuned_rows_choose_by_valid_perplexity_never_by_test(tmp_path):
+  # dense: 3e-3 best on valid (test says 1.5e-3); svd: the best is at the edge (6e-3).
+  for lr, valid, test in ((1.5e-3, 52.0, 40.0), (3e-3, 50.0, 45.0), (6e-3, 55.0, 50.0)):
+    name = 'dense' if lr == 3e-3 else f'dense_lr{lr}'
+    fake_run(tmp_path, name, 'dense', 16, valid=valid, test=test, lr=lr)
+  for lr, valid in ((1.5e-3, 90.0), (3e-3, 80.0), (6e-3, 70.0)):
+    name = 'svd_rank8' if lr == 3e-3 else f'svd_rank8_lr{lr}'
+    fake_run(tmp_path, name, 'svd', 8, valid=valid, test=valid + 5, lr=lr)
+  report = sweep_report.write_reports(tmp_path)
+  rows = list(csv.DictReader((tmp_path / 'summary.csv').read_text().splitlines()))
+  assert [(r['run'], r['lr']) for r in rows][:2] == [('dense', '0.003'),
+                                                      ('dense_lr0.0015', '0.0015')]
+  chosen = sweep_report.tuned(sweep_report.rows_table(sweep_report.collect_rows(tmp_path)[0]))
+  assert [(r.kind, r.lr, r.at_edge, r.test_ppl_mean) for r in chosen.itertuples()] == [
+      ('dense', 3e-3, False, 45.0), ('svd', 6e-3, True, 75.0)]
+  assert '| dense | tied | - | 0.003 | 0.0015+0.003+0.006 |  | 50.00 | 45.00 |' in report
+  assert (tmp_path / sweep_report.TUNING_PNG_FILE).read_bytes()[:4] == b'\x89PNG'
+  # The plots and the by-vocab-params table show the grid's own rate (the most common).
+  by_params = report.split('By vocabulary parameters')[1].split('Tuned')[0]
+  assert by_params.count('| dense |') == 1 and '| 80.00 |' not in by_params
