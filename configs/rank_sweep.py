@@ -55,9 +55,9 @@ Launch commands:
   # best by valid perplexity; the test split chooses nothing):
   python train.py --config=configs/rank_sweep.py:kinds=dense+svd,ranks=32,lrs=1.5e-3+3e-3+6e-3 \
       --workdir=runs/sweep
-  # Any field: twice the steps, and adaptive's band widths halving per band:
-  python train.py --config=configs/rank_sweep.py:kinds=adaptive,ranks=128,axis=model.embed.band_factor:2.0 \
-      --workdir=runs/sweep
+  # Any field, here adaptive's band widths halving per band, and twice the steps:
+  python train.py --config=configs/rank_sweep.py:kinds=adaptive,ranks=128,seeds=0,\
+axis=model.embed.band_factor:2.0/train.num_steps:3000 --workdir=runs/sweep
   # Only some points; overrides apply to every point:
   python train.py --config=configs/rank_sweep.py:kinds=dense+svd,ranks=16+64 \
       --config.train.num_steps=3000 --workdir=runs/sweep_short

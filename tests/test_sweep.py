@@ -129,20 +129,20 @@ def read_scalars(run_dir, tag):
 
 
 def fake_run(root, name, kind, rank, head='tied', valid=50.0, test=60.0, seed=0, bands=None,
-             lr=3e-3):
+             lr=3e-3, num_steps=1500, best_step=None):
   """A run directory holding only what the reports read from summary.json."""
   vocab, dim = 1000, 64
   embedding = {'dense': vocab * dim, 'albert': vocab * rank + rank * dim + dim,
                'svd': vocab * rank + rank + rank * dim,
                'tt': 2000 * rank}[kind]  # a made-up count: the reports only read it
   head_only = vocab * dim if head == 'untied' else 0
-  summary = {'config': {'seed': seed, 'train': {'lr': lr}, 'model': {
+  summary = {'config': {'seed': seed, 'train': {'lr': lr, 'num_steps': num_steps}, 'model': {
                  'model_dim': dim, 'embed': {'kind': kind, 'rank': rank, 'head': head}}},
              'vocab_size': vocab,
              'params': {'embedding': embedding, 'output_head': head_only,
                         'vocab': embedding + head_only, 'total': embedding + head_only + 5000},
              'valid_ppl': valid, 'best_valid_ppl': valid, 'test_ppl': test,
-             'tokens_per_s': 1234.5,
+             'tokens_per_s': 1234.5, 'steps': num_steps, 'best_step': best_step or num_steps,
              'wall_time_s': 600.0, 'test_bands': bands or {}}
   (root / name).mkdir(parents=True)
   (root / name / 'summary.json').write_text(json.dumps(summary))
