@@ -53,6 +53,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_libraries()  # no dependency warnings unless --verbosity is given
+  cli.check_workdir(FLAGS.workdir, must_exist=True)
   from factorized import eval_run, posthoc
 
   if FLAGS.svd_finetune_steps and not FLAGS.svd_ranks:
@@ -70,8 +71,10 @@ def main(argv):
     else:
       result = eval_run.evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint,
                                          stride=FLAGS.stride)
-  except (ValueError, FileNotFoundError, FloatingPointError) as error:  # incl. NonFiniteLoss
+  except FloatingPointError as error:  # NonFiniteLoss while fine-tuning
     sys.exit(f'error: {error}')
+  except (ValueError, FileNotFoundError) as error:  # a flag, a file: named, exit 2
+    cli.usage_error(str(error))
   print(json.dumps(result, indent=2))
 
 

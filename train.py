@@ -56,6 +56,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_libraries()  # no dependency warnings unless --verbosity is given
+  cli.check_workdir(FLAGS.workdir)
+  missing = cli.missing_config_file(FLAGS['config'].config_filename)
+  if missing:
+    cli.usage_error(missing)
   from factorized import sweep
 
   points = sweep.load_sweep(FLAGS['config'].config_filename)
@@ -75,7 +79,7 @@ def main(argv):
                                           else None),
                                progress_every_s=FLAGS.sweep_progress_every_s))
     except (ValueError, FileNotFoundError) as error:
-      sys.exit(f'error: {error}')
+      cli.usage_error(str(error))
   import jax
 
   if FLAGS.distributed:
@@ -89,8 +93,10 @@ def main(argv):
   except trainer.TrainingInterrupted as stopped:
     logging.warning('%s', stopped)
     sys.exit(143)
-  except (ValueError, FileNotFoundError, trainer.NonFiniteLoss) as error:
+  except trainer.NonFiniteLoss as error:
     sys.exit(f'error: {error}')
+  except (ValueError, FileNotFoundError) as error:  # a config field, a file: named, exit 2
+    cli.usage_error(str(error))
   if jax.process_index() == 0:
     keys = ('valid_ppl', 'best_valid_ppl', 'test_ppl', 'steps', 'tokens_per_s')
     print(json.dumps({key: summary[key] for key in keys}))

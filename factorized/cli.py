@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import logging as py_logging
+import os
 import pathlib
 import re
 import sys
@@ -32,21 +33,57 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(EXIT_USAGE)
 
 
+def usage_error(message: str) -> None:
+  """Prints `error: <message>` (one line: what is wrong, where, and the fix) and exits 2."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(EXIT_USAGE)
+
+
+def check_workdir(workdir: str, *, must_exist: bool = False) -> None:
+  """A usage error unless `workdir` is a directory (or, unless must_exist, can become one)."""
+  path = pathlib.Path(workdir)
+  if path.exists() and not path.is_dir():
+    usage_error(f'--workdir={workdir} is a file, not a directory; give a directory '
+                '(train.py creates it when missing).')
+  if must_exist and not path.is_dir():
+    usage_error(f'--workdir={workdir} does not exist; give the workdir of a run (train.py '
+                '--workdir=...).')
+  parent = next((p for p in (path, *path.parents) if p.exists()), pathlib.Path('.'))
+  if not must_exist and not os.access(parent, os.W_OK | os.X_OK):
+    usage_error(f'--workdir={workdir}: {parent} is not writable; give a directory you can '
+                'write to.')
+
+
+def missing_config_file(spec: str) -> str | None:
+  """The message when the file of `--config=<spec>` does not exist, else None."""
+  path = spec.partition(':')[0]
+  if pathlib.Path(path).is_file():
+    return None
+  known = sorted(str(p) for p in pathlib.Path('configs').glob('*.py')
+                 if p.name not in ('__init__.py', 'common.py'))
+  return (f'--config={spec}: no config file {path}; give one of '
+          f'{", ".join(known) or "configs/<name>.py"}.')
+
+
 def explain(argv: list[str], error: Exception) -> str:
-  """One line for a flag error: the override's field, its closest valid names, the file."""
+  """One line for a flag error: the config file or argument at fault and why, or the
+  override's field, its closest valid names, the file."""
   spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
   overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
-  if spec is not None and overrides:
+  if spec is not None:
+    missing = missing_config_file(spec)
+    if missing:
+      return missing
     try:
       config = _load(spec)
-    except Exception:  # noqa: BLE001 (the config file itself is broken: absl's message)
-      config = None
-    if config is not None:
-      for override in overrides:
-        key, _, value = override.partition('=')
-        message = _check_override(config, key, value, spec)
-        if message:
-          return message
+    except Exception as cause:  # noqa: BLE001 (the config file or its argument is at fault)
+      lines = str(cause).strip().splitlines()
+      return f'--config={spec}: {lines[0] if lines else type(cause).__name__}'
+    for override in overrides:
+      key, _, value = override.partition('=')
+      message = _check_override(config, key, value, spec)
+      if message:
+        return message
   text = str(error).strip().splitlines()
   return text[0] if text else repr(error)
 

@@ -99,6 +99,7 @@ def build_run(
   """
   optim.validate_train_config(config.train)
   data_lib.validate_band_edges(config.eval.band_edges)
+  embeddings.check_choices(config.model)  # before the corpus is read
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch_size(config.train.batch_size, mesh,
                             micro_batches=config.train.grad_accum_steps)

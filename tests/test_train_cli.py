@@ -139,7 +139,7 @@ def test_eval_cli_prints_and_writes_the_perplexity(tiny_config, tmp_path, repo_r
   missing = subprocess.run(
       [sys.executable, 'eval.py', f'--workdir={tmp_path / "nothing"}'],
       cwd=repo_root, env=cli_env(1), capture_output=True, text=True, timeout=120)
-  assert missing.returncode == 1 and 'not a training workdir' in missing.stderr
+  assert missing.returncode == 2 and 'does not exist' in missing.stderr
 
 
 def test_four_devices_on_a_busy_machine_evaluate_and_checkpoint_without_aborting(
@@ -162,3 +162,33 @@ def test_four_devices_on_a_busy_machine_evaluate_and_checkpoint_without_aborting
       process.wait()
   assert result.returncode == 0, result.stderr[-3000:]
   assert json.loads((tmp_path / 'summary.json').read_text())['steps'] == 30
+
+
+@pytest.mark.parametrize('config,workdir_is_file,message', [
+    ('configs/rank_sweep.py:runlocal,kinds=foo', False,
+     "error: --config=configs/rank_sweep.py:runlocal,kinds=foo: Config argument kinds='foo': "
+     'expected a +-separated subset of dense+albert+svd+adaptive+tt.'),
+    ('configs/nonexistent.py', False,
+     'error: --config=configs/nonexistent.py: no config file configs/nonexistent.py; give one '
+     'of configs/brown.py, configs/rank_sweep.py.'),
+    ('configs/brown.py:runlocal', True,
+     'error: --workdir={workdir} is a file, not a directory; give a directory (train.py '
+     'creates it when missing).'),
+    # Refused before the corpus is read: no data directory is needed to be told.
+    ('configs/brown.py:runlocal,kind=foo', False,
+     "error: model.embed.kind='foo' is unknown; allowed: dense|albert|svd|adaptive|tt."),
+])
+def test_a_bad_config_file_argument_or_workdir_is_one_line_and_exit_code_2(
+    config, workdir_is_file, message, tmp_path, repo_root):
+  workdir = tmp_path / 'run'
+  if workdir_is_file:
+    workdir.write_text('keep me')
+  env = dict(cli_env(1), FACTORIZED_DATA_DIR=str(tmp_path / 'no_data'),
+             FACTORIZED_CACHE_DIR=str(tmp_path / 'no_cache'))
+  result = subprocess.run(
+      [sys.executable, 'train.py', f'--config={config}', f'--workdir={workdir}'],
+      cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip() == message.format(workdir=workdir)
+  if workdir_is_file:
+    assert workdir.read_text() == 'keep me'

@@ -57,6 +57,7 @@ from factorized.embeddings.base import (
   DTYPES,
   HEADS,
   KindConfig,
+  check_choices,
   compute_dtype,
   config_fields,
   embed_config,
@@ -73,5 +74,6 @@ for _module in pkgutil.iter_modules(__path__):
 
 KINDS = kind_names()
 
-__all__ = ['DTYPES', 'HEADS', 'KINDS', 'KindConfig', 'compute_dtype', 'config_fields',
-           'embed_config', 'kind', 'kind_names', 'project_to_vocab', 'ranked', 'register']
+__all__ = ['DTYPES', 'HEADS', 'KINDS', 'KindConfig', 'check_choices', 'compute_dtype',
+           'config_fields', 'embed_config', 'kind', 'kind_names', 'project_to_vocab', 'ranked',
+           'register']

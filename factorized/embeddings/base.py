@@ -130,8 +130,9 @@ def config_fields() -> dict[str, Any]:
   return {field: default for name in kind_names() for field, default in kind(name).fields.items()}
 
 
-def embed_config(model_config: ml_collections.ConfigDict, vocab_size: int) -> KindConfig:
-  """The validated config of the kind `model.embed.kind` names (model_config = config.model)."""
+def check_choices(model_config: ml_collections.ConfigDict) -> type[KindConfig]:
+  """The kind's config class; a ValueError naming model.embed.kind, model.embed.head or
+  model.dtype when one is not a known choice (no vocabulary needed: runs before the data)."""
   embed = model_config.embed
   config_class = kind(embed.kind)
   if embed.head not in HEADS:
@@ -139,6 +140,13 @@ def embed_config(model_config: ml_collections.ConfigDict, vocab_size: int) -> Ki
   if model_config.dtype not in DTYPES:
     raise ValueError(f'model.dtype={model_config.dtype!r} is unknown; allowed: '
                      f'{"|".join(DTYPES)}.')
+  return config_class
+
+
+def embed_config(model_config: ml_collections.ConfigDict, vocab_size: int) -> KindConfig:
+  """The validated config of the kind `model.embed.kind` names (model_config = config.model)."""
+  embed = model_config.embed
+  config_class = check_choices(model_config)
   return config_class.parse(embed, vocab_size=int(vocab_size),
                             model_dim=int(model_config.model_dim), dtype=model_config.dtype,
                             tied=embed.head == 'tied')
