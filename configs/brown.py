@@ -26,111 +26,13 @@ Launch commands:
 
 import ml_collections
 
-from configs import common
-from factorized import embeddings
+from configs import lm
 from factorized.config_args import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the Brown config; see the module docstring for `arg`."""
+  """Returns the Brown config (configs/lm.py on corpus=brown); see the module docstring."""
   arg = parse_arg(arg, kind='dense', rank=64, head='tied', runlocal=False, gpu=False)
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  # Refuse to reuse a workdir whose saved config differs, unless this is set.
-  config.overwrite = False
-
-  config.data = ml_collections.ConfigDict()
-  config.data.corpus = 'brown'  # brown | text | hf
-  config.data.train_files = ''  # text: paths or globs, comma-separated
-  config.data.valid_files = ''
-  config.data.test_files = ''
-  config.data.hf_name = ''  # hf: e.g. 'wikitext' (or a local `save_to_disk` directory)
-  config.data.hf_config = ''  # hf: e.g. 'wikitext-103-raw-v1'
-  config.data.hf_train_split = 'train'
-  config.data.hf_valid_split = 'validation'
-  config.data.hf_test_split = 'test'
-  config.data.text_column = 'text'
-  config.data.tokenizer = 'word'  # word | bpe
-  config.data.vocab_size = 0  # bpe: vocabulary size; word: a cap (0 = no cap)
-  config.data.min_freq = 4  # word: Bengio's protocol maps words seen <= 3 times to <unk>
-  config.data.seq_len = 128
-  config.data.cache_dir = ''  # '' = $FACTORIZED_CACHE_DIR or ~/.cache/factorized
-
-  config.model = ml_collections.ConfigDict()
-  config.model.embed = ml_collections.ConfigDict()
-  config.model.embed.kind = arg.kind  # one of embeddings.KINDS
-  config.model.embed.rank = arg.rank  # what it means: see the kind (ignored by dense)
-  config.model.embed.head = arg.head  # tied | untied
-  # Each kind's own fields (albert_head, ortho_penalty, band_cutoffs, ...), with their
-  # defaults: see factorized/embeddings/<kind>.py.
-  config.model.embed.update(embeddings.config_fields())
-  config.model.model_dim = 128
-  config.model.num_layers = 2
-  config.model.num_heads = 4
-  config.model.mlp_dim = 512
-  config.model.dropout = 0.2
-  config.model.positions = 'rope'  # rope | learned
-  config.model.dtype = 'float32'  # compute dtype; params, logits and loss stay float32
-  # Rows per chunk of the output head and loss (factorized/loss.py). 0: automatic (the plain
-  # loss while the batch's float32 logits fit in 768 MiB, else chunks of <= 32 MiB).
-  config.model.head_chunk_rows = 0
-  # Vocabulary rows per slice of a dense or untied head (factorized/loss.py). 0: automatic
-  # (tiles of <= 8 MiB).
-  config.model.head_chunk_vocab = 0
-  # Recompute each block's activations in the backward pass (less memory, ~1/3 more FLOPs).
-  config.model.remat = False
-
-  config.train = ml_collections.ConfigDict()
-  # 1,500 steps x 32 x 128 = 6.1M tokens (7.7 epochs of Brown's train split).
-  config.train.num_steps = 1500
-  config.train.batch_size = 32  # global: across all devices and processes
-  config.train.grad_accum_steps = 1  # micro-batches per step (batch_size must divide)
-  config.train.lr = 3e-3
-  config.train.min_lr_ratio = 0.1  # cosine decays to lr * min_lr_ratio
-  config.train.warmup_steps = 100
-  config.train.weight_decay = 0.1
-  config.train.grad_clip = 1.0  # global-norm clipping
-  config.train.b1 = 0.9
-  config.train.b2 = 0.98
-  config.train.eval_every = 250
-  config.train.eval_batch_size = 64
-  config.train.ckpt_every = 250
-  config.train.keep_checkpoints = 2
-  config.train.log_every = 50
-  # Weight decay of the embedding table (factorized/optim.py): table (the table shrinks as a
-  # dense one does, every kind alike) | factors (every factor matrix: the old ablation) | none
-  config.train.embed_decay = 'table'
-
-  config.eval = ml_collections.ConfigDict()
-  # Perplexity per frequency band of the target: ranks in train-split frequency (<unk> apart).
-  config.eval.band_edges = (100, 1000, 10000)
-
-  # SLURM resources of each sweep point (--sweep_launcher=slurm); see configs/common.py.
-  config.launcher = common.launcher(gpus_per_task=1 if arg.gpu else 0,
-                                    cpus_per_task=8 if arg.gpu else 2)
-
-  if arg.gpu:
-    config.model.model_dim = 512
-    config.model.num_layers = 6
-    config.model.num_heads = 8
-    config.model.mlp_dim = 2048
-    config.model.dtype = 'bfloat16'
-    config.train.batch_size = 128
-    config.train.lr = 1e-3
-
-  if arg.runlocal:
-    config.data.vocab_size = 2000
-    config.data.seq_len = 32
-    config.model.model_dim = 32
-    config.model.num_layers = 1
-    config.model.num_heads = 2
-    config.model.mlp_dim = 64
-    config.model.embed.rank = min(arg.rank, 16)
-    config.train.num_steps = 30
-    config.train.batch_size = 8
-    config.train.warmup_steps = 5
-    config.train.eval_every = 15
-    config.train.eval_batch_size = 64
-    config.train.ckpt_every = 15
-    config.train.log_every = 5
-  return config
+  flags = [name for name in ('runlocal', 'gpu') if arg[name]]
+  return lm.get_config(','.join(['corpus=brown', f'kind={arg.kind}', f'rank={arg.rank}',
+                                 f'head={arg.head}', *flags]))

@@ -1,6 +1,7 @@
 r"""The main job: perplexity versus embedding rank, dense against ALBERT and SVD, on Brown.
 
-`get_config(arg)` is configs/brown.py's dense config; `get_sweep(arg)` lists the points as
+`get_config(arg)` is configs/lm.py's dense config on the corpus (Brown unless corpus= says
+otherwise: then it is configs/brown.py's); `get_sweep(arg)` lists the points as
 dicts of config overrides: the dense baseline, then `albert` and `svd` (or the `kinds=`
 given, any of factorized.embeddings.KINDS) at ranks 8, 16, 32, 64, 128 and 256, keeping the
 ranks <= model.model_dim (128 here, 32 with runlocal, 512 with gpu) for every kind that has a
@@ -14,6 +15,8 @@ svd_rank64_untied), skips finished points and resumes unfinished ones, then writ
 summary.csv, summary.md, the plots and a `sweep` TensorBoard run (factorized/sweep_report.py).
 
 Arguments (after the colon, comma-separated):
+  corpus=brown            any of factorized.corpora.CORPORA (configs/lm.py; its data.* fields
+                          on the command line, e.g. --config.data.path=/data/ptb);
   head=tied|untied|both   the output head of every point; `both` runs each point twice
                           (untied points get an `_untied` suffix);
   kinds=dense+albert+svd  which kinds to run ('+'-separated, of dense|albert|svd|adaptive|tt);
@@ -74,14 +77,15 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import brown
+from configs import lm
 from factorized.config_args import parse_arg
 from factorized.embeddings import KINDS, ranked
 
 
 def _parse(arg: str | None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, head='tied', kinds='dense+albert+svd', ranks='8+16+32+64+128+256',
-                  seeds='', lrs='', axis='', runlocal=False, gpu=False)
+  arg = parse_arg(arg, corpus='brown', head='tied', kinds='dense+albert+svd',
+                  ranks='8+16+32+64+128+256', seeds='', lrs='', axis='', runlocal=False,
+                  gpu=False)
   if arg.head not in ('tied', 'untied', 'both'):
     raise ValueError(f'Config argument head={arg.head!r} must be tied, untied or both.')
   kinds = [kind for kind in arg.kinds.split('+') if kind]
@@ -162,11 +166,12 @@ def _seeds(text: str) -> list[int]:
 def _base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   head = 'tied' if arg.head == 'both' else arg.head
   flags = [name for name in ('runlocal', 'gpu') if arg[name]]
-  return brown.get_config(','.join(['kind=dense', f'head={head}', *flags]))
+  return lm.get_config(','.join([f'corpus={arg.corpus}', 'kind=dense', f'head={head}',
+                                 *flags]))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The base config of every point: configs/brown.py's dense config (see the docstring)."""
+  """The base config of every point: configs/lm.py's dense config (see the docstring)."""
   return _base_config(_parse(arg))
 
 

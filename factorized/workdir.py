@@ -49,11 +49,14 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 def _field_defaults() -> dict[str, Any]:
   """The fields a saved config may lack, as flat names with their defaults (JSON types):
-  every embedding kind's own, and `_LATER_FIELDS`."""
-  from factorized import embeddings  # imports JAX: only where configs are compared or loaded
+  every embedding kind's own, every corpus's own, and `_LATER_FIELDS`."""
+  from factorized import corpora, embeddings  # embeddings imports JAX: only where needed
 
-  return {**_LATER_FIELDS, **{f'model.embed.{name}': json.loads(json.dumps(value))
-                              for name, value in embeddings.config_fields().items()}}
+  return {**_LATER_FIELDS,
+          **{f'model.embed.{name}': json.loads(json.dumps(value))
+             for name, value in embeddings.config_fields().items()},
+          **{f'data.{name}': json.loads(json.dumps(value))
+             for name, value in corpora.config_fields().items()}}
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:

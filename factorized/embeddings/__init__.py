@@ -50,9 +50,7 @@ gather, and a scatter in the backward pass), which would cost more than the head
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from factorized import plugins
 from factorized.embeddings.base import (
   DTYPES,
   HEADS,
@@ -68,9 +66,7 @@ from factorized.embeddings.base import (
   register,
 )
 
-for _module in pkgutil.iter_modules(__path__):
-  if _module.name != 'base':
-    importlib.import_module(f'{__name__}.{_module.name}')
+plugins.import_all(__name__, __path__)  # every module registers itself
 
 KINDS = kind_names()
 
