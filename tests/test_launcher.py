@@ -126,7 +126,8 @@ def test_slurm_refusing_a_job_names_the_launcher_field(text_config, tmp_path, re
                     '--sweep_launcher=slurm', '--config.launcher.partition=nowhere',
                     sweep='runlocal,kinds=dense'),
       cwd=repo_root, env=cli_env(1), capture_output=True, text=True, timeout=120)
-  assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+  # A config field (launcher.partition) SLURM refuses: a usage error, exit 2.
+  assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: SLURM refused') and "launcher.partition='nowhere'" in last
   assert 'Traceback' not in result.stderr

@@ -170,7 +170,7 @@ def test_four_devices_on_a_busy_machine_evaluate_and_checkpoint_without_aborting
      'expected a +-separated subset of dense+albert+svd+adaptive+tt.'),
     ('configs/nonexistent.py', False,
      'error: --config=configs/nonexistent.py: no config file configs/nonexistent.py; give one '
-     'of configs/brown.py, configs/rank_sweep.py.'),
+     'of configs/brown.py, configs/lm.py, configs/rank_sweep.py.'),
     ('configs/brown.py:runlocal', True,
      'error: --workdir={workdir} is a file, not a directory; give a directory (train.py '
      'creates it when missing).'),
