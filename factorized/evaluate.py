@@ -1,11 +1,12 @@
 """Exact evaluation: perplexity = exp(total NLL / total tokens), every token once.
 
 The same Evaluator serves periodic evaluation in training and `eval.py`. Each device's
-per-batch sums are written on device into one [num_batches, devices, 1 + bands, 2] array
-(no host sync per batch, no collective) and added up in float64 on the host at the end.
-Besides the whole split, it reports the perplexity of each frequency band of the target
-(data.frequency_bands), with the band's token count, so a comparison can show which words
-a low rank costs.
+per-batch sums of every registered metric (factorized/metrics/: the NLL, top-1 accuracy,
+...) and of the token count are written on device into one [num_batches, devices, 1 +
+bands, metrics + 1] array (no host sync per batch, no collective) and added up in float64
+on the host at the end; each metric's `report` names the numbers. Besides the whole split,
+it reports each metric per frequency band of the target (data.frequency_bands), with the
+band's token count, so a comparison can show which words a low rank costs.
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from factorized import data as data_lib
+from factorized import metrics as metrics_lib
 from factorized import parallel
 from factorized import step as step_lib
 from factorized.step import ModelParts, make_eval_step
 
 
-def _nll_result(nll_sum: float, token_count: float) -> dict:
-  """loss, ppl and tokens of a sum (loss and ppl None when there are no tokens)."""
-  if not token_count:
-    return {'loss': None, 'ppl': None, 'tokens': 0}
-  loss = nll_sum / token_count
-  return {'loss': float(loss), 'ppl': float(math.exp(loss)), 'tokens': int(round(token_count))}
+def _result(sums_M: np.ndarray) -> dict:
+  """Every metric's numbers (factorized/metrics/: loss, ppl, accuracy, ...) and the tokens
+  of one row of the summed columns (the metrics', then the token count)."""
+  tokens = float(sums_M[-1])
+  return {**metrics_lib.report(list(sums_M[:-1]), tokens), 'tokens': int(round(tokens))}
 
 
 class Evaluator:
@@ -61,8 +62,8 @@ class Evaluator:
     self._eval_step = make_eval_step(parts, mesh, num_bands=len(self.band_names))
 
   def __call__(self, params: nnx.State) -> dict:
-    """Returns loss (NLL per token), ppl, tokens, nll_sum, stride, `bands` ({name: loss, ppl,
-    tokens}) and, given `num_words`, word_ppl."""
+    """Returns every metric's numbers (loss: NLL per token, ppl, accuracy, ...), tokens,
+    nll_sum, stride, `bands` ({name: the same per band}) and, given `num_words`, word_ppl."""
     batches = data_lib.eval_batches(
         self.tokens,
         seq_len=self.seq_len,
@@ -71,21 +72,20 @@ class Evaluator:
         process_count=jax.process_count(),
         stride=self.stride,
     )
-    sums_NxDxKx2 = step_lib.eval_sums(self.num_batches, len(self.band_names), self.mesh)
+    sums_NxDxKxM = step_lib.eval_sums(self.num_batches, len(self.band_names), self.mesh)
     for index, batch in enumerate(batches):
       if self.band_V is not None:
         batch['bands'] = self.band_V[batch['targets']]
-      sums_NxDxKx2 = self._eval_step(params, parallel.global_batch(batch, self.mesh),
-                                     sums_NxDxKx2, np.int32(index))
-    sums_Kx2 = step_lib.total_eval_sums(sums_NxDxKx2)
-    nll_sum, token_count = sums_Kx2[0]
+      sums_NxDxKxM = self._eval_step(params, parallel.global_batch(batch, self.mesh),
+                                     sums_NxDxKxM, np.int32(index))
+    sums_KxM = step_lib.total_eval_sums(sums_NxDxKxM)
+    nll_sum, token_count = sums_KxM[0, 0], sums_KxM[0, -1]
     if round(token_count) != len(self.tokens):
       raise RuntimeError(
           f'evaluation counted {token_count:.0f} tokens, the split has {len(self.tokens)}')
-    result = {**_nll_result(nll_sum, token_count), 'nll_sum': float(nll_sum),
-              'stride': self.stride}
+    result = {**_result(sums_KxM[0]), 'nll_sum': float(nll_sum), 'stride': self.stride}
     if self.band_names:
-      result['bands'] = {name: _nll_result(*sums_Kx2[1 + b])
+      result['bands'] = {name: _result(sums_KxM[1 + b])
                          for b, name in enumerate(self.band_names)}
     if self.num_words:
       result['word_ppl'] = float(math.exp(nll_sum / self.num_words))

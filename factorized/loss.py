@@ -122,17 +122,34 @@ def parts_nll(parts: list[jax.Array], targets_BxL: jax.Array) -> jax.Array:
   vocabulary (targets in that order): the log-sum-exp over the parts' log-sum-exps, less
   the target's logit taken from its own part. Equal to `token_nll` of the concatenated
   parts to float32 rounding; no BxLxV array is made beyond the parts themselves."""
-  lse_BxLxP = jnp.stack([jax.nn.logsumexp(part.astype(jnp.float32), axis=-1)
-                         for part in parts], axis=-1)
-  target_BxL, start = jnp.zeros(targets_BxL.shape, jnp.float32), 0
+  parts = [part.astype(jnp.float32) for part in parts]
+  lse_BxLxP = jnp.stack([jax.nn.logsumexp(part, axis=-1) for part in parts], axis=-1)
+  return jax.nn.logsumexp(lse_BxLxP, axis=-1) - _picked(parts, targets_BxL)[0]
+
+
+def _picked(parts: list[jax.Array], targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(the target's logit, the largest logit) per token of float32 logits in parts."""
+  target_BxL, max_BxL, start = jnp.zeros(targets_BxL.shape, jnp.float32), None, 0
   for part in parts:
     local_BxL = targets_BxL - start
     size = part.shape[-1]
-    picked_BxL = jnp.take_along_axis(part.astype(jnp.float32),
-                                     jnp.clip(local_BxL, 0, size - 1)[..., None], axis=-1)[..., 0]
+    picked_BxL = jnp.take_along_axis(part, jnp.clip(local_BxL, 0, size - 1)[..., None],
+                                     axis=-1)[..., 0]
     target_BxL += jnp.where((local_BxL >= 0) & (local_BxL < size), picked_BxL, 0.0)
+    max_BxL = part.max(axis=-1) if max_BxL is None else jnp.maximum(max_BxL, part.max(axis=-1))
     start += size
-  return jax.nn.logsumexp(lse_BxLxP, axis=-1) - target_BxL
+  return target_BxL, max_BxL
+
+
+def _plain_stats(head: nnx.Module, x_BxLxD: jax.Array, targets_BxL: jax.Array
+                 ) -> dict[str, jax.Array]:
+  """TOKEN_STATS from all the logits at once (the NLL exactly as `_plain_nll` gives it)."""
+  attend_parts = getattr(head, 'attend_parts', None)
+  parts = [head.attend(x_BxLxD)] if attend_parts is None else attend_parts(x_BxLxD)
+  nll_BxL = (token_nll(parts[0], targets_BxL) if attend_parts is None
+             else parts_nll(parts, targets_BxL))
+  target_BxL, max_BxL = _picked([part.astype(jnp.float32) for part in parts], targets_BxL)
+  return {'nll': nll_BxL, 'max_logit': max_BxL, 'target_logit': target_BxL}
 
 
 def _plain_nll(head: nnx.Module, x_BxLxD: jax.Array, targets_BxL: jax.Array) -> jax.Array:
@@ -192,8 +209,9 @@ def _table_logits(head: _Head, table_VxD, h_CxD, start, size):
 
 
 def _table_nll(head: _Head, table_VxD, x_CxD, targets_C):
-  """(nll_C, lse_C) of a table head's chunk, by an online log-sum-exp over S-row slices of
-  the vocabulary: CxS tiles, never CxV."""
+  """(nll_C, lse_C, (max_C, target_C)) of a table head's chunk, by an online log-sum-exp
+  over S-row slices of the vocabulary: CxS tiles, never CxV. max_C and target_C, the
+  largest and the target's logit, are what `model_token_stats` reports."""
   (vocab_size, dim), rows = table_VxD.shape, x_CxD.shape[0]
 
   def statistics(carry, start, size):
@@ -213,7 +231,7 @@ def _table_nll(head: _Head, table_VxD, x_CxD, targets_C):
       statistics, (jnp.full_like(zeros_C, -jnp.inf), zeros_C, zeros_C), vocab_size,
       vocab_slice_rows(head.chunk_vocab, rows, vocab_size, dim))
   lse_C = max_C + jnp.log(sum_C)
-  return lse_C - target_C, lse_C
+  return lse_C - target_C, lse_C, (max_C, target_C)
 
 
 def _table_grads(head: _Head, table_VxD, dtable_VxD, x_CxD, targets_C, lse_C, ct):
@@ -247,8 +265,8 @@ def _table_nll_sum(head, chunk_rows, table_VxD, x_NxD, targets_N):
 
 def _table_nll_sum_fwd(head, chunk_rows, table_VxD, x_NxD, targets_N):
   _, (nll_N, lse_N) = _over_rows(
-      lambda carry, chunk: (carry, _table_nll(head, table_VxD, *chunk)), None, chunk_rows,
-      (x_NxD, targets_N))
+      lambda carry, chunk: (carry, _table_nll(head, table_VxD, *chunk)[:2]), None,
+      chunk_rows, (x_NxD, targets_N))
   return nll_N.sum(), (table_VxD, x_NxD, targets_N, lse_N)
 
 
@@ -274,8 +292,9 @@ def _chunk(head: _Head, params, rest, x_CxD, targets_C, dparams_sum, with_grads:
   logits_CxV = logits_CxV.astype(jnp.float32)
   lse_C = jax.nn.logsumexp(logits_CxV, axis=-1)
   nll_C = lse_C - jnp.take_along_axis(logits_CxV, targets_C[:, None], axis=-1)[:, 0]
-  if not with_grads:
-    return dparams_sum, (nll_C, None)
+  if not with_grads:  # (evaluation) the largest and the target's logit besides
+    target_C = jnp.take_along_axis(logits_CxV, targets_C[:, None], axis=-1)[:, 0]
+    return dparams_sum, (nll_C, (logits_CxV.max(axis=-1), target_C))
   g_CxV = jnp.exp(logits_CxV - lse_C[:, None]) - jax.nn.one_hot(
       targets_C, logits_CxV.shape[-1], dtype=jnp.float32)
   dparams, dx_CxD = head_vjp(g_CxV)
@@ -286,12 +305,13 @@ def _chunk(head: _Head, params, rest, x_CxD, targets_C, dparams_sum, with_grads:
 
 
 def _walk(head: _Head, chunk_rows: int, params, rest, x_NxD, targets_N, with_grads: bool):
-  """`_chunk` over chunks of rows: nll_N and, with_grads, (dparams, dx_NxD) of sum(nll_N)."""
+  """`_chunk` over chunks of rows: nll_N and, with_grads, (dparams, dx_NxD) of sum(nll_N),
+  else (max_N, target_N), the largest and the target's logit."""
   dparams, (nll_N, dx_NxD) = _over_rows(
       lambda dparams_sum, chunk: _chunk(head, params, rest, *chunk, dparams_sum, with_grads),
       None, chunk_rows, (x_NxD, targets_N))
   if not with_grads:
-    return nll_N, None
+    return nll_N, dx_NxD
   dparams = jax.tree.map(lambda g, p: g.astype(p.dtype), dparams, params)
   return nll_N, (dparams, dx_NxD)
 
@@ -353,18 +373,31 @@ def model_nll_sum(model, inputs_BxL: jax.Array, targets_BxL: jax.Array,
   return _nll_sum(spec, chunk_rows, params, rest, x_NxD, targets_N)
 
 
-def model_token_nll(model, inputs_BxL: jax.Array, targets_BxL: jax.Array) -> jax.Array:
-  """nll_BxL of a TransformerLM on a batch, float32, without dropout (evaluation)."""
+TOKEN_STATS = ('nll', 'max_logit', 'target_logit')  # what model_token_stats gives per token
+
+
+def model_token_stats(model, inputs_BxL: jax.Array, targets_BxL: jax.Array
+                      ) -> dict[str, jax.Array]:
+  """Per token of a TransformerLM on a batch, float32, without dropout (evaluation): `nll`,
+  and the largest and the target's logit (`max_logit`, `target_logit`: the target is the
+  top-1 prediction when they are equal), whatever path the head takes."""
   x_BxLxD, head, targets_BxL, chunk_rows = _head_inputs(model, inputs_BxL, targets_BxL, None)
   if chunk_rows >= targets_BxL.size:
-    return _plain_nll(head, x_BxLxD, targets_BxL)
+    return _plain_stats(head, x_BxLxD, targets_BxL)
   spec, params, rest = _split_head(head, model.head_chunk_vocab)
   x_NxD, targets_N = x_BxLxD.reshape(-1, x_BxLxD.shape[-1]), targets_BxL.reshape(-1)
   if spec.table:
     table_VxD = jax.tree.leaves(params)[0]
-    _, (nll_N, _) = _over_rows(
+    _, (nll_N, _, (max_N, target_N)) = _over_rows(
         lambda carry, chunk: (carry, _table_nll(spec, table_VxD, *chunk)), None, chunk_rows,
         (x_NxD, targets_N))
   else:
-    nll_N, _ = _walk(spec, chunk_rows, params, rest, x_NxD, targets_N, with_grads=False)
-  return nll_N.reshape(targets_BxL.shape)
+    nll_N, (max_N, target_N) = _walk(spec, chunk_rows, params, rest, x_NxD, targets_N,
+                                     with_grads=False)
+  return {name: value.reshape(targets_BxL.shape)
+          for name, value in zip(TOKEN_STATS, (nll_N, max_N, target_N), strict=True)}
+
+
+def model_token_nll(model, inputs_BxL: jax.Array, targets_BxL: jax.Array) -> jax.Array:
+  """nll_BxL of a TransformerLM on a batch, float32, without dropout (evaluation)."""
+  return model_token_stats(model, inputs_BxL, targets_BxL)['nll']

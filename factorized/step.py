@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from factorized import loss as loss_lib
+from factorized import metrics as metrics_lib
 from factorized import rows
 from factorized.parallel import DATA_AXIS
 
@@ -159,31 +160,34 @@ def make_train_step(
 
 def make_eval_step(parts: ModelParts, mesh: Mesh, num_bands: int = 0
                    ) -> Callable[[nnx.State, dict, jax.Array, jax.Array], jax.Array]:
-  """Returns the jitted `(params, batch, sums_NxDxKx2, index) -> sums_NxDxKx2` (sums
+  """Returns the jitted `(params, batch, sums_NxDxKxM, index) -> sums_NxDxKxM` (sums
   donated; `eval_sums` makes them, `total_eval_sums` adds them up).
 
-  Row `index` of each device's column of `sums_NxDxKx2` receives that device's
-  [nll_sum, token_count] pairs of this batch: K = 1 + num_bands, first over every target,
-  then over the targets of each band (`batch['bands']`, the band of each target,
-  0..num_bands-1). `batch['mask']` is 1 for real targets and 0 for padding. The step has no
-  collective: the host adds the devices' sums up once, at the end, in float64. (The
-  batches' programs depend on one another only through the sums they write, so XLA:CPU runs
-  their forward passes concurrently; a psum in each would block one of its worker threads
-  per device and batch in the psum's rendezvous, and on a busy host with few cores those
-  waits starved the pool until the collective timed out and aborted the process.)
+  Row `index` of each device's column of `sums_NxDxKxM` receives that device's sums of this
+  batch: K = 1 + num_bands, first over every target, then over the targets of each band
+  (`batch['bands']`, the band of each target, 0..num_bands-1); M = every registered metric's
+  values (factorized/metrics/, `metrics()` order, nll first), then the token count.
+  `batch['mask']` is 1 for real targets and 0 for padding. The step has no collective: the
+  host adds the devices' sums up once, at the end, in float64. (The batches' programs
+  depend on one another only through the sums they write, so XLA:CPU runs their forward
+  passes concurrently; a psum in each would block one of its worker threads per device and
+  batch in the psum's rendezvous, and on a busy host with few cores those waits starved the
+  pool until the collective timed out and aborted the process.)
   """
+  registered = metrics_lib.metrics()
 
-  def per_device(params: nnx.State, consts: nnx.State, batch: dict, sums_NxDxKx2, index):
+  def per_device(params: nnx.State, consts: nnx.State, batch: dict, sums_NxDxKxM, index):
     model = nnx.merge(parts.graphdef, params, consts)
     mask = batch['mask'].astype(jnp.float32)
-    nll = loss_lib.model_token_nll(model, batch['inputs'], batch['targets']) * mask
-    sums_Kx2 = jnp.stack([nll.sum(), mask.sum()])[None]
+    stats = loss_lib.model_token_stats(model, batch['inputs'], batch['targets'])
+    columns = [metric.per_token(stats) * mask for metric in registered] + [mask]
+    sums_KxM = jnp.stack([column.sum() for column in columns])[None]
     if num_bands:
       in_band_BxLxK = jax.nn.one_hot(batch['bands'], num_bands, dtype=jnp.float32)
-      band_sums_Kx2 = jnp.stack([jnp.einsum('bl,blk->k', nll, in_band_BxLxK),
-                                 jnp.einsum('bl,blk->k', mask, in_band_BxLxK)], axis=1)
-      sums_Kx2 = jnp.concatenate([sums_Kx2, band_sums_Kx2])
-    return lax.dynamic_update_slice(sums_NxDxKx2, sums_Kx2[None, None], (index, 0, 0, 0))
+      band_sums_KxM = jnp.stack([jnp.einsum('bl,blk->k', column, in_band_BxLxK)
+                                 for column in columns], axis=1)
+      sums_KxM = jnp.concatenate([sums_KxM, band_sums_KxM])
+    return lax.dynamic_update_slice(sums_NxDxKxM, sums_KxM[None, None], (index, 0, 0, 0))
 
   sharded = jax.shard_map(
       per_device, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P(None, DATA_AXIS), P()),
@@ -192,17 +196,17 @@ def make_eval_step(parts: ModelParts, mesh: Mesh, num_bands: int = 0
 
 
 def eval_sums(num_batches: int, num_bands: int, mesh: Mesh) -> jax.Array:
-  """Zeros for make_eval_step's sums: num_batches x devices x (1 + num_bands) x 2, float32,
-  each device holding its own column."""
-  shape = (num_batches, mesh.devices.size, 1 + num_bands, 2)
+  """Zeros for make_eval_step's sums: num_batches x devices x (1 + num_bands) x (metrics +
+  1), float32, each device holding its own column."""
+  shape = (num_batches, mesh.devices.size, 1 + num_bands, len(metrics_lib.metrics()) + 1)
   sharding = NamedSharding(mesh, P(None, DATA_AXIS))
   return jax.make_array_from_callback(shape, sharding,
                                       lambda index: np.zeros(shape, np.float32)[index])
 
 
-def total_eval_sums(sums_NxDxKx2: jax.Array) -> np.ndarray:
-  """The sums over batches and devices, K x 2 in float64 (gathered from every process)."""
+def total_eval_sums(sums_NxDxKxM: jax.Array) -> np.ndarray:
+  """The sums over batches and devices, K x M in float64 (gathered from every process)."""
   if jax.process_count() > 1:
-    sums_NxDxKx2 = multihost_utils.process_allgather(sums_NxDxKx2, tiled=True)
-  sums_NxDxKx2 = np.asarray(jax.device_get(sums_NxDxKx2), np.float64)
-  return sums_NxDxKx2.sum(axis=1).sum(axis=0)
+    sums_NxDxKxM = multihost_utils.process_allgather(sums_NxDxKxM, tiled=True)
+  sums_NxDxKxM = np.asarray(jax.device_get(sums_NxDxKxM), np.float64)
+  return sums_NxDxKxM.sum(axis=1).sum(axis=0)

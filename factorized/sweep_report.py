@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from factorized import embeddings
+from factorized import embeddings, metrics
 
 SWEEP_RUN = 'sweep'
 CSV_FILE, AGGREGATE_FILE, MD_FILE = 'summary.csv', 'aggregate.csv', 'summary.md'
@@ -91,9 +91,18 @@ def _summary_row(run: str, summary: dict) -> dict[str, Any]:
       'valid_ppl': summary.get('valid_ppl'), 'best_valid_ppl': summary.get('best_valid_ppl'),
       'test_ppl': summary.get('test_ppl'), 'tokens_per_s': summary.get('tokens_per_s'),
   }
+  for column in metric_extras():
+    if column in summary:
+      row[column] = summary[column]
   for band, result in (summary.get('test_bands') or {}).items():
     row[BAND_PREFIX + band] = result['ppl']
   return row
+
+
+def metric_extras() -> list[str]:
+  """summary.json's test numbers of the metrics beyond loss and ppl (test_accuracy, ...):
+  columns of summary.csv and, over seeds, of aggregate.csv."""
+  return [f'test_{name}' for name in metrics.reported_names() if name not in ('loss', 'ppl')]
 
 
 def posthoc_files(directory: str | os.PathLike, *, recursive: bool = False
@@ -205,14 +214,16 @@ def rows_table(rows: list[dict]) -> pd.DataFrame:
   """The per-run rows as summary.csv's frame: COLUMNS, the swept fields' columns, then band
   columns; `series` added."""
   bands = sorted({c for row in rows for c in row if c.startswith(BAND_PREFIX)}, key=_band_order)
-  swept = [c for row in rows for c in row if c not in COLUMNS and not c.startswith(BAND_PREFIX)]
-  table = pd.DataFrame(rows, columns=[*COLUMNS, *dict.fromkeys(swept), *bands])
+  extras = [c for c in metric_extras() if any(c in row for row in rows)]
+  swept = [c for row in rows for c in row
+           if c not in COLUMNS and c not in extras and not c.startswith(BAND_PREFIX)]
+  table = pd.DataFrame(rows, columns=[*COLUMNS, *dict.fromkeys(swept), *extras, *bands])
   return with_series(table.astype({'rank': 'Int64', 'seed': 'Int64'}))
 
 
 def swept_columns(table: pd.DataFrame) -> list[str]:
   """The swept fields' columns of a per-run or aggregate table (rows_table)."""
-  known = {*COLUMNS, 'series', 'seeds'}
+  known = {*COLUMNS, *metric_extras(), 'series', 'seeds'}
   return [c for c in table.columns if c not in known and not c.startswith(BAND_PREFIX)
           and not c.endswith(('_mean', '_std'))]
 
@@ -260,6 +271,7 @@ def with_series(table: pd.DataFrame) -> pd.DataFrame:
 def metric_columns(table: pd.DataFrame) -> list[str]:
   """The perplexity columns of a per-run table: valid, best valid, test, then the bands'."""
   return ['valid_ppl', 'best_valid_ppl', 'test_ppl',
+          *[c for c in metric_extras() if c in table.columns],
           *[c for c in table.columns if c.startswith(BAND_PREFIX)]]
 
 

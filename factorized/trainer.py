@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 
 from factorized import checkpointing, compile_cache, costs, embeddings, optim, parallel, spectrum
 from factorized import data as data_lib
+from factorized import metrics as metrics_lib
 from factorized import model as model_lib
 from factorized import progress as progress_lib
 from factorized import summary as summary_lib
@@ -162,10 +163,23 @@ def embedding_spectrum(model: nnx.Module) -> dict[str, float]:
 
 
 def band_scalars(split: str, result: dict) -> dict[str, float]:
-  """TensorBoard scalars <split>_band_ppl/<band> of an Evaluator result (bands with tokens;
-  `<unk>` is tagged `unk`, TensorBoard's tags allowing no angle brackets)."""
-  return {f'{split}_band_ppl/{name.strip("<>")}': band['ppl']
-          for name, band in result['bands'].items() if band['ppl'] is not None}
+  """TensorBoard scalars <split>_band_<metric>/<band> of an Evaluator result, for every
+  reported metric but the loss (ppl, accuracy, ...; bands with tokens; `<unk>` is tagged
+  `unk`, TensorBoard's tags allowing no angle brackets)."""
+  return {f'{split}_band_{key}/{name.strip("<>")}': band[key]
+          for key in metrics_lib.reported_names() if key != 'loss'
+          for name, band in result['bands'].items() if band.get(key) is not None}
+
+
+def metric_scalars(split: str, result: dict) -> dict[str, float]:
+  """TensorBoard scalars <split>/<metric> of the metrics beyond loss and ppl (accuracy, ...)."""
+  return {f'{split}/{key}': result[key] for key in extra_metrics(result)}
+
+
+def extra_metrics(result: dict) -> dict[str, float]:
+  """An Evaluator result's numbers of the metrics beyond loss and ppl, by name."""
+  return {key: result[key] for key in metrics_lib.reported_names()
+          if key not in ('loss', 'ppl') and result.get(key) is not None}
 
 
 class _StopRequest:
@@ -296,9 +310,11 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
     progress['valid_ppl'] = result['ppl']
     progress['best_valid_ppl'] = min(progress['best_valid_ppl'], result['ppl'])
     writer.scalars(step, {'valid/loss': result['loss'], 'valid/ppl': result['ppl'],
-                          HPARAM_METRICS[0]: result['ppl'], **band_scalars('valid', result),
+                          HPARAM_METRICS[0]: result['ppl'], **metric_scalars('valid', result),
+                          **band_scalars('valid', result),
                           **embedding_spectrum(run.model(params))})
     progress['valid_bands'] = result['bands']
+    progress['valid_metrics'] = extra_metrics(result)
     return result
 
   def read(metrics) -> dict:
@@ -362,7 +378,8 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
     best_params = checkpointer.restore(state, step=best_step)[0].params
   test = test_eval(best_params)
   writer.scalars(int(state.step), {'test/loss': test['loss'], 'test/ppl': test['ppl'],
-                                   HPARAM_METRICS[1]: test['ppl'], **band_scalars('test', test)})
+                                   HPARAM_METRICS[1]: test['ppl'], **metric_scalars('test', test),
+                                   **band_scalars('test', test)})
   writer.end_session()
   summary = summary_lib.build_summary(
       config, vocab_size,
@@ -371,6 +388,8 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
       valid_bands=progress.get('valid_bands'), test_bands=test['bands'],
       train_loss=last_metrics['loss'], steps=int(state.step),
       tokens_seen=int(state.step) * tokens_per_step, wall_time_s=progress['elapsed_s'],
-      tokens_per_s=throughput.steady_tokens_per_s())
+      tokens_per_s=throughput.steady_tokens_per_s(),
+      **{f'valid_{key}': value for key, value in progress.get('valid_metrics', {}).items()},
+      **{f'test_{key}': value for key, value in extra_metrics(test).items()})
   summary_lib.write_summary(workdir, summary)
   return summary

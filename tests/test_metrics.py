@@ -1,0 +1,43 @@
+"""factorized/metrics/: per-token metrics, summed by the evaluator and read by name."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from factorized import loss, metrics
+from tests.test_loss import HEADS, batch, make_config, make_model
+
+
+@pytest.mark.parametrize('chunk_rows', [0, 5])  # the plain loss, and chunks of rows
+@pytest.mark.parametrize('kind,head,overrides', HEADS)
+def test_top1_accuracy_is_the_argmax_of_the_logits_on_every_head_path(
+    kind, head, overrides, chunk_rows):
+  config = make_config(kind, head, chunk_rows, **overrides)
+  if kind == 'dense':
+    config.model.head_chunk_vocab = 7  # the table head's vocabulary slices
+  model = make_model(config)
+  inputs_BxL, targets_BxL = batch()
+  stats = jax.jit(lambda i, t: loss.model_token_stats(model, i, t))(inputs_BxL, targets_BxL)
+  (accuracy,) = [m for m in metrics.metrics() if m.name == 'accuracy']
+  logits_BxLxV = np.asarray(model(inputs_BxL))
+  expected = (logits_BxLxV.argmax(-1) == np.asarray(targets_BxL)).astype(np.float32)
+  np.testing.assert_array_equal(accuracy.per_token(stats), expected)
+  np.testing.assert_allclose(stats['nll'], loss.token_nll(jnp.asarray(logits_BxLxV),
+                                                          targets_BxL), rtol=1e-5, atol=1e-5)
+
+
+def test_the_evaluator_reports_every_metric_by_name_overall_and_per_band(tiny_config, tmp_path):
+  from factorized import trainer
+
+  summary = trainer.train_and_evaluate(tiny_config, str(tmp_path))
+  run = trainer.build_run(tiny_config, str(tmp_path))
+  valid = run.evaluator('valid')(run.state.params)
+  assert {'loss', 'ppl', 'accuracy', 'tokens'} <= set(valid)
+  assert all({'loss', 'ppl', 'accuracy', 'tokens'} <= set(b) for b in valid['bands'].values())
+  # Token-weighted: the bands' accuracies average to the whole split's.
+  bands = [b for b in valid['bands'].values() if b['tokens']]
+  np.testing.assert_allclose(
+      sum(b['accuracy'] * b['tokens'] for b in bands) / valid['tokens'], valid['accuracy'])
+  assert 0.0 <= summary['test_accuracy'] <= 1.0
+  assert set(summary['test_bands']['1-100']) >= {'ppl', 'accuracy', 'tokens'}
