@@ -5,7 +5,7 @@ r"""Evaluates a trained run exactly (every token once) on its valid or test spli
 Rebuilds the model and tokenizer from the config saved in the workdir, restores the
 checkpoint, prints the result as JSON and writes workdir/eval_<split>.json.
 
-Post-hoc SVD compression of a dense run (factorized/posthoc.py): the trained embedding
+Post-hoc SVD compression of a dense run (factorized/evaluation/posthoc.py): the trained embedding
 (and the tied head) replaced by its best rank-R approximation, without retraining, and
 optionally fine-tuned for N steps; writes workdir/posthoc_svd_<split>.json:
 
@@ -24,8 +24,8 @@ import sys
 
 from absl import app, flags
 
-from factorized import cli
-from factorized.allocator import ensure_fast_malloc
+from factorized.config import cli
+from factorized.runtime.allocator import ensure_fast_malloc
 
 flags.DEFINE_string('workdir', None, 'A training workdir (holds config.json and checkpoints/).')
 flags.DEFINE_enum('split', 'test', ['valid', 'test'], 'Which split to evaluate.')
@@ -54,7 +54,11 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_libraries()  # no dependency warnings unless --verbosity is given
   cli.check_workdir(FLAGS.workdir, must_exist=True)
-  from factorized import eval_run, posthoc
+  import jax
+
+  from factorized.analysis import report as sweep_report
+  from factorized.evaluation import posthoc
+  from factorized.evaluation import saved as eval_run
 
   if FLAGS.svd_finetune_steps and not FLAGS.svd_ranks:
     raise app.UsageError('--svd_finetune_steps needs --svd_ranks.')
@@ -68,6 +72,8 @@ def main(argv):
       result = posthoc.posthoc_svd(FLAGS.workdir, FLAGS.split, ranks, checkpoint=FLAGS.checkpoint,
                                    finetune_steps=FLAGS.svd_finetune_steps,
                                    weighting=FLAGS.svd_weighting, bands=FLAGS.svd_bands)
+      if jax.process_index() == 0:  # a dense point of a sweep: its table gains the rows
+        sweep_report.refresh_parent_reports(FLAGS.workdir)
     else:
       result = eval_run.evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint,
                                          stride=FLAGS.stride)

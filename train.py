@@ -9,7 +9,7 @@ Several hosts: start one process per host with --distributed; under SLURM (srun)
 Cloud TPU, jax.distributed.initialize() reads the cluster from the environment, elsewhere
 add --coordinator_address, --num_processes and --process_id.
 
-A config file that defines get_sweep() runs a sweep instead (factorized/sweep.py): every
+A config file that defines get_sweep() runs a sweep instead (factorized/sweeps/sweep.py): every
 point in its own sub-workdir of --workdir, as submitit jobs on this machine
 (--sweep_launcher=local, --sweep_workers at a time) or as one SLURM job array
 (--sweep_launcher=slurm, resources from the config's `launcher` section), finished points
@@ -28,8 +28,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from factorized import cli
-from factorized.allocator import ensure_fast_malloc
+from factorized.config import cli
+from factorized.runtime.allocator import ensure_fast_malloc
 
 config_flags.DEFINE_config_file(
     'config', None, 'Config file, optionally with an argument: configs/brown.py:kind=svd,rank=64',
@@ -60,7 +60,7 @@ def main(argv):
   missing = cli.missing_config_file(FLAGS['config'].config_filename)
   if missing:
     cli.usage_error(missing)
-  from factorized import sweep
+  from factorized.sweeps import sweep
 
   points = sweep.load_sweep(FLAGS['config'].config_filename)
   if points is not None:
@@ -85,7 +85,7 @@ def main(argv):
   if FLAGS.distributed:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-  from factorized import trainer
+  from factorized.train import trainer
 
   logging.info('JAX devices: %s', jax.devices())
   try:

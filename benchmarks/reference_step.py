@@ -1,7 +1,7 @@
 r"""A minimal plain-JAX Transformer LM train step (no Flax, no optax, no shard_map).
 
 The floor for framework overhead: the same maths as the project's dense, tied,
-dropout-free step (factorized/model.py, factorized/step.py) written as pure
+dropout-free step (factorized/model/transformer.py, factorized/train/step.py) written as pure
 functions of a dict of arrays, so that `step_time.py` can compare the two in one
 process. Same shapes and work: 0.02 sqrt(D) scaled VxD table lookup, pre-LN blocks
 with a fused QKV projection, RoPE, `jax.nn.dot_product_attention(is_causal=True)`,
@@ -21,7 +21,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from factorized.allocator import ensure_fast_malloc  # noqa: E402
+from factorized.runtime.allocator import ensure_fast_malloc  # noqa: E402
 
 if __name__ == '__main__':
   ensure_fast_malloc()  # Before jax is imported: it re-execs the process.

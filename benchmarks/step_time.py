@@ -3,14 +3,14 @@ r"""Train-step throughput, MFU and memory of each embedding kind and rank, in on
 For each vocabulary size (--vocab_sizes, default --vocab_size), for dense and for each
 kind x rank, any of factorized.embeddings.KINDS (and, with --reference, the plain-JAX step
 of reference_step.py at the dense shape), this builds the project's own jitted train step
-(factorized.step.make_train_step, shard_map over the ('data',) mesh) and eval step on a
+(factorized.train.step.make_train_step, shard_map over the ('data',) mesh) and eval step on a
 synthetic batch (no corpus needed), then times them. Configurations are interleaved:
 each of --rounds rounds runs every configuration for --steps/--rounds steps, after a
 measurement of the peak (large jitted matmuls in the compute dtype), so that load from
 other processes falls on all of them alike. Reported per row:
   step_ms_median/min/max   compiled train-step time, blocking on each step's outputs;
   tokens_per_s             batch_size x seq_len / median step time;
-  flops_per_token          forward matmul FLOPs per token (factorized/costs.py: embedding,
+  flops_per_token          forward matmul FLOPs per token (factorized/model/costs.py: embedding,
                            output head, blocks); a train step counts 3x that
                            (train_flops_per_token: backward = 2x forward);
   mfu                      tokens_per_s x train_flops_per_token / (devices x peak), where
@@ -26,7 +26,7 @@ other processes falls on all of them alike. Reported per row:
                            (arguments + outputs + temporaries - donated aliases);
   xla_temp_bytes           its temporaries alone (memory_analysis' temp_size_in_bytes): the
                            activations, the loss's logits tiles and the gradients;
-  head_chunk_rows          rows per chunk of the chunked head + loss (factorized/loss.py;
+  head_chunk_rows          rows per chunk of the chunked head + loss (factorized/model/loss.py;
                            --head_chunk_rows, 0: automatic);
   peak_memory_bytes        the device's peak_bytes_in_use where the backend reports it,
                            else the process's peak RSS, both read after this row's warm-up
@@ -56,7 +56,7 @@ row's top XLA ops, with shapes and JAX op names from the compiled HLO.
 A kind that needs train-split counts (adaptive's frequency order) gets Zipf counts over the
 ids (id 0 most frequent): the step's speed does not depend on which ids are frequent.
 
-The fast malloc of factorized/allocator.py is applied first (FACTORIZED_FAST_MALLOC=0
+The fast malloc of factorized/runtime/allocator.py is applied first (FACTORIZED_FAST_MALLOC=0
 turns it off); `fast_malloc` in each row says whether it was active.
 """
 
@@ -66,7 +66,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from factorized.allocator import ensure_fast_malloc, fast_malloc_active  # noqa: E402
+from factorized.runtime.allocator import ensure_fast_malloc, fast_malloc_active  # noqa: E402
 
 if __name__ == '__main__':
   ensure_fast_malloc()  # Before jax is imported: it re-execs the process.
@@ -93,9 +93,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_step  # noqa: E402
 
 from configs import brown  # noqa: E402
-from factorized import costs, embeddings, loss, optim, parallel, trainer  # noqa: E402
-from factorized import step as step_lib  # noqa: E402
-from factorized.step import BoundStep, make_eval_step, make_train_step  # noqa: E402
+from factorized import embeddings
+from factorized.model import costs, loss
+from factorized.runtime import parallel
+from factorized.train import (
+  optim,
+  trainer,  # noqa: E402
+)
+from factorized.train import step as step_lib  # noqa: E402
+from factorized.train.step import BoundStep, make_eval_step, make_train_step  # noqa: E402
 
 # Vendors' published dense (no sparsity) peak FLOP/s of one device, by jax's device_kind
 # and compute dtype: NVIDIA's H100/H200 SXM and A100 datasheets (bf16 on tensor cores, fp32
@@ -644,7 +650,7 @@ def plot(rows: list[dict], path: str) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  from factorized import plots
+  from factorized.analysis import plots
 
   ranked = [kind for kind in embeddings.KINDS if embeddings.ranked(kind)]
   fig, ax = plt.subplots(figsize=(6, 4))

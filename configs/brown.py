@@ -27,7 +27,7 @@ Launch commands:
 import ml_collections
 
 from configs import lm
-from factorized.config_args import parse_arg
+from factorized.config.args import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

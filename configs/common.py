@@ -1,8 +1,8 @@
 """Config sections that every experiment config shares.
 
 `launcher()`: how a sweep's points are sent to a SLURM cluster (`--sweep_launcher=slurm`,
-factorized/launcher.py). None of it changes what a point computes, so a finished point stays
-finished when these fields change (factorized/workdir.py ignores them). Override any field on
+factorized/sweeps/launcher.py). None of it changes what a point computes, so a finished point stays
+finished when these fields change (factorized/train/workdir.py ignores them). Override any field on
 the command line: --config.launcher.partition=gpu --config.launcher.time_min=120.
 """
 

@@ -2,7 +2,7 @@ r"""A small decoder-only Transformer LM on any corpus: the model, training and e
 every experiment shares. configs/brown.py is this config on Brown; configs/rank_sweep.py
 sweeps it.
 
-Arguments (after the colon): corpus=brown|text|hf|ptb|wikitext (factorized/corpora/; the
+Arguments (after the colon): corpus=brown|text|hf|ptb|wikitext (factorized/data/corpora/; the
 corpus's own data.* fields are set on the command line, e.g. --config.data.path=...),
 kind=dense|albert|svd|adaptive|tt (factorized/embeddings/), rank=R (E for albert, R for
 svd, the first band's width for adaptive, the TT-rank for tt; ignored by dense),
@@ -24,8 +24,9 @@ accelerators).
 import ml_collections
 
 from configs import common
-from factorized import corpora, embeddings
-from factorized.config_args import parse_arg
+from factorized import embeddings
+from factorized.config.args import parse_arg
+from factorized.data import corpora
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -39,9 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.overwrite = False
 
   config.data = ml_collections.ConfigDict()
-  config.data.corpus = arg.corpus  # one of factorized.corpora.CORPORA
+  config.data.corpus = arg.corpus  # one of factorized.data.corpora.CORPORA
   # Each corpus's own fields (train_files, hf_name, path, ...), with their defaults: see
-  # factorized/corpora/<corpus>.py.
+  # factorized/data/corpora/<corpus>.py.
   config.data.update(corpora.config_fields())
   config.data.tokenizer = 'word'  # word | bpe
   config.data.vocab_size = 0  # bpe: vocabulary size; word: a cap (0 = no cap)
@@ -66,10 +67,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.dropout = 0.2
   config.model.positions = 'rope'  # rope | learned
   config.model.dtype = 'float32'  # compute dtype; params, logits and loss stay float32
-  # Rows per chunk of the output head and loss (factorized/loss.py). 0: automatic (the plain
+  # Rows per chunk of the output head and loss (factorized/model/loss.py). 0: automatic (the plain
   # loss while the batch's float32 logits fit in 768 MiB, else chunks of <= 32 MiB).
   config.model.head_chunk_rows = 0
-  # Vocabulary rows per slice of a dense or untied head (factorized/loss.py). 0: automatic
+  # Vocabulary rows per slice of a dense or untied head (factorized/model/loss.py). 0: automatic
   # (tiles of <= 8 MiB).
   config.model.head_chunk_vocab = 0
   # Recompute each block's activations in the backward pass (less memory, ~1/3 more FLOPs).
@@ -92,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.ckpt_every = 250
   config.train.keep_checkpoints = 2
   config.train.log_every = 50
-  # Weight decay of the embedding table (factorized/optim.py): table (the table shrinks as a
+  # Weight decay of the embedding table (factorized/train/optim.py): table (the table shrinks as a
   # dense one does, every kind alike) | factors (every factor matrix: the old ablation) | none
   config.train.embed_decay = 'table'
 

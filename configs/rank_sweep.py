@@ -12,10 +12,10 @@ keeps its own config fields at their defaults (adaptive's bands, tt's factors: s
 factorized/embeddings/<kind>.py). Everything else is identical across points. train.py
 runs each point in its own sub-workdir named after its overrides (dense, albert_rank8, ...,
 svd_rank64_untied), skips finished points and resumes unfinished ones, then writes
-summary.csv, summary.md, the plots and a `sweep` TensorBoard run (factorized/sweep_report.py).
+summary.csv, summary.md, the plots and a `sweep` TensorBoard run (factorized/analysis/report.py).
 
 Arguments (after the colon, comma-separated):
-  corpus=brown            any of factorized.corpora.CORPORA (configs/lm.py; its data.* fields
+  corpus=brown            any of factorized.data.corpora.CORPORA (configs/lm.py; its data.* fields
                           on the command line, e.g. --config.data.path=/data/ptb);
   head=tied|untied|both   the output head of every point; `both` runs each point twice
                           (untied points get an `_untied` suffix);
@@ -78,7 +78,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import lm
-from factorized.config_args import parse_arg
+from factorized.config.args import parse_arg
 from factorized.embeddings import KINDS, ranked
 
 

@@ -48,7 +48,7 @@ def brown_zip() -> pathlib.Path:
 def text_config(tmp_path):
   """The data config of a generated corpus: random sentences over 40 Zipf-ish words."""
   from configs import brown
-  from factorized import data
+  from factorized.data import pipeline as data
 
   rng = np.random.default_rng(0)
   words = [f'w{i}' for i in range(40)]
@@ -111,7 +111,8 @@ def runs(tmp_path_factory):
   import jax
   import pandas as pd
 
-  from factorized import metric_writer, parallel, trainer
+  from factorized.runtime import parallel
+  from factorized.train import metric_writer, trainer
 
   root = tmp_path_factory.mktemp('runs')
   written = []
@@ -132,7 +133,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope='session')
 def dense_embedding(runs):
   """The tiny dense run's trained embedding (results.load_embedding)."""
-  from factorized import results
+  from factorized.analysis import results
 
   sweep, _, _ = runs
   return results.load_embedding(sweep / 'dense')

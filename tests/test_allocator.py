@@ -1,4 +1,4 @@
-"""Tests of factorized/allocator.py: when it re-execs, that it does so once, and the switch."""
+"""Tests of factorized/runtime/allocator.py: when it re-execs, that it does so once."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from factorized import allocator
+from factorized.runtime import allocator
 
 pytestmark = pytest.mark.skipif(
     allocator.glibc_version() is None, reason='the fast malloc needs Linux with glibc')
@@ -15,7 +15,7 @@ SCRIPT = """
 import os, sys
 sys.path.insert(0, {repo!r})
 print('start', os.getpid(), flush=True)
-from factorized import allocator
+from factorized.runtime import allocator
 allocator.ensure_fast_malloc()
 print('after', os.getpid(), os.environ.get('GLIBC_TUNABLES', '-'), sys.argv[1:],
       allocator.fast_malloc_active(), flush=True)

@@ -15,7 +15,7 @@ from flax import nnx
 
 from configs import brown
 from factorized import embeddings
-from factorized import model as model_lib
+from factorized.model import transformer as model_lib
 
 TINY = ['--vocab_size=300', '--model_dim=32', '--num_layers=1', '--num_heads=2',
         '--seq_len=16', '--batch_size=8', '--warmup=1', '--eval_steps=2', '--peak_sizes=128']

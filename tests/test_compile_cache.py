@@ -4,7 +4,7 @@ import jax
 import ml_collections
 import pytest
 
-from factorized import compile_cache
+from factorized.runtime import compile_cache
 
 
 @pytest.fixture

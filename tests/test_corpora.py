@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import brown
-from factorized import corpora, data
+from factorized.data import corpora
+from factorized.data import pipeline as data
 
 
 def data_config(tmp_path, **overrides):

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from configs import lm
-from factorized import data, tokenizer, trainer
+from factorized.data import pipeline as data
+from factorized.data import tokenizer
+from factorized.train import trainer
 
 # Mikolov's PTB: lower case, N for numbers, <unk> already in the text, a leading space and
 # one sentence a line.

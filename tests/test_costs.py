@@ -1,4 +1,4 @@
-"""Tests of factorized/costs.py: counts agree with built models, FLOPs with XLA."""
+"""Tests of factorized/model/costs.py: counts agree with built models, FLOPs with XLA."""
 
 import itertools
 import math
@@ -10,8 +10,9 @@ import pytest
 from flax import nnx
 
 from configs import brown
-from factorized import costs, embeddings
-from factorized import model as model_lib
+from factorized import embeddings
+from factorized.model import costs
+from factorized.model import transformer as model_lib
 
 # Explicit adaptive bands and TT factors (V = 1000, D = 32), so the formulas read plainly.
 CUTOFFS, TT_VOCAB, TT_DIM = (100, 300), (10, 10, 10), (2, 4, 4)

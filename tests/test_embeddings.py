@@ -12,7 +12,7 @@ from flax import nnx
 from configs import brown
 from factorized import embeddings
 from factorized.embeddings import adaptive, tt
-from factorized.model import ModelArgs, TransformerLM
+from factorized.model.transformer import ModelArgs, TransformerLM
 
 # The kinds the tests sweep: every kind at its defaults, then (kind, embed overrides).
 VARIANTS = [(kind, {}) for kind in embeddings.KINDS] + [

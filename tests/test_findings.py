@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from factorized import findings
+from factorized.analysis import findings
 from tests.test_sweep import fake_run
 
 BANDS = ('1-100', '101-1000')
@@ -125,5 +125,5 @@ def test_the_readme_results_are_generated_from_results_brown(repo_root, monkeypa
   section = findings.render('results/brown')
   start = readme.index(findings.BEGIN)
   assert readme[start:start + len(section)] == section, (
-      'README.md differs from results/brown: run python -m factorized.findings results/brown '
-      '--readme=README.md')
+      'README.md differs from results/brown: run '
+      'python -m factorized.analysis.findings results/brown --readme=README.md')

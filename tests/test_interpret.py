@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from configs import brown
-from factorized import costs, interpret, results, spectrum
+from factorized.analysis import interpret, results
+from factorized.embeddings import spectrum
+from factorized.model import costs
 
 
 def test_neighbours_under_a_rank_r_truncation_are_those_of_w_r(dense_embedding):

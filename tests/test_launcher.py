@@ -14,7 +14,7 @@ import time
 import pytest
 
 from configs import common
-from factorized import launcher
+from factorized.sweeps import launcher
 from tests.test_sweep import has_checkpoint, sweep_command
 from tests.test_train_cli import cli_env, command
 

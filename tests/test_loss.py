@@ -1,4 +1,4 @@
-"""Tests of what bounds the train step's memory: factorized/loss.py (the chunked head and
+"""Tests of what bounds the train step's memory: factorized/model/loss.py (the chunked head and
 cross-entropy equal the plain ones) and model.remat's recomputed blocks."""
 
 import jax
@@ -8,9 +8,11 @@ import pytest
 from flax import nnx
 
 from configs import brown
-from factorized import loss, optim, parallel, rows, trainer
-from factorized.model import build_model
-from factorized.step import make_train_step
+from factorized.model import loss
+from factorized.model.transformer import build_model
+from factorized.runtime import parallel
+from factorized.train import optim, rows, trainer
+from factorized.train.step import make_train_step
 
 VOCAB = 60
 HEADS = [  # (kind, head, embed overrides): every kind's tied head, and the untied one

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from factorized import loss, metrics
+from factorized import metrics
+from factorized.model import loss
 from tests.test_loss import HEADS, batch, make_config, make_model
 
 
@@ -28,7 +29,7 @@ def test_top1_accuracy_is_the_argmax_of_the_logits_on_every_head_path(
 
 
 def test_the_evaluator_reports_every_metric_by_name_overall_and_per_band(tiny_config, tmp_path):
-  from factorized import trainer
+  from factorized.train import trainer
 
   summary = trainer.train_and_evaluate(tiny_config, str(tmp_path))
   run = trainer.build_run(tiny_config, str(tmp_path))

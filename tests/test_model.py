@@ -1,4 +1,4 @@
-"""Tests of factorized/model.py: causality, gradients, init scale, dropout, dtypes."""
+"""Tests of factorized/model/transformer.py: causality, gradients, init scale, dropout, dtypes."""
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +9,8 @@ from flax import nnx
 
 from configs import brown
 from factorized import embeddings
-from factorized import model as model_lib
-from factorized.model import ModelArgs
+from factorized.model import transformer as model_lib
+from factorized.model.transformer import ModelArgs
 
 VARIANTS = [(kind, {}) for kind in embeddings.KINDS] + [  # (kind, embed overrides)
     ('albert', {'albert_head': 'transpose'}),

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from factorized import results, spectrum
+from factorized.analysis import results
+from factorized.embeddings import spectrum
 
 NOTEBOOKS = ('rank_analysis', 'embedding_svd')
 

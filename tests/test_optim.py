@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from configs import brown
-from factorized import optim, rows
+from factorized.train import optim, rows
 
 
 def test_schedule_warms_up_linearly_then_decays_to_the_floor():
@@ -37,7 +37,7 @@ def model_params(kind, rank=8, head='tied', penalty=0.0):
   """A runlocal model's config and its parameters (nnx.State)."""
   from flax import nnx
 
-  from factorized import model as model_lib
+  from factorized.model import transformer as model_lib
 
   config = brown.get_config(f'runlocal,kind={kind},rank={rank},head={head}')
   config.model.embed.ortho_penalty = penalty

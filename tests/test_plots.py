@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from factorized import embeddings, interpret, plots, results
+from factorized import embeddings
+from factorized.analysis import interpret, plots, results
 
 
 def test_every_plot_draws(dense_embedding, fake_sweep):

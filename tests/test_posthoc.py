@@ -12,8 +12,11 @@ from flax import nnx
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs import brown
-from factorized import eval_run, posthoc, sweep_report, trainer
-from factorized import workdir as workdir_lib
+from factorized.analysis import report as sweep_report
+from factorized.evaluation import posthoc
+from factorized.evaluation import saved as eval_run
+from factorized.train import trainer
+from factorized.train import workdir as workdir_lib
 from tests.test_train_cli import cli_env
 
 

@@ -3,7 +3,7 @@
 import io
 import re
 
-from factorized import progress
+from factorized.train import progress
 
 
 def two_points(tmp_path):

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factorized import results, sweep_report
+from factorized.analysis import results
+from factorized.analysis import table as sweep_table
 
 
 def test_load_scalars_gives_the_numbers_written(runs):
@@ -73,7 +74,7 @@ def test_trained_embedding_factors_and_their_svd(dense_embedding, runs):
 
 def test_load_sweep_table_and_posthoc_svd(fake_sweep, tmp_path_factory):
   table = results.load_sweep_table(fake_sweep)
-  assert list(table.columns) == [*sweep_report.COLUMNS, 'series']
+  assert list(table.columns) == [*sweep_table.COLUMNS, 'series']
   assert str(table['rank'].dtype) == 'Int64' and pd.isna(table.loc[0, 'rank'])
   assert list(table['series']) == ['dense', 'albert', 'svd', 'svd', 'svd_untied',
                                    'posthoc_svd', 'posthoc_svd', 'posthoc_svd_ft10',

@@ -1,4 +1,4 @@
-"""factorized/rows.py: a row-local update done in slices of rows equals the whole one."""
+"""factorized/train/rows.py: a row-local update done in slices of rows equals the whole one."""
 
 import functools
 
@@ -7,7 +7,8 @@ import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from factorized import parallel, rows
+from factorized.runtime import parallel
+from factorized.train import rows
 
 # 37 rows of 5 float32 (740 bytes): slices of 3 rows (64 bytes), the last one of 1 row.
 SLICED = {'large_bytes': 64, 'slice_bytes': 64}

@@ -1,4 +1,4 @@
-"""Tests of factorized/spectrum.py: QR-based singular values and rank statistics."""
+"""Tests of factorized/embeddings/spectrum.py: QR-based singular values and rank statistics."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from configs import brown
-from factorized import embeddings, spectrum
+from factorized import embeddings
+from factorized.embeddings import spectrum
 
 
 def random_factors(shapes, seed=0):

@@ -13,7 +13,9 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs import brown, rank_sweep
-from factorized import sweep, sweep_report
+from factorized.analysis import report as sweep_report
+from factorized.analysis import table as sweep_table
+from factorized.sweeps import sweep
 from tests.test_train_cli import cli_env
 
 
@@ -185,7 +187,7 @@ def test_reports_are_rebuilt_from_the_directory_each_time(tmp_path):
   assert order[:6] == ['svd', 'posthoc_svd', 'posthoc_svd_freq', 'posthoc_svd_ft10', 'tt',
                        'svd'], order
   assert '| 4,260 | svd | tied | 4 | 95.00 | yes |' in by_params
-  assert list(rows[0]) == list(sweep_report.COLUMNS)
+  assert list(rows[0]) == list(sweep_table.COLUMNS)
 
   sweep_report.write_reports(tmp_path)  # a rerun rewrites, it does not append
   assert (tmp_path / 'summary.csv').read_text() == first_csv
@@ -234,7 +236,7 @@ def test_seeds_run_every_point_at_each_seed_and_the_reports_aggregate_them(tmp_p
 
 def test_pareto_front_keeps_the_undominated_points():
   table = pd.DataFrame({'p': [10, 20, 30, 40, 15], 'ppl': [90.0, 80.0, 85.0, 70.0, 95.0]})
-  front = sweep_report.pareto_front(table, 'p', 'ppl')
+  front = sweep_table.pareto_front(table, 'p', 'ppl')
   assert list(front['p']) == [10, 20, 40]
 
 
@@ -269,7 +271,7 @@ def test_tuned_rows_choose_by_valid_perplexity_never_by_test(tmp_path):
   rows = list(csv.DictReader((tmp_path / 'summary.csv').read_text().splitlines()))
   assert [(r['run'], r['lr']) for r in rows][:2] == [('dense', '0.003'),
                                                       ('dense_lr0.0015', '0.0015')]
-  chosen = sweep_report.tuned(sweep_report.rows_table(sweep_report.collect_rows(tmp_path)[0]))
+  chosen = sweep_table.tuned(sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0]))
   assert [(r.kind, r.lr, r.at_edge, r.test_ppl_mean) for r in chosen.itertuples()] == [
       ('dense', 3e-3, False, 45.0), ('svd', 6e-3, True, 75.0)]
   assert '| dense | tied | - | 0.003 | 0.0015+0.003+0.006 |  | 50.00 | 45.00 |' in report

@@ -13,7 +13,10 @@ import urllib.request
 import pytest
 
 from configs import rank_sweep
-from factorized import sweep, sweep_report, trainer
+from factorized.analysis import report as sweep_report
+from factorized.analysis import table as sweep_table
+from factorized.sweeps import sweep
+from factorized.train import trainer
 
 METRICS = ('hparams/valid_ppl', 'hparams/test_ppl')
 
@@ -86,7 +89,7 @@ def test_tensorboard_serves_every_run_its_hparams_metrics_and_ppl_vs_rank(sweep_
   root, summaries = sweep_dir
   proc, url = start_tensorboard(root)
   try:
-    expected_runs = {*summaries, sweep_report.SWEEP_RUN}
+    expected_runs = {*summaries, sweep_table.SWEEP_RUN}
     runs = poll(lambda: fetch(f'{url}/data/runs'), lambda r: expected_runs <= set(r))
     assert set(runs) == expected_runs
     assert fetch(f'{url}/data/plugins_listing')['hparams']['enabled']
@@ -122,10 +125,10 @@ def test_tensorboard_serves_every_run_its_hparams_metrics_and_ppl_vs_rank(sweep_
       assert metrics['hparams/valid_ppl'] == pytest.approx(summary['valid_ppl'], rel=1e-6)
       assert metrics['hparams/test_ppl'] == pytest.approx(summary['test_ppl'], rel=1e-6)
 
-    tags = fetch(f'{url}/data/plugin/scalars/tags')[sweep_report.SWEEP_RUN]
+    tags = fetch(f'{url}/data/plugin/scalars/tags')[sweep_table.SWEEP_RUN]
     assert {'ppl_vs_rank/svd', 'valid_ppl_vs_rank/svd', 'ppl_vs_vocab_params/svd',
             'ppl_vs_rank/dense', 'ppl_vs_vocab_params/dense'} <= set(tags)
-    query = urllib.parse.urlencode({'run': sweep_report.SWEEP_RUN, 'tag': 'ppl_vs_rank/svd'})
+    query = urllib.parse.urlencode({'run': sweep_table.SWEEP_RUN, 'tag': 'ppl_vs_rank/svd'})
     ((_, step, value),) = fetch(f'{url}/data/plugin/scalars/scalars?{query}')
     assert step == 4
     assert value == pytest.approx(summaries['svd_rank4']['test_ppl'], rel=1e-6)

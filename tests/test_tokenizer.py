@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import brown
-from factorized import tokenizer as tokenizer_lib
+from factorized.data import tokenizer as tokenizer_lib
 
 LINES = ['the cat sat on the mat .', '', 'the dog sat .', 'a cat , a dog and the mat',
          "don't   panic 1984 !"]

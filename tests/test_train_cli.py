@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from configs import brown
-from factorized import parallel, trainer
+from factorized.runtime import parallel
+from factorized.train import trainer
 from tests.conftest import TEST_XLA_FLAGS
 from tests.test_trainer import final_params
 

@@ -13,8 +13,10 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs import brown
-from factorized import checkpointing, eval_run, parallel, trainer
-from factorized import data as data_lib
+from factorized.data import pipeline as data_lib
+from factorized.evaluation import saved as eval_run
+from factorized.runtime import parallel
+from factorized.train import checkpointing, trainer
 
 
 def scalar_series(workdir, tag):
@@ -190,7 +192,7 @@ def test_a_workdir_with_another_config_is_refused(tiny_config, tmp_path):
 
 
 def test_eval_without_a_checkpoint_says_to_train_first(tiny_config, tmp_path):
-  from factorized import workdir as workdir_lib
+  from factorized.train import workdir as workdir_lib
 
   workdir_lib.prepare_workdir(tmp_path, tiny_config)
   with pytest.raises(FileNotFoundError, match='No checkpoint in .*train first'):

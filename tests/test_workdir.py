@@ -5,7 +5,8 @@ import json
 import pytest
 
 from configs import brown
-from factorized import workdir as workdir_lib
+from factorized import files
+from factorized.train import workdir as workdir_lib
 
 
 def test_first_start_writes_config_then_resumes(tmp_path):
@@ -43,7 +44,7 @@ def test_load_config_of_a_non_workdir_says_how_to_make_one(tmp_path):
 
 
 def test_write_json_atomic_leaves_no_temporary_files(tmp_path):
-  workdir_lib.write_json_atomic(tmp_path / 'a.json', {'x': 1})
-  workdir_lib.write_json_atomic(tmp_path / 'a.json', {'x': 2})
+  files.write_json_atomic(tmp_path / 'a.json', {'x': 1})
+  files.write_json_atomic(tmp_path / 'a.json', {'x': 2})
   assert json.loads((tmp_path / 'a.json').read_text()) == {'x': 2}
   assert [p.name for p in tmp_path.iterdir()] == ['a.json']

@@ -37,7 +37,7 @@ the table's and follow optim.py's general rule.
 
 A module whose tied logits are `project_to_vocab(x, T)` with T (VxD) its only parameter
 may name T in `LOGITS_TABLE` (dense does): the chunked loss then walks the vocabulary in
-slices and holds T's gradient once (factorized/loss.py).
+slices and holds T's gradient once (factorized/model/loss.py).
 
 A module whose head computes its logits in parts (tt: slices of the table; adaptive:
 frequency bands) may define `attend_parts(x_BxLxD) -> [logits_BxLxV_p, ...]`, consecutive
@@ -66,7 +66,7 @@ from factorized.embeddings.base import (
   register,
 )
 
-plugins.import_all(__name__, __path__)  # every module registers itself
+plugins.import_all(__name__, __path__, skip=('base', 'spectrum'))  # each kind registers itself
 
 KINDS = kind_names()
 

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from factorized import data as data_lib
+from factorized.data import pipeline as data_lib
 from factorized.embeddings import base
 
 # Baevski & Auli's WikiText-103 cutoffs as fractions of its vocabulary.

@@ -22,7 +22,7 @@ class DenseEmbedding(nnx.Module):
 
   TABLE_PARAMS = ('W_VxD',)
   TABLE_DECAY = ('W_VxD',)
-  LOGITS_TABLE = 'W_VxD'  # logits = project_to_vocab(x, W): factorized/loss.py slices its gradient
+  LOGITS_TABLE = 'W_VxD'  # logits = project_to_vocab(x, W): model/loss.py slices its gradient
 
   def __init__(self, vocab_size: int, model_dim: int, *, dtype: str, rngs: nnx.Rngs,
                dense_table: jax.typing.ArrayLike | None = None):

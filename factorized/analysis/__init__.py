@@ -1,0 +1,1 @@
+"""Reading results: a sweep's table and reports, plots, findings, notebooks' helpers."""

@@ -1,0 +1,264 @@
+"""A sweep's table: one row per run (and per post-hoc rank), read from the runs' summary.json
+and post-hoc JSON files, with its aggregate over seeds, its Pareto front and its tuned rows.
+report.py writes it out; results.py, plots.py and findings.py read it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from factorized import embeddings, metrics
+from factorized.evaluation.posthoc import POSTHOC_METHOD
+
+SWEEP_RUN = 'sweep'
+CSV_FILE, AGGREGATE_FILE = 'summary.csv', 'aggregate.csv'
+COLUMNS = ('run', 'kind', 'head', 'rank', 'seed', 'embedding_params', 'vocab_params',
+           'total_params', 'valid_ppl', 'best_valid_ppl', 'test_ppl', 'tokens_per_s')
+# Config fields that never make a swept column: what COLUMNS already say, and fields that
+# do not change what is computed.
+NOT_SWEPT = ('seed', 'overwrite', 'model.embed.kind', 'model.embed.rank', 'model.embed.head',
+             'data.cache_dir', 'launcher.')
+TUNED = 'lr'  # the swept column the tuned rows choose (train.lr)
+GROUP = ('kind', 'head', 'rank')
+PARAMS = ('embedding_params', 'vocab_params', 'total_params')
+BAND_PREFIX = 'test_ppl@'
+# Row order: each kind with what derives from it (dense_ft<N> after dense), post-hoc last.
+_KIND_ORDER = (*embeddings.KINDS, POSTHOC_METHOD)
+
+
+def run_dirs(sweep_dir: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(p for p in sweep_dir.iterdir()
+                if p.is_dir() and p.name != SWEEP_RUN and not p.name.startswith('.'))
+
+
+def _summary_row(run: str, summary: dict) -> dict[str, Any]:
+  config, params = summary['config'], summary['params']
+  embed = config['model']['embed']
+  kind = embed['kind']
+  row = {
+      'run': run, 'kind': kind, 'head': embed['head'],
+      'rank': int(embed['rank']) if embeddings.ranked(kind) else None,
+      'seed': config.get('seed'),
+      'embedding_params': params['embedding'],
+      'vocab_params': params.get('vocab', params['embedding'] + params['output_head']),
+      'total_params': params['total'],
+      'valid_ppl': summary.get('valid_ppl'), 'best_valid_ppl': summary.get('best_valid_ppl'),
+      'test_ppl': summary.get('test_ppl'), 'tokens_per_s': summary.get('tokens_per_s'),
+  }
+  for column in metric_extras():
+    if column in summary:
+      row[column] = summary[column]
+  for band, result in (summary.get('test_bands') or {}).items():
+    row[BAND_PREFIX + band] = result['ppl']
+  return row
+
+
+def metric_extras() -> list[str]:
+  """summary.json's test numbers of the metrics beyond loss and ppl (test_accuracy, ...):
+  columns of summary.csv and, over seeds, of aggregate.csv."""
+  return [f'test_{name}' for name in metrics.reported_names() if name not in ('loss', 'ppl')]
+
+
+def posthoc_files(directory: str | os.PathLike, *, recursive: bool = False
+                  ) -> list[pathlib.Path]:
+  """The post-hoc result files (<method>_<split>.json) in `directory` (or below it)."""
+  pattern = f'{POSTHOC_METHOD}*_*.json'
+  directory = pathlib.Path(directory)
+  return sorted(directory.rglob(pattern) if recursive else directory.glob(pattern))
+
+
+def _posthoc_rows(run: str, run_dir: pathlib.Path, seed: int | None) -> list[dict[str, Any]]:
+  rows: dict[tuple, dict] = {}  # one row per (kind, rank): its valid and test ppl
+  for path in posthoc_files(run_dir):
+    result = json.loads(path.read_text())
+    split, method = result['split'], result.get('method', POSTHOC_METHOD)
+    series = [(method, result['ppl_by_rank'], result['params_by_rank'])]
+    if result.get('finetuned_ppl_by_rank'):
+      steps = result['finetune_steps']
+      series.append((f'{method}_ft{steps}', result['finetuned_ppl_by_rank'],
+                     result['params_by_rank']))
+      if 'dense_finetuned_ppl' in result:
+        series.append((f'dense_ft{steps}', {None: result['dense_finetuned_ppl']},
+                       {None: result['dense_params']}))
+    for kind, ppl_by_rank, params_by_rank in series:
+      for rank, ppl in ppl_by_rank.items():
+        params = params_by_rank[rank]
+        row = rows.setdefault((kind, rank), {
+            'run': run, 'kind': kind, 'head': result['head'],
+            'rank': None if rank is None else int(rank), 'seed': seed,
+            'embedding_params': params['embedding'],
+            'vocab_params': params.get('vocab', params['embedding']),
+            'total_params': params['total'],
+            'valid_ppl': None, 'best_valid_ppl': None, 'test_ppl': None,
+            'tokens_per_s': None})
+        row[f'{split}_ppl'] = ppl
+        if split == 'valid':  # one evaluation: the last is the best
+          row['best_valid_ppl'] = ppl
+  return list(rows.values())
+
+
+def _sort_key(row: dict) -> tuple:
+  """(head, kind order, kind, rank, seed, run); a derived kind (dense_ft30, posthoc_svd_freq)
+  goes with the longest kind name it starts with."""
+  kind = row['kind']
+  base = next((k for k in sorted(_KIND_ORDER, key=len, reverse=True) if kind.startswith(k)),
+              kind)
+  order = _KIND_ORDER.index(base) if base in _KIND_ORDER else len(_KIND_ORDER)
+  return (row['head'] != 'tied', order, kind, row['rank'] or 0,
+          -1 if row['seed'] is None else row['seed'], row['run'])
+
+
+def _flat(config: dict, prefix: str = '') -> dict[str, Any]:
+  """A saved config as {dotted field: value} (tuples and lists as tuples)."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = tuple(value) if isinstance(value, list) else value
+  return flat
+
+
+def swept_fields(configs: list[dict]) -> dict[str, str]:
+  """{dotted field: column name} of the config fields whose values differ between the
+  runs (a sweep's axes: train.lr -> 'lr'), among those every run's config has (a field
+  added to the code later is no axis), NOT_SWEPT aside."""
+  flats = [_flat(config) for config in configs]
+  common = set.intersection(*(set(flat) for flat in flats)) if flats else set()
+  fields = sorted(field for field in common
+                  if not any(field == skip or field.startswith(skip) for skip in NOT_SWEPT)
+                  and len({repr(flat[field]) for flat in flats}) > 1)
+  names = [field.rsplit('.', 1)[-1] for field in fields]
+  return {field: name if names.count(name) == 1 else field
+          for field, name in zip(fields, names, strict=True)}
+
+
+def collect_rows(sweep_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
+  """The per-run rows (sorted by head, kind, rank, seed) and the runs without a summary.
+  Each row carries the values of the swept fields (`swept_fields`) of its run's config;
+  post-hoc rows those of the run they compress."""
+  runs, unfinished = [], []
+  for run_dir in run_dirs(pathlib.Path(sweep_dir)):
+    summary_path = run_dir / 'summary.json'
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    if summary is None and (run_dir / 'config.json').exists():
+      unfinished.append(run_dir.name)
+    runs.append((run_dir, summary))
+  swept = swept_fields([summary['config'] for _, summary in runs if summary])
+  rows = []
+  for run_dir, summary in runs:
+    values, seed = {}, None
+    if summary:
+      rows.append(_summary_row(run_dir.name, summary))
+      seed = rows[-1]['seed']
+      flat = _flat(summary['config'])
+      values = {name: flat[field] for field, name in swept.items()}
+      rows[-1].update(values)
+    rows.extend({**row, **values} for row in _posthoc_rows(run_dir.name, run_dir, seed))
+  return sorted(rows, key=_sort_key), unfinished
+
+
+def _band_order(column: str) -> float:
+  """'test_ppl@101-1000' -> 101, 'test_ppl@10001+' -> 10001, '<unk>' last."""
+  first = column.removeprefix(BAND_PREFIX).split('-')[0].rstrip('+')
+  return int(first) if first.isdigit() else math.inf
+
+
+def rows_table(rows: list[dict]) -> pd.DataFrame:
+  """The per-run rows as summary.csv's frame: COLUMNS, the swept fields' columns, then band
+  columns; `series` added."""
+  bands = sorted({c for row in rows for c in row if c.startswith(BAND_PREFIX)}, key=_band_order)
+  extras = [c for c in metric_extras() if any(c in row for row in rows)]
+  swept = [c for row in rows for c in row
+           if c not in COLUMNS and c not in extras and not c.startswith(BAND_PREFIX)]
+  table = pd.DataFrame(rows, columns=[*COLUMNS, *dict.fromkeys(swept), *extras, *bands])
+  return with_series(table.astype({'rank': 'Int64', 'seed': 'Int64'}))
+
+
+def swept_columns(table: pd.DataFrame) -> list[str]:
+  """The swept fields' columns of a per-run or aggregate table (rows_table)."""
+  known = {*COLUMNS, *metric_extras(), 'series', 'seeds'}
+  return [c for c in table.columns if c not in known and not c.startswith(BAND_PREFIX)
+          and not c.endswith(('_mean', '_std'))]
+
+
+def base_rows(table: pd.DataFrame) -> pd.DataFrame:
+  """The rows at every swept field's most common value (the grid's own settings: what the
+  plots and the by-vocab-params table show; the tuned rows show the rest)."""
+  keep = pd.Series(True, index=table.index)
+  for column in swept_columns(table):
+    values = table[column].map(repr)
+    keep &= values == values.mode().iloc[0]
+  return table[keep]
+
+
+def tuned(table: pd.DataFrame) -> pd.DataFrame:
+  """The tuned rows: per (kind, head, rank, other swept fields) trained with several values
+  of TUNED (train.lr), the value of lowest best-valid perplexity (mean over seeds) and its
+  test perplexity; `tried` lists the values, `at_edge` says whether the best is the lowest
+  or highest tried (then the range should widen). The test split chooses nothing."""
+  columns = ['kind', 'head', 'rank', TUNED, 'tried', 'at_edge', 'seeds', 'vocab_params',
+             'best_valid_ppl_mean', 'test_ppl_mean', 'test_ppl_std', 'series']
+  groups = aggregate(table[table['kind'].isin(embeddings.KINDS)])
+  if TUNED not in groups.columns:
+    return pd.DataFrame(columns=columns)
+  keys = [*GROUP, *[c for c in swept_columns(groups) if c != TUNED]]
+  rows = []
+  for _, points in groups.groupby(keys, dropna=False, sort=False):
+    points = points[np.isfinite(points['best_valid_ppl_mean'].astype(float))]
+    if len(points) < 2:
+      continue
+    best = points.loc[points['best_valid_ppl_mean'].astype(float).idxmin()]
+    tried = sorted(points[TUNED])
+    rows.append({**best.to_dict(), 'tried': '+'.join(f'{v:g}' for v in tried),
+                 'at_edge': best[TUNED] in (tried[0], tried[-1])})
+  return pd.DataFrame(rows, columns=[*columns, *(c for c in keys if c not in columns)])
+
+
+def with_series(table: pd.DataFrame) -> pd.DataFrame:
+  """`table` plus `series`: its kind, `_untied` appended for an untied head (one curve each)."""
+  table = table.copy()
+  table['series'] = table['kind'] + np.where(table['head'] == 'untied', '_untied', '')
+  return table
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+  """The perplexity columns of a per-run table: valid, best valid, test, then the bands'."""
+  return ['valid_ppl', 'best_valid_ppl', 'test_ppl',
+          *[c for c in metric_extras() if c in table.columns],
+          *[c for c in table.columns if c.startswith(BAND_PREFIX)]]
+
+
+def aggregate(table: pd.DataFrame) -> pd.DataFrame:
+  """One row per (kind, head, rank, swept fields) of a per-run table: `seeds`, parameter
+  counts, and `<metric>_mean` / `<metric>_std` (sample std over seeds; NaN for one seed)."""
+  metrics = metric_columns(table)
+  keys = [*GROUP, *swept_columns(table)]
+  groups = table.groupby(keys, dropna=False, sort=False)
+  out = groups[list(PARAMS)].first()
+  out.insert(0, 'seeds', groups.size())
+  numeric = table[keys + metrics].astype({m: float for m in metrics})
+  stats = numeric.groupby(keys, dropna=False, sort=False)[metrics].agg(['mean', 'std'])
+  stats.columns = [f'{metric}_{stat}' for metric, stat in stats.columns]
+  return with_series(out.join(stats).reset_index())
+
+
+def is_number(value) -> bool:
+  return isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value)
+
+
+def pareto_front(table: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+  """The rows no other row beats on both `x` and `y` (lower is better), sorted by `x`."""
+  ordered = table.dropna(subset=[x, y]).sort_values([x, y], kind='stable')
+  best, keep = np.inf, []
+  for index, value in ordered[y].items():
+    if value < best:
+      best = value
+      keep.append(index)
+  return ordered.loc[keep]

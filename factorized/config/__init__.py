@@ -1,0 +1,1 @@
+"""The config boundary: config-file arguments and command-line flags."""

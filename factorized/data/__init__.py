@@ -1,0 +1,1 @@
+"""Text to batches: corpora (plug-ins), tokenizers, the token pipeline."""

@@ -1,0 +1,1 @@
+"""Jobs on a saved run: evaluation, post-hoc SVD compression."""

@@ -1,0 +1,1 @@
+"""The Transformer LM, its loss and its costs."""

@@ -1,0 +1,73 @@
+"""Parameter counts and FLOPs per token, from a config alone (no model build).
+
+Shapes: V vocabulary, D model width, M MLP width, L sequence length (`data.seq_len`),
+N layers. The embedding's own terms come from its kind (`param_counts` and
+`flops_per_token` of its config class, factorized/embeddings/<kind>.py, where each kind
+states its formulas); this file adds the head and the blocks.
+
+Parameter counts, split as training logs and summary.json report them:
+  embedding    the input embedding's own parameters (the kind's `embedding`);
+  output_head  only what the head adds beyond them: untied D V (no bias); tied, what the
+               kind's head adds (its `tied_head`: ALBERT's MLM head, 0 for the others);
+  blocks       N (2 D + 3 D^2 + 3 D + D^2 + D + 2 D + 2 D M + M + D);
+  non_embedding = total - embedding - output_head
+               = blocks + final LayerNorm (2 D) + learned positions (L D);
+  vocab        embedding + output_head: every parameter whose existence or size depends
+               on the embedding choice (kind, rank, head). Kinds are compared on this
+               budget: it counts ALBERT's MLM head, whose V-sized output bias is a
+               unigram prior the other kinds lack, and an untied head's D V.
+
+FLOPs convention: forward pass, per token, 2 FLOPs per multiply-add, matrix
+products only (gathers, norms, softmax, activations, biases and residual adds
+are not counted; they are O(D) per token). Attention counts Q K^T and A V over
+the full context L (4 L D per layer), as Kaplan et al. 2020 and PaLM do, which is
+also what the XLA attention kernel computes despite the causal mask. A training
+step costs about 3x the forward FLOPs (backward = 2x forward). Work done once per step
+whatever the batch (tt merges its cores into two blocks) is not per token and not counted.
+  embedding    the kind's lookup (dense 0, a gather);
+  output_head  untied 2 D V; tied, the kind's `attend` (dense 2 D V);
+  blocks       N (2 D 3D + 2 D D + 4 L D + 4 D M).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from factorized.model import transformer as model_lib
+
+
+def param_counts(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, int]:
+  """Parameters per component: embedding, output_head, vocab, blocks, non_embedding, total."""
+  args = model_lib.model_args(config, vocab_size)
+  dim, mlp_dim, vocab = args.model_dim, args.mlp_dim, args.vocab_size
+  kind = args.embed.param_counts()
+  embedding = kind['embedding']
+  output_head = kind['tied_head'] if args.embed.tied else dim * vocab
+  per_block = (2 * dim                        # attention LayerNorm
+               + dim * 3 * dim + 3 * dim      # fused QKV
+               + dim * dim + dim              # attention output
+               + 2 * dim                      # MLP LayerNorm
+               + dim * mlp_dim + mlp_dim      # MLP in
+               + mlp_dim * dim + dim)         # MLP out
+  blocks = args.num_layers * per_block
+  positions = args.max_len * dim if args.positions == 'learned' else 0
+  non_embedding = blocks + 2 * dim + positions
+  return {'embedding': embedding, 'output_head': output_head,
+          'vocab': embedding + output_head, 'blocks': blocks,
+          'non_embedding': non_embedding, 'total': embedding + output_head + non_embedding}
+
+
+def flops_per_token(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, int]:
+  """Forward matmul FLOPs per token (2 per multiply-add): embedding, output_head, blocks, total."""
+  args = model_lib.model_args(config, vocab_size)
+  dim, mlp_dim, length = args.model_dim, args.mlp_dim, args.max_len
+  kind = args.embed.flops_per_token()
+  embedding = kind['embedding']
+  output_head = kind['tied_head'] if args.embed.tied else 2 * dim * args.vocab_size
+  per_block = (2 * dim * 3 * dim              # fused QKV
+               + 2 * dim * dim                # attention output
+               + 2 * 2 * length * dim         # Q K^T and A V over the context
+               + 2 * 2 * dim * mlp_dim)       # MLP in and out
+  blocks = args.num_layers * per_block
+  return {'embedding': embedding, 'output_head': output_head, 'blocks': blocks,
+          'total': embedding + output_head + blocks}

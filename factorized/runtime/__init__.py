@@ -1,0 +1,1 @@
+"""The process and its devices: the data mesh, the compile cache, the allocator."""

@@ -1,0 +1,1 @@
+"""Sweeps: their points, resume, and the launcher (local or SLURM)."""

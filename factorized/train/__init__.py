@@ -1,0 +1,1 @@
+"""Training: the loop, the pure steps, exact evaluation, and a run's files."""

@@ -1,0 +1,130 @@
+"""The optimizer: AdamW with linear warm-up then cosine decay, and global-norm clipping.
+
+Weight decay applies to matrices (ndim >= 2), not to LayerNorm scales and biases, except
+for the embedding table's own parameters, where `train.embed_decay` decides:
+  table    (default) the parameters each kind's module names in `TABLE_DECAY`
+           (factorized/embeddings/): the decoupled decay then shrinks the table
+           W = U diag(s) V, A P + b, the bands' A_b P_b or a product of TT cores by
+           (1 - lr wd) per step, as it shrinks a dense W, so every kind's table is
+           regularised alike;
+  factors  every factor matrix (ndim >= 2: U and V, A and P, ...), as before this control
+           existed: a factorized table shrinks about twice as fast as a dense one;
+  none     no decay on the table's parameters.
+Parameters the head adds (an untied W, ALBERT's MLM head) follow the general rule.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from factorized import embeddings
+from factorized.train import rows
+
+EMBED_DECAYS = ('table', 'factors', 'none')
+
+
+def validate_train_config(train_config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError naming the first `train.*` field that is out of range."""
+  positive = ('num_steps', 'batch_size', 'grad_accum_steps', 'eval_every', 'eval_batch_size',
+              'ckpt_every', 'keep_checkpoints', 'log_every')
+  for name in positive:
+    value = train_config[name]
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f'train.{name}={value!r} must be a positive integer.')
+  if train_config.batch_size % train_config.grad_accum_steps:
+    raise ValueError(
+        f'train.batch_size={train_config.batch_size} must be divisible by '
+        f'train.grad_accum_steps={train_config.grad_accum_steps}.')
+  if not train_config.lr > 0:
+    raise ValueError(f'train.lr={train_config.lr} must be > 0.')
+  if not 0 <= train_config.min_lr_ratio <= 1:
+    raise ValueError(f'train.min_lr_ratio={train_config.min_lr_ratio} must be in [0, 1].')
+  if not 0 <= train_config.warmup_steps < train_config.num_steps:
+    raise ValueError(
+        f'train.warmup_steps={train_config.warmup_steps} must be in '
+        f'[0, train.num_steps={train_config.num_steps}).')
+  if train_config.weight_decay < 0:
+    raise ValueError(f'train.weight_decay={train_config.weight_decay} must be >= 0.')
+  if not train_config.grad_clip > 0:
+    raise ValueError(f'train.grad_clip={train_config.grad_clip} must be > 0.')
+  if train_config.embed_decay not in EMBED_DECAYS:
+    raise ValueError(f'train.embed_decay={train_config.embed_decay!r} is unknown; allowed: '
+                     f'{"|".join(EMBED_DECAYS)}.')
+  for name in ('b1', 'b2'):
+    if not 0 <= train_config[name] < 1:
+      raise ValueError(f'train.{name}={train_config[name]} must be in [0, 1).')
+
+
+def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warm-up from 0 to `lr`, then cosine decay to `lr * min_lr_ratio`."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0,
+      peak_value=train_config.lr,
+      warmup_steps=train_config.warmup_steps,
+      decay_steps=train_config.num_steps,
+      end_value=train_config.lr * train_config.min_lr_ratio,
+  )
+
+
+def _names(path: tuple, entries: tuple) -> bool:
+  """Whether a parameter path below `embed` is named by `entries` (TABLE_PARAMS or
+  TABLE_DECAY): an attribute name, or an (attribute, index, ...) path into it."""
+  return any(path[:1] == (entry,) if isinstance(entry, str) else path[:len(entry)] == entry
+             for entry in entries)
+
+
+def decay_mask(params, *, kind: str, embed_decay: str = 'table'):
+  """True for the parameters that weight decay applies to (see the module docstring)."""
+  embedding = embeddings.kind(kind).module
+
+  def decayed(path, leaf) -> bool:
+    names = tuple(key.key for key in path if isinstance(key, jax.tree_util.DictKey))
+    if names[:1] == ('embed',) and _names(names[1:], embedding.TABLE_PARAMS):
+      if embed_decay == 'table':
+        return _names(names[1:], embedding.TABLE_DECAY)
+      return embed_decay == 'factors' and leaf.ndim >= 2
+    return leaf.ndim >= 2
+
+  return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm(max_norm), element for element the same values (the same
+  select between t and (t / norm) max_norm) and the same empty state, but each large leaf
+  clipped in place a slice of rows at a time (factorized/train/rows.py): under optax's, XLA
+  keeps the clipped VxD table gradient beside the unclipped one, as both of Adam's
+  moments read the two (tests/test_optim.py checks the values are optax's, bitwise)."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    g_norm = optax.tree.norm(updates)
+    trigger = jnp.squeeze(g_norm < max_norm)
+
+    def clip(t):
+      return jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * max_norm)
+
+    return jax.tree.map(lambda t: rows.update_rows(clip, t), updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Global-norm clipping followed by AdamW under the warm-up/cosine schedule (config.train),
+  decaying the parameters that `decay_mask` picks for config.model's embedding kind."""
+  train_config = config.train
+  return optax.chain(
+      clip_by_global_norm(train_config.grad_clip),
+      optax.adamw(
+          learning_rate=learning_rate_schedule(train_config),
+          b1=train_config.b1,
+          b2=train_config.b2,
+          weight_decay=train_config.weight_decay,
+          mask=functools.partial(decay_mask, kind=config.model.embed.kind,
+                                 embed_decay=train_config.embed_decay),
+      ),
+  )

@@ -1,0 +1,122 @@
+"""A run's working directory: its saved config, and atomic JSON files in it.
+
+Layout: config.json (the resolved config, written on the first start), tokenizer.json and
+train_counts.npy (data.py), checkpoints/ (orbax), TensorBoard events, summary.json and
+eval_<split>.json.
+
+Configs saved before an embedding kind's own field existed (model.embed.band_cutoffs, ...)
+lack it; such a run behaved as the field's default says, so a missing kind field counts as
+its default when configs are compared, and `load_config` fills it in.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+from typing import Any
+
+import ml_collections
+
+from factorized import files
+
+CONFIG_FILE = 'config.json'
+# Fields that may differ between a saved and a new config without refusing the workdir
+# (sections by their prefix): none of them changes what a run computes.
+_IGNORED_FIELDS = ('overwrite', 'launcher.')
+# Fields added after runs were saved, with the default that computes what those runs did.
+_LATER_FIELDS = {'model.head_chunk_rows': 0, 'model.head_chunk_vocab': 0, 'model.remat': False}
+
+
+def _field_defaults() -> dict[str, Any]:
+  """The fields a saved config may lack, as flat names with their defaults (JSON types):
+  every embedding kind's own, every corpus's own, and `_LATER_FIELDS`."""
+  from factorized import embeddings
+  from factorized.data import corpora  # embeddings imports JAX: only where needed
+
+  return {**_LATER_FIELDS,
+          **{f'model.embed.{name}': json.loads(json.dumps(value))
+             for name, value in embeddings.config_fields().items()},
+          **{f'data.{name}': json.loads(json.dumps(value))
+             for name, value in corpora.config_fields().items()}}
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{name}.'))
+    else:
+      flat[name] = value
+  return flat
+
+
+def config_differences(saved: dict, new: dict) -> list[str]:
+  """Lists 'field: saved -> new' for every field that differs (but `_IGNORED_FIELDS`; a
+  field of `_field_defaults` that `saved` lacks counts as its default)."""
+  saved_flat, new_flat = {**_field_defaults(), **_flatten(saved)}, _flatten(new)
+  lines = []
+  for name in sorted(set(saved_flat) | set(new_flat)):
+    if name.startswith(_IGNORED_FIELDS):
+      continue
+    old_value, new_value = saved_flat.get(name, '<absent>'), new_flat.get(name, '<absent>')
+    if old_value != new_value:
+      lines.append(f'{name}: {old_value!r} -> {new_value!r}')
+  return lines
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  """The config as plain JSON types (round-tripped through JSON, as it is saved)."""
+  return json.loads(config.to_json())
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config saved in `workdir` (fields of `_field_defaults` it lacks set to their
+  defaults); a FileNotFoundError that says how to make one."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(
+        f'{path} not found: {workdir} is not a training workdir '
+        f'(train.py --workdir={workdir} writes it).')
+  saved = json.loads(path.read_text())
+  for name, value in _field_defaults().items():
+    *sections, field = name.split('.')
+    tree = saved
+    for section in sections:
+      tree = tree.setdefault(section, {})
+    tree.setdefault(field, value)
+  return ml_collections.ConfigDict(saved)
+
+
+def prepare_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> bool:
+  """Creates `workdir` or checks that its saved config matches `config`.
+
+  Returns True when the workdir holds an earlier run of the same config (resume).
+  A different saved config is refused unless `config.overwrite`; then the earlier
+  run's files are moved, not deleted, into `overwritten-<UTC time>/`.
+  """
+  workdir = pathlib.Path(workdir)
+  path = workdir / CONFIG_FILE
+  new = config_to_dict(config)
+  if path.exists():
+    saved = json.loads(path.read_text())
+    differences = config_differences(saved, new)
+    if not differences:
+      return True
+    if not config.overwrite:
+      raise ValueError(
+          f'{workdir} holds a run with a different config ({path}):\n  '
+          + '\n  '.join(differences)
+          + '\nUse another --workdir, or pass --config.overwrite=True to move that run '
+          'aside (into overwritten-<time>/) and start afresh.')
+    archive = workdir / datetime.datetime.now(datetime.timezone.utc).strftime(
+        'overwritten-%Y%m%dT%H%M%SZ')
+    archive.mkdir()
+    for entry in workdir.iterdir():
+      if entry != archive and not entry.name.startswith('overwritten-'):
+        entry.rename(archive / entry.name)
+  workdir.mkdir(parents=True, exist_ok=True)
+  files.write_json_atomic(path, new)
+  return False

@@ -1,0 +1,108 @@
+"""The package's layout: imports flow one way, from the entry points down to the model and
+the data, and no module imports itself back through others (no cycles)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / 'factorized'
+
+# Top to bottom: a module may import its own sub-package and any layer below its own, never
+# one above or beside it. The top-level modules (plugins, files) sit at the bottom.
+LAYERS = (
+    ('sweeps',),
+    ('analysis',),
+    ('evaluation',),
+    ('train',),
+    ('model', 'runtime'),
+    ('embeddings', 'metrics'),
+    ('data',),
+    ('config',),
+    ('plugins', 'files'),
+)
+RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
+
+
+def _module_name(path: pathlib.Path) -> str:
+  parts = path.relative_to(ROOT).with_suffix('').parts
+  return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+def _modules() -> dict[str, pathlib.Path]:
+  return {_module_name(path): path for path in sorted(PACKAGE.rglob('*.py'))}
+
+
+def _imports(path: pathlib.Path, modules: dict[str, pathlib.Path]) -> set[str]:
+  """The factorized modules `path` imports, anywhere in it (function-level imports too)."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      found.update(alias.name for alias in node.names if alias.name.startswith('factorized'))
+    elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('factorized'):
+      for alias in node.names:  # `from factorized.x import y`: y is a module or a name in x
+        child = f'{node.module}.{alias.name}'
+        found.add(child if child in modules else node.module)
+  return {name for name in found if name in modules and name != 'factorized'}
+
+
+def _graph() -> dict[str, set[str]]:
+  modules = _modules()
+  return {name: _imports(path, modules) - {name} for name, path in modules.items()}
+
+
+def _part(module: str) -> str:
+  """The layer a module belongs to: its sub-package, or its own name at the top level."""
+  return module.split('.')[1] if module.count('.') else ''
+
+
+def test_every_module_belongs_to_a_layer():
+  unplaced = sorted(m for m in _graph() if m != 'factorized' and _part(m) not in RANK)
+  assert not unplaced, f'add these to a layer of tests/test_layout.py LAYERS: {unplaced}'
+
+
+def test_imports_flow_down_the_layers():
+  upward = sorted(f'{module} imports {target}' for module, targets in _graph().items()
+                  for target in targets
+                  if _part(module) in RANK and _part(target) in RANK
+                  and _part(module) != _part(target) and RANK[_part(target)] <= RANK[_part(module)])
+  assert not upward, 'imports against the layering (see LAYERS):\n' + '\n'.join(upward)
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+  state: dict[str, int] = {}  # 1 on the current path, 2 done
+  path: list[str] = []
+
+  def visit(node: str) -> list[str] | None:
+    state[node] = 1
+    path.append(node)
+    for target in sorted(graph.get(node, ())):
+      if state.get(target) == 1:
+        return path[path.index(target):] + [target]
+      if target not in state and (found := visit(target)):
+        return found
+    path.pop()
+    state[node] = 2
+    return None
+
+  for node in sorted(graph):
+    if node not in state and (found := visit(node)):
+      return found
+  return None
+
+
+def test_no_import_cycles():
+  cycle = _cycle(_graph())
+  assert cycle is None, 'import cycle: ' + ' -> '.join(cycle)
+
+
+@pytest.mark.parametrize('graph, expected', [
+    ({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}, ['a', 'b', 'c', 'a']),
+    ({'a': {'b'}, 'b': {'c'}, 'c': set()}, None),
+])
+def test_the_cycle_check_finds_a_cycle(graph, expected):
+  assert _cycle(graph) == expected
+
