@@ -26,14 +26,11 @@ import json
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from factorized.config import cli
 from factorized.runtime.allocator import ensure_fast_malloc
 
-config_flags.DEFINE_config_file(
-    'config', None, 'Config file, optionally with an argument: configs/brown.py:kind=svd,rank=64',
-    lock_config=True)
+cli.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, events and summary.json.')
 flags.DEFINE_bool('distributed', False, 'Join a multi-process run via jax.distributed.')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
@@ -60,15 +57,20 @@ def main(argv):
   missing = cli.missing_config_file(FLAGS['config'].config_filename)
   if missing:
     cli.usage_error(missing)
+  from factorized.config import specs
   from factorized.sweeps import sweep
 
-  points = sweep.load_sweep(FLAGS['config'].config_filename)
+  points = sweep.load_sweep(cli.config_module(), FLAGS['config'].config_filename)
+  try:
+    config = specs.from_config(FLAGS.config)  # the one Spec of this start
+  except ValueError as error:
+    cli.usage_error(str(error))
   if points is not None:
     if FLAGS.distributed:
       raise app.UsageError('A sweep runs each point as its own single-process run; '
                            'drop --distributed.')
     try:
-      points = sweep.make_points(FLAGS.config, points,
+      points = sweep.make_points(config, points,
                                  overridden=FLAGS['config'].override_values)
       if FLAGS.sweep_report_only:
         sweep.write_reports(FLAGS.workdir)
@@ -89,7 +91,7 @@ def main(argv):
 
   logging.info('JAX devices: %s', jax.devices())
   try:
-    summary = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    summary = trainer.train_and_evaluate(config, FLAGS.workdir)
   except trainer.TrainingInterrupted as stopped:
     logging.warning('%s', stopped)
     sys.exit(143)

@@ -12,17 +12,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / 'factorized'
 
 # Top to bottom: a module may import its own sub-package and any layer below its own, never
-# one above or beside it. The top-level modules (plugins, files) sit at the bottom.
+# one above or beside it. The top-level modules (plugins, files, spec) sit at the bottom.
 LAYERS = (
     ('sweeps',),
     ('analysis',),
     ('evaluation',),
+    ('config',),
     ('train',),
     ('model', 'runtime'),
     ('embeddings', 'metrics'),
     ('data',),
-    ('config',),
-    ('plugins', 'files'),
+    ('plugins', 'files', 'spec'),
 )
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
@@ -36,10 +36,23 @@ def _modules() -> dict[str, pathlib.Path]:
   return {_module_name(path): path for path in sorted(PACKAGE.rglob('*.py'))}
 
 
+def _is_main_block(node: ast.AST) -> bool:
+  """`if __name__ == '__main__':`: a module's own entry point, which may import anything."""
+  return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+          and isinstance(node.test.left, ast.Name) and node.test.left.id == '__name__')
+
+
+def _library_nodes(path: pathlib.Path) -> list[ast.AST]:
+  """Every node of the module but those of its `__main__` block."""
+  tree = ast.parse(path.read_text())
+  tree.body = [node for node in tree.body if not _is_main_block(node)]
+  return list(ast.walk(tree))
+
+
 def _imports(path: pathlib.Path, modules: dict[str, pathlib.Path]) -> set[str]:
   """The factorized modules `path` imports, anywhere in it (function-level imports too)."""
   found = set()
-  for node in ast.walk(ast.parse(path.read_text())):
+  for node in _library_nodes(path):
     if isinstance(node, ast.Import):
       found.update(alias.name for alias in node.names if alias.name.startswith('factorized'))
     elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('factorized'):
@@ -106,3 +119,11 @@ def test_no_import_cycles():
 def test_the_cycle_check_finds_a_cycle(graph, expected):
   assert _cycle(graph) == expected
 
+
+def test_ml_collections_stays_at_the_config_boundary():
+  """Only configs/, the entry points and factorized/config read ConfigDicts; below, Specs."""
+  readers = sorted(
+      name for name, path in _modules().items() if _part(name) != 'config' and any(
+          isinstance(node, (ast.Import, ast.ImportFrom)) and 'ml_collections' in ast.unparse(node)
+          for node in _library_nodes(path)))
+  assert not readers, f'ml_collections imported outside factorized/config: {readers}'

@@ -193,3 +193,27 @@ def test_a_bad_config_file_argument_or_workdir_is_one_line_and_exit_code_2(
   assert result.stderr.strip() == message.format(workdir=workdir)
   if workdir_is_file:
     assert workdir.read_text() == 'keep me'
+
+
+def test_the_config_file_is_executed_once_per_start(tmp_path, repo_root):
+  """train.py reads its config file once: the flag's parse; get_sweep() and the error
+  messages read the module it executed."""
+  executions = tmp_path / 'executions'
+  config_file = tmp_path / 'counted.py'
+  config_file.write_text(
+      'import sys\n'
+      f'sys.path.insert(0, {str(repo_root)!r})\n'
+      f'with open({str(executions)!r}, "a") as f:\n'
+      '  f.write("x")\n'
+      'from configs import brown\n\n\n'
+      'def get_config(arg=None):\n'
+      '  return brown.get_config("runlocal")\n\n\n'
+      'def get_sweep(arg=None):\n'
+      '  return [{"model.embed.kind": "dense"}]\n')
+  (tmp_path / 'sweep').mkdir()
+  result = subprocess.run(
+      [sys.executable, 'train.py', f'--config={config_file}', f'--workdir={tmp_path / "sweep"}',
+       '--sweep_report_only'],
+      cwd=repo_root, env=cli_env(1), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert executions.read_text() == 'x'

@@ -25,13 +25,13 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from factorized import embeddings
 from factorized.analysis import table as sweep_table
+from factorized.config import specs
 from factorized.data import pipeline as data_lib
 from factorized.data import tokenizer as tokenizer_lib
 from factorized.embeddings import spectrum
 from factorized.evaluation import saved as eval_run
 from factorized.runtime import parallel
 from factorized.train import summary as summary_lib
-from factorized.train import workdir as workdir_lib
 
 SCALAR_COLUMNS = ('run', 'tag', 'step', 'value', 'wall_time')
 REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
@@ -197,7 +197,7 @@ def load_embedding(workdir: str | os.PathLike, checkpoint: str = 'latest',
       model, step = eval_run.restore_model(workdir, checkpoint)
       tokenizer, _ = tokenizer_lib.load_tokenizer(
           pathlib.Path(workdir) / data_lib.TOKENIZER_FILE)
-      config, counts = workdir_lib.load_config(workdir), data_lib.load_train_counts(workdir)
+      config, counts = specs.load_saved(workdir), data_lib.load_train_counts(workdir)
     else:
       run, step = eval_run.restore_run(workdir, checkpoint,
                                        mesh=parallel.make_mesh(jax.devices()[:1]))

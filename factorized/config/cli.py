@@ -15,12 +15,56 @@ import sys
 
 import ml_collections
 from absl import flags, logging
+from ml_collections import config_flags
 
 EXIT_USAGE = 2
 # Loggers whose messages are not for users unless they ask (--verbosity): JAX's backend
 # probe (TPU/GPU plugins that this machine lacks) and orbax's bookkeeping.
 _NOISY_LOGGERS = ('jax._src.xla_bridge', 'jax._src.distributed', 'jax._src.compiler')
 _NOISY_PATHS = (f'{pathlib.Path("orbax")}/', f'{pathlib.Path("jax")}/_src/')
+
+
+class _ConfigFileParser(flags.ArgumentParser):
+  """The parser of `--config=path.py[:arg]`: executes the file once, returns its locked
+  `get_config(arg)` and keeps the module, so that get_sweep() and error messages read that
+  module instead of executing the file again."""
+
+  def __init__(self):
+    self.module = None
+
+  def parse(self, argument: str) -> ml_collections.ConfigDict:
+    path, colon, arg = argument.partition(':')
+    self.module = load_module(path)
+    config = self.module.get_config(*([arg] if colon else []))
+    config.lock()
+    return config
+
+  def flag_type(self) -> str:
+    return 'config object'
+
+
+def load_module(path: str):
+  """Executes the config file at `path` (once per start: see define_config_flag)."""
+  module_spec = importlib.util.spec_from_file_location(f'_config_{pathlib.Path(path).stem}', path)
+  if module_spec is None or not pathlib.Path(path).is_file():
+    raise FileNotFoundError(missing_config_file(path))
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
+def define_config_flag(name: str = 'config') -> None:
+  """`--config=path.py[:arg]` with `--config.<field>=...` overrides (ml_collections'
+  config_flags), the file executed once; `config_module()` gives the module it ran."""
+  config_flags.DEFINE_config_file(
+      name, None, 'Config file, optionally with an argument: configs/brown.py:kind=svd,rank=64',
+      lock_config=True)
+  flags.FLAGS[name].parser = _ConfigFileParser()
+
+
+def config_module(name: str = 'config'):
+  """The config file's module as `--config` executed it (None before flags are parsed)."""
+  return getattr(flags.FLAGS[name].parser, 'module', None)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -89,11 +133,10 @@ def explain(argv: list[str], error: Exception) -> str:
 
 
 def _load(spec: str) -> ml_collections.ConfigDict:
-  path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('_cli_config', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  """The config of `--config=<spec>`, from the module --config executed when it got that far."""
+  path, colon, arg = spec.partition(':')
+  module = (config_module() if 'config' in flags.FLAGS else None) or load_module(path)
+  return module.get_config(*([arg] if colon else []))
 
 
 def _check_override(config: ml_collections.ConfigDict, key: str, value: str,

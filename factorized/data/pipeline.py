@@ -400,19 +400,19 @@ def frequency_bands(counts_V: np.ndarray, edges: tuple[int, ...] | list[int]
   return band_V, [*names, '<unk>']
 
 
-def _main(argv) -> None:
-  from absl import app
-
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  corpus = prepare_corpus(_CONFIG.value.data)
-  print(json.dumps(corpus.stats(), indent=1))
-
-
-if __name__ == '__main__':
+if __name__ == '__main__':  # an entry point: prepares and caches the corpus of a config
   from absl import app
   from ml_collections import config_flags
 
+  from factorized.config import specs
+
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file, e.g. '
                                             'configs/brown.py.', lock_config=True)
+
+  def _main(argv) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    corpus = prepare_corpus(specs.from_config(_CONFIG.value).data)
+    print(json.dumps(corpus.stats(), indent=1))
+
   app.run(_main)

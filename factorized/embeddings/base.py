@@ -22,9 +22,10 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
+
+from factorized.spec import Spec
 
 HEADS = ('tied', 'untied')
 DTYPES = ('float32', 'bfloat16')
@@ -68,7 +69,7 @@ class KindConfig(abc.ABC):
 
   @classmethod
   @abc.abstractmethod
-  def parse(cls, embed: ml_collections.ConfigDict, **common) -> KindConfig:
+  def parse(cls, embed: Spec, **common) -> KindConfig:
     """The kind's config from `model.embed` and the common fields; raises a ValueError
     naming the field when a value is out of range."""
 
@@ -130,7 +131,7 @@ def config_fields() -> dict[str, Any]:
   return {field: default for name in kind_names() for field, default in kind(name).fields.items()}
 
 
-def check_choices(model_config: ml_collections.ConfigDict) -> type[KindConfig]:
+def check_choices(model_config: Spec) -> type[KindConfig]:
   """The kind's config class; a ValueError naming model.embed.kind, model.embed.head or
   model.dtype when one is not a known choice (no vocabulary needed: runs before the data)."""
   embed = model_config.embed
@@ -143,7 +144,7 @@ def check_choices(model_config: ml_collections.ConfigDict) -> type[KindConfig]:
   return config_class
 
 
-def embed_config(model_config: ml_collections.ConfigDict, vocab_size: int) -> KindConfig:
+def embed_config(model_config: Spec, vocab_size: int) -> KindConfig:
   """The validated config of the kind `model.embed.kind` names (model_config = config.model)."""
   embed = model_config.embed
   config_class = check_choices(model_config)

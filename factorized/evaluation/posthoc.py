@@ -47,23 +47,22 @@ reports are rewritten to include the rows (kind <method>, beside posthoc_svd).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
 
 import jax
-import ml_collections
 import numpy as np
 from flax import nnx
 
 from factorized import files
+from factorized.config import specs
 from factorized.data import pipeline as data_lib
 from factorized.evaluation import saved as eval_run
 from factorized.model import costs
 from factorized.runtime import parallel
+from factorized.spec import Spec
 from factorized.train import optim, trainer
-from factorized.train import workdir as workdir_lib
 from factorized.train.metric_writer import MetricWriter
 
 POSTHOC_METHOD = 'posthoc_svd'  # every post-hoc method's name starts so (method_name)
@@ -122,9 +121,9 @@ def band_ranks(W_VxD: np.ndarray, weights_V: np.ndarray, rows: list[np.ndarray],
     spent += unit[best]
 
 
-def compression(config: ml_collections.ConfigDict, W_VxD: np.ndarray, rank: int, *,
+def compression(config: Spec, W_VxD: np.ndarray, rank: int, *,
                 weights_V: np.ndarray | None, order_V: np.ndarray, bands: tuple[int, ...]
-                ) -> tuple[ml_collections.ConfigDict, np.ndarray, list[int] | None]:
+                ) -> tuple[Spec, np.ndarray, list[int] | None]:
   """The compressed model's config, the dense table to initialise it from (its kind
   truncates it exactly) and, with bands, their ranks: plain SVD, weighted, or banded."""
   svd = svd_config(config, rank)
@@ -137,9 +136,9 @@ def compression(config: ml_collections.ConfigDict, W_VxD: np.ndarray, rank: int,
   table_VxD = np.empty(np.shape(W_VxD))
   for ids, band_rank in zip(rows, ranks, strict=True):
     table_VxD[ids] = weighted_truncation(np.asarray(W_VxD)[ids], weights_V[ids], band_rank)
-  banded = copy.deepcopy(config)
-  banded.model.embed.update(kind='adaptive', rank=int(rank), band_cutoffs=tuple(bands),
-                            band_widths=tuple(ranks))
+  banded = config.replace(**{'model.embed.kind': 'adaptive', 'model.embed.rank': int(rank),
+                             'model.embed.band_cutoffs': tuple(bands),
+                             'model.embed.band_widths': tuple(ranks)})
   return banded, table_VxD, ranks
 
 
@@ -155,28 +154,23 @@ def parse_bands(values: list[str], vocab_size: int) -> tuple[int, ...]:
   return bands
 
 
-def svd_config(config: ml_collections.ConfigDict, rank: int) -> ml_collections.ConfigDict:
+def svd_config(config: Spec, rank: int) -> Spec:
   """The dense run's config with an `svd` embedding of rank `rank` (no orthogonality penalty)."""
-  config = copy.deepcopy(config)
-  config.model.embed.kind = 'svd'
-  config.model.embed.rank = int(rank)
-  config.model.embed.ortho_penalty = 0.0
-  return config
+  return config.replace(**{'model.embed.kind': 'svd', 'model.embed.rank': int(rank),
+                           'model.embed.ortho_penalty': 0.0})
 
 
-def finetune_config(config: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
+def finetune_config(config: Spec, steps: int) -> Spec:
   """`config` with the fine-tuning schedule: the run's final lr as peak, N // 10 warm-up
   steps, N steps."""
-  config = copy.deepcopy(config)
-  train_config = config.train
-  train_config.lr = train_config.lr * train_config.min_lr_ratio
-  train_config.num_steps = int(steps)
-  train_config.warmup_steps = int(steps) // 10
-  optim.validate_train_config(train_config)
+  config = config.replace(**{'train.lr': config.train.lr * config.train.min_lr_ratio,
+                             'train.num_steps': int(steps),
+                             'train.warmup_steps': int(steps) // 10})
+  optim.validate_train_config(config.train)
   return config
 
 
-def run_from_dense(dense: trainer.Run, config: ml_collections.ConfigDict,
+def run_from_dense(dense: trainer.Run, config: Spec,
                    table_VxD: np.ndarray | None = None) -> trainer.Run:
   """The Run of `config` (the dense run's sizes; kind dense, svd or adaptive) initialised from
   `dense`: its table (or `table_VxD`: copied, or truncated as the kind does) and its other
@@ -211,7 +205,7 @@ def finetune(run: trainer.Run, *, data_step: int, rows_per_step: int) -> trainer
   return state
 
 
-def _budget(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, int]:
+def _budget(config: Spec, vocab_size: int) -> dict[str, int]:
   counts = costs.param_counts(config, vocab_size)
   return {name: counts[name] for name in ('embedding', 'vocab', 'total')}
 
@@ -247,7 +241,7 @@ def posthoc_svd(workdir: str, split: str = 'test', ranks: list[int] | tuple[int,
     raise ValueError(f'--svd_finetune_steps={finetune_steps} must be >= 0.')
   if weighting not in WEIGHTINGS:
     raise ValueError(f'--svd_weighting={weighting!r}: expected {" or ".join(WEIGHTINGS)}.')
-  saved = workdir_lib.load_config(workdir)
+  saved = specs.load_saved(workdir)
   if saved.model.embed.kind != 'dense':
     raise ValueError(f'--svd_ranks compresses a dense run; {workdir} has model.embed.kind='
                      f'{saved.model.embed.kind!r} (train one with configs/brown.py:kind=dense).')

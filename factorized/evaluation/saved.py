@@ -9,10 +9,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from factorized import files
+from factorized.config import specs
 from factorized.data import pipeline as data_lib
 from factorized.runtime import compile_cache, parallel
 from factorized.train import checkpointing, trainer
-from factorized.train import workdir as workdir_lib
 
 EVAL_FILE = 'eval_{split}.json'
 
@@ -44,7 +44,7 @@ def restore_run(workdir: str, checkpoint: str = 'latest', *,
 
   Returns the Run (its state restored) and the restored step.
   """
-  config = workdir_lib.load_config(workdir)
+  config = specs.load_saved(workdir)
   compile_cache.enable(config.data)
   checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
   try:
@@ -61,7 +61,7 @@ def restore_model(workdir: str, checkpoint: str = 'latest', *,
   """The model of `checkpoint` without the corpus: the vocabulary size and the train
   counts come from the run's train_counts.npy, so a copy of the run directory is enough
   (notebooks). Returns the NNX model and the restored step."""
-  config = workdir_lib.load_config(workdir)
+  config = specs.load_saved(workdir)
   counts = data_lib.load_train_counts(workdir)
   mesh = parallel.make_mesh(jax.devices()[:1]) if mesh is None else mesh
   checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
@@ -80,7 +80,7 @@ def evaluate_workdir(workdir: str, split: str = 'test', checkpoint: str = 'best'
   default data.seq_len), with its frequency bands; writes workdir/eval_<split>.json."""
   if split not in ('valid', 'test'):
     raise ValueError(f'--split={split!r}: expected valid or test.')
-  config = workdir_lib.load_config(workdir)
+  config = specs.load_saved(workdir)
   data_lib.num_eval_batches(1, seq_len=config.data.seq_len, global_batch_size=1,
                             stride=stride)  # a bad --stride fails now, before the restore
   run, step = restore_run(workdir, checkpoint, mesh=mesh)

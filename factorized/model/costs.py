@@ -31,12 +31,11 @@ whatever the batch (tt merges its cores into two blocks) is not per token and no
 
 from __future__ import annotations
 
-import ml_collections
-
 from factorized.model import transformer as model_lib
+from factorized.spec import Spec
 
 
-def param_counts(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, int]:
+def param_counts(config: Spec, vocab_size: int) -> dict[str, int]:
   """Parameters per component: embedding, output_head, vocab, blocks, non_embedding, total."""
   args = model_lib.model_args(config, vocab_size)
   dim, mlp_dim, vocab = args.model_dim, args.mlp_dim, args.vocab_size
@@ -57,7 +56,7 @@ def param_counts(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str
           'non_embedding': non_embedding, 'total': embedding + output_head + non_embedding}
 
 
-def flops_per_token(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, int]:
+def flops_per_token(config: Spec, vocab_size: int) -> dict[str, int]:
   """Forward matmul FLOPs per token (2 per multiply-add): embedding, output_head, blocks, total."""
   args = model_lib.model_args(config, vocab_size)
   dim, mlp_dim, length = args.model_dim, args.mlp_dim, args.max_len

@@ -49,11 +49,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
 from factorized import embeddings
+from factorized.spec import Spec
 
 ROPE_BASE = 10000.0
 # Per-coordinate std of the residual stream's input (GPT-2, BERT and ALBERT's 0.02).
@@ -87,7 +87,7 @@ class ModelArgs:
   remat: bool = False  # recompute each block's activations in the backward pass
 
   @classmethod
-  def from_config(cls, model_config: ml_collections.ConfigDict, vocab_size: int,
+  def from_config(cls, model_config: Spec, vocab_size: int,
                   max_len: int) -> ModelArgs:
     """Validates config.model (and max_len = data.seq_len); a ValueError names the field."""
     _positive_int(vocab_size, 'vocab_size', 'it comes from the prepared corpus')
@@ -106,14 +106,12 @@ class ModelArgs:
                        'heads of even width (RoPE rotates pairs); pick another num_heads.')
     if not embeddings.base.is_int(max_len) or max_len <= 0:
       raise ValueError(f'data.seq_len={max_len!r} (max_len) must be a positive integer.')
-    # Configs saved before these fields existed lack them: their defaults change nothing.
-    chunks = {field: model_config.get(field, 0)
-              for field in ('head_chunk_rows', 'head_chunk_vocab')}
+    chunks = {field: model_config[field] for field in ('head_chunk_rows', 'head_chunk_vocab')}
     for field, value in chunks.items():
       if not embeddings.base.is_int(value) or value < 0:
         raise ValueError(f'model.{field}={value!r} must be an integer >= 0 '
                          '(0: automatic, see factorized/model/loss.py).')
-    remat = model_config.get('remat', False)
+    remat = model_config.remat
     if not isinstance(remat, bool):
       raise ValueError(f'model.remat={remat!r} must be True or False.')
     return cls(embed=embed, vocab_size=int(vocab_size), **sizes,
@@ -321,12 +319,12 @@ class TransformerLM(nnx.Module):
     return self.embed.penalty()
 
 
-def model_args(config: ml_collections.ConfigDict, vocab_size: int) -> ModelArgs:
+def model_args(config: Spec, vocab_size: int) -> ModelArgs:
   """The validated ModelArgs of a full config (max_len = data.seq_len)."""
   return ModelArgs.from_config(config.model, vocab_size, config.data.seq_len)
 
 
-def build_model(config: ml_collections.ConfigDict, vocab_size: int, *, rngs: nnx.Rngs,
+def build_model(config: Spec, vocab_size: int, *, rngs: nnx.Rngs,
                 dense_table: jax.typing.ArrayLike | None = None,
                 token_counts: np.ndarray | None = None) -> TransformerLM:
   """The TransformerLM of a full config, validated before anything is built."""

@@ -38,13 +38,12 @@ import sys
 import time
 from typing import Any
 
-import ml_collections
 import submitit
 from absl import logging
 
 from factorized import files
-from factorized.config import cli
-from factorized.train import workdir as workdir_lib
+from factorized.config import cli, specs
+from factorized.spec import Spec
 
 LAUNCHERS = ('local', 'slurm')
 LOG_FILE = 'train.log'
@@ -73,7 +72,7 @@ class TrainPoint(submitit.helpers.Checkpointable):
 
     from factorized.train import trainer
 
-    config = workdir_lib.load_config(workdir)
+    config = specs.load_saved(workdir)
     logging.info('JAX devices: %s', jax.devices())
     try:
       return trainer.train_and_evaluate(config, workdir)
@@ -130,7 +129,7 @@ class Outcome:
   reason: str = ''
 
 
-def slurm_parameters(launcher: ml_collections.ConfigDict) -> dict[str, Any]:
+def slurm_parameters(launcher: Spec) -> dict[str, Any]:
   """submitit's SlurmExecutor parameters from the `launcher` section, each field checked."""
   def positive_int(field: str, minimum: int = 1) -> int:
     value = launcher[field]
@@ -170,7 +169,7 @@ _REFUSAL_FIELDS = (('partition', 'partition'), ('account', 'account'), ('qos', '
                    ('unrecognized option', 'sbatch_extra'), ('invalid option', 'sbatch_extra'))
 
 
-def _refusal(error: Exception, launcher: ml_collections.ConfigDict) -> ValueError:
+def _refusal(error: Exception, launcher: Spec) -> ValueError:
   """A ValueError naming the launcher field that sbatch's refusal (its stderr) is about."""
   text = str(error).strip() or repr(error)
   lowered = text.lower()
@@ -186,7 +185,7 @@ class Launcher:
   """Submits points as submitit jobs and tells when each has ended; see the docstring."""
 
   def __init__(self, kind: str, sweep_dir: str | os.PathLike,
-               launcher_config: ml_collections.ConfigDict, *, workers: int,
+               launcher_config: Spec, *, workers: int,
                verbosity: int | None = None):
     if kind not in LAUNCHERS:
       raise ValueError(f'--sweep_launcher={kind!r} must be one of {", ".join(LAUNCHERS)}.')

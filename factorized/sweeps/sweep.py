@@ -22,22 +22,20 @@ sweep: the points are dicts of dotted config overrides applied on top of `--conf
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import importlib.util
 import json
-import os
 import pathlib
 import signal
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import ml_collections
 from absl import logging
 
 from factorized.analysis import report as sweep_report
 from factorized.analysis import table as sweep_table
+from factorized.config import specs
+from factorized.spec import Spec
 from factorized.sweeps import launcher as launcher_lib
 from factorized.train import progress as progress_lib
 from factorized.train import summary as summary_lib
@@ -53,17 +51,13 @@ class Point:
 
   name: str
   overrides: dict[str, Any]
-  config: ml_collections.ConfigDict
+  config: Spec
 
 
-def load_sweep(config_filename: str) -> list[dict] | None:
-  """`get_sweep(arg)` of the config file named as `path.py[:arg]`; None if it has none."""
-  path, _, arg = config_filename.partition(':')
-  spec = importlib.util.spec_from_file_location(f'_sweep_config_{pathlib.Path(path).stem}', path)
-  if spec is None or not os.path.exists(path):
-    raise FileNotFoundError(f'--config={config_filename}: no config file {path}.')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+def load_sweep(module, config_filename: str) -> list[dict] | None:
+  """`get_sweep(arg)` of the config file's `module` (as --config=`path.py[:arg]` executed
+  it); None if it has none."""
+  _, _, arg = config_filename.partition(':')
   get_sweep = getattr(module, 'get_sweep', None)
   return None if get_sweep is None else list(get_sweep(arg or None))
 
@@ -83,13 +77,14 @@ def point_name(overrides: dict[str, Any]) -> str:
   return '_'.join(parts).replace('/', '-') or 'base'
 
 
-def make_points(base: ml_collections.ConfigDict, sweep: list[dict], *,
+def make_points(base: Spec, sweep: list[dict], *,
                 overridden: Iterable[str] = ()) -> list[Point]:
   """Applies each point's overrides to a copy of `base`; names must be unique.
 
   `overridden` (the command line's --config.* fields) only serves a warning when a point
   sets one of them: the point's value wins.
   """
+  base = specs.from_config(base)
   clashes = sorted({key for overrides in sweep for key in overrides} & set(overridden))
   if clashes:
     logging.warning('--config.%s: set by the sweep points, whose values win.',
@@ -101,16 +96,12 @@ def make_points(base: ml_collections.ConfigDict, sweep: list[dict], *,
       raise ValueError(f'get_sweep() gives two points named {name!r} (or the reserved name '
                        f'{sweep_table.SWEEP_RUN!r}): make their overrides differ.')
     seen.add(name)
-    config = copy.deepcopy(base)
-    for key, value in overrides.items():
-      *parents, field = key.split('.')
-      node = config
-      for parent in parents:
-        node = node.get(parent) if isinstance(node, ml_collections.ConfigDict) else None
-      if not isinstance(node, ml_collections.ConfigDict) or field not in node:
-        raise ValueError(f'get_sweep() point {name!r} overrides {key!r}, which is not a '
-                         'config field; fix the sweep in the config file.')
-      node[field] = value
+    try:
+      config = base.replace(**overrides)
+    except KeyError as missing:
+      raise ValueError(f'get_sweep() point {name!r} overrides {missing.args[0]!r}, which is not '
+                       'a config field; fix the sweep in the config file.') from None
+    config = specs.from_config(config)  # each point validated before any point starts
     points.append(Point(name, dict(overrides), config))
   return points
 
@@ -122,7 +113,7 @@ def is_finished(point: Point, sweep_dir: str) -> bool:
   if not (workdir / summary_lib.SUMMARY_FILE).exists() or not saved.exists():
     return False
   return not workdir_lib.config_differences(
-      json.loads(saved.read_text()), workdir_lib.config_to_dict(point.config))
+      json.loads(saved.read_text()), point.config.to_dict())
 
 
 def prepare_corpora(points: list[Point], echo: Callable[[str], None]) -> None:
@@ -246,14 +237,14 @@ def run_sweep(points: list[Point], sweep_dir: str, *, launcher: str = 'local',
                  still_running=still_running, stop_signal=stop['signal'])
 
 
-def _launcher_config(point: Point, launcher: str) -> ml_collections.ConfigDict:
+def _launcher_config(point: Point, launcher: str) -> Spec:
   if 'launcher' in point.config:
     return point.config.launcher
   if launcher == 'slurm':
     raise ValueError('--sweep_launcher=slurm: the config has no `launcher` section (SLURM '
                      'resources); add `config.launcher = common.launcher()` from '
                      'configs/common.py to the config file.')
-  return ml_collections.ConfigDict()
+  return Spec()
 
 
 def write_reports(sweep_dir: str, echo: Callable[[str], None] = print) -> None:

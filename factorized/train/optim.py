@@ -19,16 +19,16 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from factorized import embeddings
+from factorized.spec import Spec
 from factorized.train import rows
 
 EMBED_DECAYS = ('table', 'factors', 'none')
 
 
-def validate_train_config(train_config: ml_collections.ConfigDict) -> None:
+def validate_train_config(train_config: Spec) -> None:
   """Raises a ValueError naming the first `train.*` field that is out of range."""
   positive = ('num_steps', 'batch_size', 'grad_accum_steps', 'eval_every', 'eval_batch_size',
               'ckpt_every', 'keep_checkpoints', 'log_every')
@@ -60,7 +60,7 @@ def validate_train_config(train_config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'train.{name}={train_config[name]} must be in [0, 1).')
 
 
-def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
+def learning_rate_schedule(train_config: Spec) -> optax.Schedule:
   """Linear warm-up from 0 to `lr`, then cosine decay to `lr * min_lr_ratio`."""
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0,
@@ -113,7 +113,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: Spec) -> optax.GradientTransformation:
   """Global-norm clipping followed by AdamW under the warm-up/cosine schedule (config.train),
   decaying the parameters that `decay_mask` picks for config.model's embedding kind."""
   train_config = config.train

@@ -7,11 +7,10 @@ import os
 from typing import Any
 
 import jax
-import ml_collections
 
 from factorized import files
 from factorized.model import costs
-from factorized.train import workdir as workdir_lib
+from factorized.spec import Spec
 
 SUMMARY_FILE = 'summary.json'
 _VERSIONED = ('jax', 'flax', 'optax', 'orbax-checkpoint')
@@ -29,13 +28,13 @@ def device_info() -> dict[str, Any]:
 
 
 def build_summary(
-    config: ml_collections.ConfigDict,
+    config: Spec,
     vocab_size: int,
     **results: Any,
 ) -> dict[str, Any]:
   """The summary of a run: config, sizes, costs, environment, plus `results`."""
   return {
-      'config': workdir_lib.config_to_dict(config),
+      'config': config.to_dict(),
       'vocab_size': int(vocab_size),
       'params': costs.param_counts(config, vocab_size),
       'flops_per_token': costs.flops_per_token(config, vocab_size),

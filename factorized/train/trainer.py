@@ -18,7 +18,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import tqdm
 from flax import nnx
@@ -31,6 +30,7 @@ from factorized.embeddings import spectrum
 from factorized.model import costs
 from factorized.model import transformer as model_lib
 from factorized.runtime import compile_cache, parallel
+from factorized.spec import Spec
 from factorized.train import checkpointing, optim
 from factorized.train import progress as progress_lib
 from factorized.train import summary as summary_lib
@@ -58,7 +58,7 @@ class NonFiniteLoss(FloatingPointError):
 class Run:
   """What a run is built from, shared by training, eval.py and post-hoc compression."""
 
-  config: ml_collections.ConfigDict
+  config: Spec
   corpus: data_lib.Corpus
   mesh: Mesh
   parts: ModelParts
@@ -96,15 +96,12 @@ class Run:
 
 
 def build_run(
-    config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None
+    config: Spec, workdir: str, *, mesh: Mesh | None = None
 ) -> Run:
-  """Validates the config, prepares the corpus and creates a fresh replicated state.
-
-  Every config check runs before the model is built or anything is compiled.
+  """Prepares the corpus and creates a fresh replicated state. `config` is validated
+  (factorized/config/specs.py) but for what needs the vocabulary size, checked here before
+  the model is built or anything is compiled.
   """
-  optim.validate_train_config(config.train)
-  data_lib.validate_band_edges(config.eval.band_edges)
-  embeddings.check_choices(config.model)  # before the corpus is read
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch_size(config.train.batch_size, mesh,
                             micro_batches=config.train.grad_accum_steps)
@@ -117,7 +114,7 @@ def build_run(
   return Run(config, corpus, mesh, parts, state, token_counts)
 
 
-def init_state(config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh, *,
+def init_state(config: Spec, vocab_size: int, mesh: Mesh, *,
                dense_params: dict | None = None, token_counts: np.ndarray | None = None
                ) -> tuple[ModelParts, TrainState]:
   """A freshly initialised model (its static parts) and train state, replicated on `mesh`.
@@ -258,7 +255,7 @@ def _check_finite(step: int, metrics: dict, checkpointer: checkpointing.Checkpoi
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None
+    config: Spec, workdir: str, *, mesh: Mesh | None = None
 ) -> dict:
   """Trains (or resumes) the run in `workdir` to `train.num_steps`; returns its summary.
 

@@ -6,7 +6,8 @@ eval_<split>.json.
 
 Configs saved before an embedding kind's own field existed (model.embed.band_cutoffs, ...)
 lack it; such a run behaved as the field's default says, so a missing kind field counts as
-its default when configs are compared, and `load_config` fills it in.
+its default when configs are compared, and `migrate` (the one place old configs are
+brought up to date; factorized/config/specs.py calls it) fills it in.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import os
 import pathlib
 from typing import Any
 
-import ml_collections
-
 from factorized import files
+from factorized.spec import Spec
 
 CONFIG_FILE = 'config.json'
 # Fields that may differ between a saved and a new config without refusing the workdir
@@ -67,30 +67,19 @@ def config_differences(saved: dict, new: dict) -> list[str]:
   return lines
 
 
-def config_to_dict(config: ml_collections.ConfigDict) -> dict:
-  """The config as plain JSON types (round-tripped through JSON, as it is saved)."""
-  return json.loads(config.to_json())
-
-
-def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The config saved in `workdir` (fields of `_field_defaults` it lacks set to their
-  defaults); a FileNotFoundError that says how to make one."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  if not path.exists():
-    raise FileNotFoundError(
-        f'{path} not found: {workdir} is not a training workdir '
-        f'(train.py --workdir={workdir} writes it).')
-  saved = json.loads(path.read_text())
+def migrate(saved: dict[str, Any]) -> dict[str, Any]:
+  """`saved` (plain JSON types) with every field of `_field_defaults` it lacks set to its
+  default: what a run saved before that field existed computed."""
   for name, value in _field_defaults().items():
     *sections, field = name.split('.')
     tree = saved
     for section in sections:
       tree = tree.setdefault(section, {})
     tree.setdefault(field, value)
-  return ml_collections.ConfigDict(saved)
+  return saved
 
 
-def prepare_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> bool:
+def prepare_workdir(workdir: str | os.PathLike, config: Spec) -> bool:
   """Creates `workdir` or checks that its saved config matches `config`.
 
   Returns True when the workdir holds an earlier run of the same config (resume).
@@ -99,7 +88,7 @@ def prepare_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDic
   """
   workdir = pathlib.Path(workdir)
   path = workdir / CONFIG_FILE
-  new = config_to_dict(config)
+  new = json.loads(json.dumps(config.to_dict()))  # JSON types, as saved
   if path.exists():
     saved = json.loads(path.read_text())
     differences = config_differences(saved, new)
