@@ -44,7 +44,7 @@ def sweep_dir(tmp_path):
 
 def test_the_section_reads_the_thresholds_noise_posthoc_heads_and_bands(sweep_dir):
   text = findings.render(sweep_dir)
-  assert text.startswith(findings.BEGIN) and text.rstrip().endswith(findings.END)
+  assert text.startswith(findings.FINDINGS_HEADER)
   assert '| dense | tied |  | 3 | 64,000 | 102.0 ± 2.0 | +0.0% |' in text
   # svd: 103 <= 1.02 * 102 from rank 16; 106 <= 1.05 * 102 from rank 8. albert never.
   # svd 64 (68,160 >= 64,000 vocab parameters) is no compression, however close.
@@ -111,7 +111,7 @@ def test_tuned_learning_rates_and_longer_training_are_read_with_the_noise_test(s
 
 def test_replace_section_keeps_the_rest_of_the_readme(sweep_dir):
   readme = f'# title\n\n{findings.BEGIN}\nold\n{findings.END}\n\n## next\n'
-  new = findings.replace_section(readme, findings.render(sweep_dir))
+  new = findings.replace_section(readme, findings.render_headline(sweep_dir))
   assert new.startswith('# title\n\n' + findings.BEGIN)
   assert new.endswith(f'{findings.END}\n\n## next\n')
   assert '\nold\n' not in new
@@ -119,11 +119,24 @@ def test_replace_section_keeps_the_rest_of_the_readme(sweep_dir):
     findings.replace_section('# title\n', 'x')
 
 
-def test_the_readme_results_are_generated_from_results_brown(repo_root, monkeypatch):
-  monkeypatch.chdir(repo_root)  # the section names results/brown as a relative path
+def test_the_headline_is_each_kind_nearest_a_quarter_of_dense_with_the_noise_test(sweep_dir):
+  text = findings.render_headline(sweep_dir)
+  assert text.startswith(findings.BEGIN) and text.rstrip().endswith(findings.END)
+  assert 'ppl_vs_vocab_params.png' in text and f'{findings.FINDINGS_FILE})' in text
+  assert '| dense | | 64,000 | 100% | 3 | 102.0 ± 2.0 | |' in text
+  # A quarter of 64,000 is 16,000: svd 16 (17,040) is nearest; one seed against three.
+  assert '| svd | 16 | 17,040 | 27% | 1 | 103.0 | +1.0%, within seed noise ±4.6 |' in text
+
+
+def test_the_findings_and_the_readme_headline_are_generated_from_results_brown(repo_root,
+                                                                               monkeypatch):
+  monkeypatch.chdir(repo_root)  # they name results/brown as a relative path
+  fix = 'run python -m factorized.analysis.findings results/brown --readme=README.md'
+  findings_file = repo_root / 'results' / 'brown' / findings.FINDINGS_FILE
+  assert findings_file.read_text() == findings.render('results/brown'), (
+      f'{findings_file} differs from the data: {fix}')
   readme = (repo_root / 'README.md').read_text()
-  section = findings.render('results/brown')
+  headline = findings.render_headline('results/brown')
   start = readme.index(findings.BEGIN)
-  assert readme[start:start + len(section)] == section, (
-      'README.md differs from results/brown: run '
-      'python -m factorized.analysis.findings results/brown --readme=README.md')
+  assert readme[start:start + len(headline)].rstrip('\n') == headline.rstrip('\n'), (
+      f'README.md\'s headline differs from results/brown: {fix}')
