@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from configs import brown
 from factorized.analysis import report as sweep_report
+from factorized.config import specs
 from factorized.evaluation import posthoc
 from factorized.evaluation import saved as eval_run
 from factorized.train import trainer
@@ -109,7 +110,7 @@ def test_eval_cli_fine_tunes_and_adds_rows_to_the_sweep_table(trained_dense, rep
 
 def test_untied_head_is_kept_and_only_dense_runs_are_compressed(tiny_config, tmp_path):
   tiny_config.model.embed.head = 'untied'
-  dense = trainer.build_run(tiny_config, str(tmp_path / 'untied'))  # untrained is enough
+  dense = trainer.build_run(specs.from_config(tiny_config), str(tmp_path / 'untied'))
   svd = posthoc.run_from_dense(dense, posthoc.svd_config(dense.config, 16))
   dense_params, svd_params = (nnx.to_pure_dict(jax.device_get(run.state.params))
                               for run in (dense, svd))
@@ -128,9 +129,9 @@ def test_fine_tuned_factors_move_the_table_as_fast_as_dense(trained_dense):
 
   workdir, _ = trained_dense
   dense, _ = eval_run.restore_run(str(workdir), 'best')
-  config = posthoc.finetune_config(dense.config, 10)
-  config.train.lr = 3e-3  # a rate that moves the table measurably in one step
-  config.train.warmup_steps = 0
+  # A rate that moves the table measurably in one step, at once.
+  config = posthoc.finetune_config(dense.config, 10).replace(
+      **{'train.lr': 3e-3, 'train.warmup_steps': 0})
   reference = first_step_movement(posthoc.run_from_dense(dense, config))
   for rank in (16, 8, 4, 2):  # 16 = min(V, D)
     ratio = first_step_movement(

@@ -108,9 +108,7 @@ def prepare_corpus(data_config, *, run_dir: str | None = None) -> Corpus:
   """Loads (or builds and caches) the tokenised corpus of `data_config` (config.data); with
   `run_dir`, saves or checks the run's tokenizer.json and train_counts.npy there."""
   tok_config = tokenizer_lib.tokenizer_config(data_config)
-  seq_len = data_config.seq_len
-  if not isinstance(seq_len, int) or seq_len < 1:
-    raise ValueError(f'data.seq_len={seq_len!r} must be a positive integer.')
+  seq_len = data_config.seq_len  # a positive integer (config/specs.py validated it)
   root = corpora.cache_root(data_config)
   source = corpora.load_source(data_config, root)
   material = {'protocol': PROTOCOL_VERSION, 'source': source.fingerprint,

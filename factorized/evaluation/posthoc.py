@@ -182,9 +182,12 @@ def run_from_dense(dense: trainer.Run, config: Spec,
   dense_params = jax.device_get(nnx.to_pure_dict(dense.state.params))
   if table_VxD is not None:
     dense_params['embed'] = {'W_VxD': table_VxD}
+  optimizer = optim.make_optimizer(config)
   parts, state = trainer.init_state(config, dense.corpus.vocab_size, dense.mesh,
-                                    dense_params=dense_params, token_counts=dense.token_counts)
-  return trainer.Run(config, dense.corpus, dense.mesh, parts, state, dense.token_counts)
+                                    dense_params=dense_params, token_counts=dense.token_counts,
+                                    optimizer=optimizer)
+  return trainer.Run(config, dense.corpus, dense.mesh, parts, state, dense.token_counts,
+                     optimizer)
 
 
 def finetune(run: trainer.Run, *, data_step: int, rows_per_step: int) -> trainer.TrainState:

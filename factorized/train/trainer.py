@@ -19,6 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import tqdm
 from flax import nnx
 from jax.sharding import Mesh
@@ -64,6 +65,7 @@ class Run:
   parts: ModelParts
   state: TrainState
   token_counts: np.ndarray  # the train split's count of every token id (train_counts.npy)
+  optimizer: optax.GradientTransformation  # the one the state's opt_state was made by
 
   def evaluator(self, split: str, *, stride: int | None = None) -> Evaluator:
     """The exact evaluator of `split` ('valid' or 'test'), windows every `stride` tokens
@@ -91,7 +93,7 @@ class Run:
     """The jitted train step of the config: `(state, batch) -> (state, metrics)`."""
     train_config = self.config.train
     return make_train_step(
-        self.parts, optim.make_optimizer(self.config), optim.learning_rate_schedule(train_config),
+        self.parts, self.optimizer, optim.learning_rate_schedule(train_config),
         self.mesh, grad_accum_steps=train_config.grad_accum_steps)
 
 
@@ -110,12 +112,15 @@ def build_run(
       lambda: data_lib.prepare_corpus(config.data, run_dir=workdir), 'prepare_corpus')
   model_lib.model_args(config, corpus.vocab_size)  # validates config.model
   token_counts = data_lib.load_train_counts(workdir)
-  parts, state = init_state(config, corpus.vocab_size, mesh, token_counts=token_counts)
-  return Run(config, corpus, mesh, parts, state, token_counts)
+  optimizer = optim.make_optimizer(config)
+  parts, state = init_state(config, corpus.vocab_size, mesh, token_counts=token_counts,
+                            optimizer=optimizer)
+  return Run(config, corpus, mesh, parts, state, token_counts, optimizer)
 
 
 def init_state(config: Spec, vocab_size: int, mesh: Mesh, *,
-               dense_params: dict | None = None, token_counts: np.ndarray | None = None
+               dense_params: dict | None = None, token_counts: np.ndarray | None = None,
+               optimizer: optax.GradientTransformation | None = None
                ) -> tuple[ModelParts, TrainState]:
   """A freshly initialised model (its static parts) and train state, replicated on `mesh`.
 
@@ -145,7 +150,7 @@ def init_state(config: Spec, vocab_size: int, mesh: Mesh, *,
   graphdef, _, _ = nnx.eval_shape(create)
   replicated = parallel.replicated(mesh)
   params, consts = jax.jit(lambda: create()[1:], out_shardings=replicated)()
-  optimizer = optim.make_optimizer(config)
+  optimizer = optim.make_optimizer(config) if optimizer is None else optimizer
   state = jax.jit(
       lambda p: TrainState(
           step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p),
