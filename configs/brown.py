@@ -32,7 +32,9 @@ from factorized.config.args import parse_arg
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the Brown config (configs/lm.py on corpus=brown); see the module docstring."""
-  arg = parse_arg(arg, kind='dense', rank=64, head='tied', runlocal=False, gpu=False)
+  arg = parse_arg(arg, kind='dense', rank=64, head='tied', head_kind='dense', head_rank=0,
+                  runlocal=False, gpu=False)
   flags = [name for name in ('runlocal', 'gpu') if arg[name]]
   return lm.get_config(','.join(['corpus=brown', f'kind={arg.kind}', f'rank={arg.rank}',
-                                 f'head={arg.head}', *flags]))
+                                 f'head={arg.head}', f'head_kind={arg.head_kind}',
+                                 f'head_rank={arg.head_rank}', *flags]))

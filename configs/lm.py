@@ -6,9 +6,10 @@ Arguments (after the colon): corpus=brown|text|hf|ptb|wikitext (factorized/data/
 corpus's own data.* fields are set on the command line, e.g. --config.data.path=...),
 kind=dense|albert|svd|adaptive|tt (factorized/embeddings/), rank=R (E for albert, R for
 svd, the first band's width for adaptive, the TT-rank for tt; ignored by dense),
-head=tied|untied, runlocal (shrink everything: trains in seconds, for tests and smoke runs;
-the vocabulary of a corpus whose protocol fixes it is left alone), gpu (a larger model for
-accelerators).
+head=tied|untied, head_kind=K and head_rank=R (an untied head of its own kind and rank: an
+svd head is a rank-R softmax; dense, the default, is a full DxV matrix), runlocal (shrink
+everything: trains in seconds, for tests and smoke runs; the vocabulary of a corpus whose
+protocol fixes it is left alone), gpu (a larger model for accelerators).
 
   # Penn Treebank, Mikolov's files in /data/ptb (the published vocabulary of 10,000):
   python train.py --config=configs/lm.py:corpus=ptb,kind=svd,rank=32 \
@@ -31,8 +32,8 @@ from factorized.data import corpora
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config; see the module docstring for `arg`."""
-  arg = parse_arg(arg, corpus='brown', kind='dense', rank=64, head='tied', runlocal=False,
-                  gpu=False)
+  arg = parse_arg(arg, corpus='brown', kind='dense', rank=64, head='tied', head_kind='dense',
+                  head_rank=0, runlocal=False, gpu=False)
   protocol = corpora.corpus(arg.corpus)  # a ValueError naming corpus= when unknown
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -57,6 +58,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.embed.kind = arg.kind  # one of embeddings.KINDS
   config.model.embed.rank = arg.rank  # what it means: see the kind (ignored by dense)
   config.model.embed.head = arg.head  # tied | untied
+  # An untied head's own kind and rank (factorized/embeddings/base.py head_config): dense is
+  # the full DxV matrix; any other kind is its own instance at head_rank (0: the input's rank),
+  # used through the kind's `attend`, with the input's kind fields (bands, tt factors, ...).
+  config.model.embed.head_kind = arg.head_kind
+  config.model.embed.head_rank = arg.head_rank
   # Each kind's own fields (albert_head, ortho_penalty, band_cutoffs, ...), with their
   # defaults: see factorized/embeddings/<kind>.py.
   config.model.embed.update(embeddings.config_fields())

@@ -19,6 +19,12 @@ Arguments (after the colon, comma-separated):
                           on the command line, e.g. --config.data.path=/data/ptb);
   head=tied|untied|both   the output head of every point; `both` runs each point twice
                           (untied points get an `_untied` suffix);
+  head_kinds=svd+adaptive  untied points only (head=untied or both): each untied point once
+                          per head kind, its head an instance of that kind (dense: the full
+                          DxV matrix, the default); sub-workdirs get `_head<kind><rank>`;
+  head_ranks=16+32+64     the head kinds' ranks (capped at D; default: the input's rank), so
+                          that input rank x head rank is one command:
+                          head=untied,kinds=svd,ranks=16+32,head_kinds=svd,head_ranks=16+32;
   kinds=dense+albert+svd  which kinds to run ('+'-separated, of dense|albert|svd|adaptive|tt);
   ranks=8+16+32+64+128+256  the ranks of every kind that has one, before the cap at D;
   seeds=0+1+2             run every point at each seed (sub-workdirs get `_seed<S>`; the
@@ -84,8 +90,8 @@ from factorized.embeddings import KINDS, ranked
 
 def _parse(arg: str | None) -> ml_collections.ConfigDict:
   arg = parse_arg(arg, corpus='brown', head='tied', kinds='dense+albert+svd',
-                  ranks='8+16+32+64+128+256', seeds='', lrs='', axis='', runlocal=False,
-                  gpu=False)
+                  ranks='8+16+32+64+128+256', head_kinds='', head_ranks='', seeds='', lrs='',
+                  axis='', runlocal=False, gpu=False)
   if arg.head not in ('tied', 'untied', 'both'):
     raise ValueError(f'Config argument head={arg.head!r} must be tied, untied or both.')
   kinds = [kind for kind in arg.kinds.split('+') if kind]
@@ -101,6 +107,21 @@ def _parse(arg: str | None) -> ml_collections.ConfigDict:
   if any(rank < 1 for rank in ranks):
     raise ValueError(f'Config argument ranks={arg.ranks!r}: ranks must be >= 1.')
   arg.kinds, arg.ranks = '+'.join(kinds), '+'.join(map(str, ranks))
+  head_kinds = [kind for kind in arg.head_kinds.split('+') if kind]
+  if sorted(set(head_kinds) - set(KINDS)):
+    raise ValueError(f'Config argument head_kinds={arg.head_kinds!r}: expected a +-separated '
+                     f'subset of {"+".join(KINDS)}.')
+  if head_kinds and arg.head == 'tied':
+    raise ValueError(f'Config argument head_kinds={arg.head_kinds!r} needs head=untied or '
+                     'head=both (a tied head is the input\'s own table).')
+  try:
+    head_ranks = sorted({int(rank) for rank in arg.head_ranks.split('+') if rank})
+  except ValueError:
+    head_ranks = [0]
+  if any(rank < 1 for rank in head_ranks) or (head_ranks and not head_kinds):
+    raise ValueError(f'Config argument head_ranks={arg.head_ranks!r}: expected +-separated '
+                     'integers >= 1, with head_kinds=, e.g. head_kinds=svd,head_ranks=16+32.')
+  arg.head_kinds, arg.head_ranks = '+'.join(head_kinds), '+'.join(map(str, head_ranks))
   arg.seeds = '+'.join(map(str, _seeds(arg.seeds)))
   _axes(arg, _base_config(arg))  # fails here, naming the argument, on a bad axis
   return arg
@@ -196,6 +217,23 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     for kind in arg.kinds.split('+'):
       for rank in ranks if ranked(kind) else [None]:
         with_rank = {} if rank is None else {'model.embed.rank': rank}
-        points.extend({'model.embed.kind': kind, **with_rank, **untied, **axes, **seed}
+        points.extend({'model.embed.kind': kind, **with_rank, **untied, **head_of_its_own,
+                       **axes, **seed}
+                      for head_of_its_own in (_heads(arg, dim) if untied else [{}])
                       for axes in combinations for seed in seeds)
   return points
+
+
+def _heads(arg: ml_collections.ConfigDict, dim: int) -> list[dict]:
+  """The head overrides of an untied point: one per head kind and head rank (capped at D);
+  dense (or no head_kinds) is the full DxV matrix, no override."""
+  head_ranks = [rank for rank in map(int, filter(None, arg.head_ranks.split('+')))
+                if rank <= dim] or [0]
+  heads = []
+  for head_kind in arg.head_kinds.split('+') if arg.head_kinds else ['dense']:
+    if head_kind == 'dense' or not ranked(head_kind):
+      heads.append({} if head_kind == 'dense' else {'model.embed.head_kind': head_kind})
+      continue
+    heads.extend({'model.embed.head_kind': head_kind,
+                  **({'model.embed.head_rank': rank} if rank else {})} for rank in head_ranks)
+  return heads

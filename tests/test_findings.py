@@ -140,3 +140,28 @@ def test_the_findings_and_the_readme_headline_are_generated_from_results_brown(r
   start = readme.index(findings.BEGIN)
   assert readme[start:start + len(headline)].rstrip('\n') == headline.rstrip('\n'), (
       f'README.md\'s headline differs from results/brown: {fix}')
+
+
+def test_the_output_head_as_its_own_factorization_splits_a_budget(sweep_dir):
+  """Untied heads of their own kind: every point near a quarter of dense's vocabulary
+  parameters by valid perplexity, the best split against the best tied point, the map."""
+  from factorized.analysis import report
+  from tests.test_sweep import fake_run
+
+  for rank, head_rank, valid, test in ((4, 4, 45.0, 101.0), (4, 8, 48.0, 99.0),
+                                       (8, 4, 47.0, 103.0), (8, 8, 52.0, 104.0)):
+    fake_run(sweep_dir, f'svd_rank{rank}_untied_headsvd{head_rank}_seed0', 'svd', rank,
+             head='untied', head_kind='svd', head_rank=head_rank, valid=valid, test=test)
+  report.write_reports(sweep_dir)
+  assert (sweep_dir / report.HEAD_MAP_FILE).exists()
+  text = findings.render(sweep_dir)
+  # Dense: 64,000 vocab parameters; up to 26% (16,800): the tied svd and albert 4 and 8, the
+  # splits 4+4 (8,520), 4+8 and 8+4 (12,780); 8+8 (17,040) is above. Valid 45 < 47 < 48 < 50.
+  assert '| svd 4 | untied svd 4 | 8,520 | 13.3% | 1 | 45.0 | 101.0 | -1.0%, within' in text
+  assert '| svd 8 | untied svd 8 |' not in text
+  # The tied points tie at valid 50: the smallest (svd 4, 4,260) is the best tied one.
+  assert ('- Best split by valid perplexity: input svd 4, head untied svd 4: test 101.0, '
+          '-22.3% against the best tied point there (svd 4, 130.0).') in text
+  assert f'({report.HEAD_MAP_FILE})' in text
+  # The tied-against-untied paragraph compares the untied dense heads only.
+  assert 'svd 4 untied svd' not in text.split('**Tied against untied')[1].split('**The output')[0]

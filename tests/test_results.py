@@ -76,6 +76,9 @@ def test_load_sweep_table_and_posthoc_svd(fake_sweep, tmp_path_factory):
   table = results.load_sweep_table(fake_sweep)
   assert list(table.columns) == [*sweep_table.COLUMNS, 'series']
   assert str(table['rank'].dtype) == 'Int64' and pd.isna(table.loc[0, 'rank'])
+  # A summary.csv from before the head columns: a tied head is the input's, untied the DxV.
+  assert list(table['head_kind'][:5]) == ['dense', 'albert', 'svd', 'svd', 'dense']
+  assert table['head_rank'][:5].tolist() == [pd.NA, 4, 4, 8, pd.NA]
   assert list(table['series']) == ['dense', 'albert', 'svd', 'svd', 'svd_untied',
                                    'posthoc_svd', 'posthoc_svd', 'posthoc_svd_ft10',
                                    'posthoc_svd_ft10', 'posthoc_svd_freq']

@@ -131,15 +131,23 @@ def read_scalars(run_dir, tag):
 
 
 def fake_run(root, name, kind, rank, head='tied', valid=50.0, test=60.0, seed=0, bands=None,
-             lr=3e-3, num_steps=1500, best_step=None):
-  """A run directory holding only what the reports read from summary.json."""
+             lr=3e-3, num_steps=1500, best_step=None, head_kind=None, head_rank=0):
+  """A run directory holding only what the reports read from summary.json (`head_kind`: an
+  untied head of its own kind at `head_rank`)."""
   vocab, dim = 1000, 64
-  embedding = {'dense': vocab * dim, 'albert': vocab * rank + rank * dim + dim,
-               'svd': vocab * rank + rank + rank * dim,
-               'tt': 2000 * rank}[kind]  # a made-up count: the reports only read it
-  head_only = vocab * dim if head == 'untied' else 0
+
+  def count(kind, rank):
+    return {'dense': vocab * dim, 'albert': vocab * rank + rank * dim + dim,
+            'svd': vocab * rank + rank + rank * dim,
+            'tt': 2000 * rank}[kind]  # a made-up count: the reports only read it
+
+  embedding = count(kind, rank)
+  head_only = 0 if head == 'tied' else count(head_kind or 'dense', head_rank or rank)
+  embed = {'kind': kind, 'rank': rank, 'head': head}
+  if head_kind is not None:
+    embed.update(head_kind=head_kind, head_rank=head_rank)
   summary = {'config': {'seed': seed, 'train': {'lr': lr, 'num_steps': num_steps}, 'model': {
-                 'model_dim': dim, 'embed': {'kind': kind, 'rank': rank, 'head': head}}},
+                 'model_dim': dim, 'embed': embed}},
              'vocab_size': vocab,
              'params': {'embedding': embedding, 'output_head': head_only,
                         'vocab': embedding + head_only, 'total': embedding + head_only + 5000},

@@ -32,6 +32,7 @@ import pathlib
 import pandas as pd
 
 from factorized import embeddings
+from factorized.analysis import report as sweep_report
 from factorized.analysis import table as sweep_table
 
 _GENERATED = ('generated from results/brown by `python -m factorized.analysis.findings '
@@ -41,6 +42,7 @@ FINDINGS_HEADER = f'# Results on Brown\n\n<!-- {_GENERATED} -->\n'
 BEGIN = f'<!-- results:brown headline begin: {_GENERATED} -->'  # the README's headline
 END = '<!-- results:brown headline end -->'
 BUDGET = 0.25  # the headline's vocabulary-parameter budget, a fraction of dense's
+BUDGET_SLACK = 0.05  # points up to 5% above it count (the grid's svd 32 is 25.2% of dense)
 MACHINE_FILE = 'machine.json'
 THRESHOLDS = (0.02, 0.05)
 FINETUNED = 'posthoc_svd_ft'  # + steps: the fine-tuned post-hoc rows' kind
@@ -130,7 +132,7 @@ def _summary_table(table: pd.DataFrame, groups: pd.DataFrame, dense: pd.Series) 
     if parent is not None:  # against the run it was computed from, not the seeds' mean
       ratio = f'{row["test_ppl_mean"] / parent[1] - 1:+.1%} vs {parent[0]}'
     rank = '' if pd.isna(row['rank']) else str(int(row['rank']))
-    lines.append(f'| {row["kind"]} | {row["head"]} | {rank} | {row["seeds"]} | '
+    lines.append(f'| {row["kind"]} | {sweep_table.head_label(row)} | {rank} | {row["seeds"]} | '
                  f'{int(row["vocab_params"]):,} | {_mean_std(row)} | {ratio} | '
                  f'{_mean_std(row, "valid_ppl")} |')
   return lines
@@ -427,10 +429,60 @@ def _machine(sweep_dir: pathlib.Path, table: pd.DataFrame) -> list[str]:
   return [' '.join(text)]
 
 
+def _point(row: pd.Series) -> str:
+  """'svd 32', 'dense': a point's input kind and rank."""
+  return row['kind'] + ('' if pd.isna(row['rank']) else f' {int(row["rank"])}')
+
+
+def _split(groups: pd.DataFrame, dense: pd.Series, root: pathlib.Path) -> list[str]:
+  """How a vocabulary budget near BUDGET of dense's is best split between the input and
+  an untied head of its own kind: every point there, best valid first, and the best split
+  against the best tied point (chosen by valid perplexity; the test split chooses nothing)."""
+  own = groups[(groups['head'] == 'untied') & (groups['head_kind'] != 'dense')]
+  if own.empty:
+    return []
+  limit = BUDGET * (1 + BUDGET_SLACK) * dense['vocab_params']
+  near = groups[(groups['vocab_params'] <= limit) & ~groups['kind'].map(_derived)
+                & ((groups['head'] == 'tied') | (groups['head_kind'] != 'dense'))]
+  # By valid perplexity; on a tie the smaller point first (the test split chooses nothing).
+  near = near.assign(_valid=near['valid_ppl_mean'].astype(float)).sort_values(
+      ['_valid', 'vocab_params'], kind='stable')
+  std = pooled_std(groups)
+  lines = ['**The output head as its own factorization**: every point within '
+           f'{BUDGET * (1 + BUDGET_SLACK):.0%} of dense\'s vocabulary parameters '
+           f'({int(limit):,}), tied or with an untied head of its own kind, by valid '
+           'perplexity (the vocabulary parameters are the input\'s plus the head\'s):', '',
+           '| input | head | vocab params | of dense | seeds | valid ppl | test ppl | vs dense |',
+           '|---|---|---:|---:|---:|---:|---:|---|']
+  for _, row in near.iterrows():
+    versus = compare(row['test_ppl_mean'], row['seeds'], dense['test_ppl_mean'],
+                     dense['seeds'], std)
+    lines.append(f'| {_point(row)} | {sweep_table.head_label(row)} | '
+                 f'{int(row["vocab_params"]):,} | '
+                 f'{row["vocab_params"] / dense["vocab_params"]:.1%} | {row["seeds"]} | '
+                 f'{_mean_std(row, "valid_ppl")} | {_mean_std(row)} | {versus} |')
+  tied, split = near[near['head'] == 'tied'], near[near['head'] == 'untied']
+  if not tied.empty and not split.empty:
+    best_tied, best_split = tied.iloc[0], split.iloc[0]
+    versus = compare(best_split['test_ppl_mean'], best_split['seeds'],
+                     best_tied['test_ppl_mean'], best_tied['seeds'], std)
+    lines += ['', f'- Best split by valid perplexity: input {_point(best_split)}, head '
+              f'{sweep_table.head_label(best_split)}: test {_mean_std(best_split)}, {versus} '
+              f'against the best tied point there ({_point(best_tied)}, '
+              f'{_mean_std(best_tied)}).']
+  if (root / sweep_report.HEAD_MAP_FILE).exists():
+    lines += ['', '![test perplexity over input rank and head rank]'
+              f'({sweep_report.HEAD_MAP_FILE})']
+  return [*lines, '']
+
+
 def render(sweep_dir: str | pathlib.Path) -> str:
   """The full findings of the sweep in `sweep_dir`: its README.md (FINDINGS_FILE)."""
   root = pathlib.Path(sweep_dir)
-  table, base, groups = _tables(root)
+  table, base, every = _tables(root)
+  # The paragraphs below compare tied heads and the untied dense head; heads of their own
+  # kind have theirs (_split).
+  groups = every[(every['head'] == 'tied') | (every['head_kind'] == 'dense')]
   dense = _pick(groups, 'dense')
   if dense is None:
     raise ValueError(f'{root}: no tied dense point has finished; nothing to compare with.')
@@ -441,7 +493,7 @@ def render(sweep_dir: str | pathlib.Path) -> str:
       'where `summary.md`, `summary.csv`, `aggregate.csv` and the plots are regenerated by '
       f'`python -m factorized.analysis.report {root.as_posix()}`. Test perplexity is the mean ± '
       'sample standard deviation over seeds where a point has several.', '',
-      *_summary_table(base, groups, dense), '',
+      *_summary_table(base, every, dense), '',
       f'The dense baseline (tied, {_mean_std(dense)}) is well ahead of the published anchors '
       "on this protocol: Bengio et al. 2003's neural probabilistic LM, 252, and their "
       'Kneser-Ney 5-gram, 321 (JMLR 3, Table 1).', '',
@@ -454,6 +506,7 @@ def render(sweep_dir: str | pathlib.Path) -> str:
       'scratch**, at equal parameters (same rank):', '', *_posthoc(base, groups), '',
       '**Tied against untied output heads** (the softmax bottleneck: an untied head keeps a '
       'full-rank D×V output layer whatever the input rank):', '', *_heads(groups), '',
+      *_split(every, dense, root),
       *_tuned(table, groups), *_longer(table, dense), *_bands(groups, dense), '',
       *_improving(root, base), '', *_machine(root, table)]
   return '\n'.join(sections) + '\n'

@@ -173,6 +173,38 @@ def plot_tuning(table: pd.DataFrame, field: str = sweep_table.TUNED) -> Figure:
   return fig
 
 
+def head_maps(table: pd.DataFrame) -> pd.DataFrame:
+  """The aggregate rows that a head map draws: untied heads of their own kind."""
+  groups = sweep_table.aggregate(table[table['kind'].isin(embeddings.KINDS)])
+  return groups[(groups['head'] == 'untied') & (groups['head_kind'] != 'dense')
+                & groups['rank'].notna() & groups['head_rank'].notna()]
+
+
+def plot_head_map(table: pd.DataFrame, metric: str = 'test_ppl') -> Figure:
+  """`metric` (mean over seeds) over input rank x head rank, one panel per pair of input
+  kind and head kind, each cell labelled with its value and vocabulary parameters."""
+  groups = head_maps(table)
+  pairs = list(dict.fromkeys(zip(groups['kind'], groups['head_kind'], strict=True)))
+  fig, axes = _figure(max(len(pairs), 1), width=5.0)
+  for ax, (kind, head_kind) in zip(axes, pairs, strict=False):
+    rows = groups[(groups['kind'] == kind) & (groups['head_kind'] == head_kind)]
+    grid = rows.pivot_table(index='head_rank', columns='rank', values=f'{metric}_mean',
+                            aggfunc='first')
+    params = rows.pivot_table(index='head_rank', columns='rank', values='vocab_params',
+                              aggfunc='first')
+    image = ax.imshow(grid.to_numpy(float), origin='lower', cmap='viridis_r', aspect='auto')
+    ax.set_xticks(range(len(grid.columns)), [str(int(r)) for r in grid.columns])
+    ax.set_yticks(range(len(grid.index)), [str(int(r)) for r in grid.index])
+    for (i, j), value in np.ndenumerate(grid.to_numpy(float)):
+      if np.isfinite(value):
+        ax.text(j, i, f'{value:.1f}\n{int(params.iloc[i, j]) / 1e3:,.0f}k', ha='center',
+                va='center', fontsize=7, color='white')
+    ax.set(xlabel=f'input {kind} rank', ylabel=f'head {head_kind} rank',
+           title=f'{metric.replace("_", " ")}: {kind} input, {head_kind} head')
+    fig.colorbar(image, ax=ax, shrink=0.8)
+  return fig
+
+
 def png_bytes(figure: Figure) -> bytes:
   """The figure as PNG bytes (for files written atomically)."""
   out = io.BytesIO()

@@ -60,6 +60,7 @@ from factorized.analysis.table import (
   aggregate,
   base_rows,
   collect_rows,
+  head_label,
   is_number,
   metric_columns,
   pareto_front,
@@ -73,6 +74,7 @@ MD_FILE = 'summary.md'
 PNG_FILE = 'ppl_vs_vocab_params.png'
 PNG_FILES = (PNG_FILE, 'ppl_vs_rank.png', 'band_ppl_vs_vocab_params.png')
 TUNING_PNG_FILE = 'valid_ppl_vs_lr.png'  # written when train.lr is swept
+HEAD_MAP_FILE = 'head_rank_map.png'  # written when untied heads of their own kind ran
 
 
 def _format(column: str, value) -> str:
@@ -110,7 +112,7 @@ def _by_vocab_params(groups: pd.DataFrame) -> list[str]:
            '|---|---|---|---|---|---|']
   for index, row in points.iterrows():
     lines.append(f'| {_format("vocab_params", row["vocab_params"])} | {row["kind"]} | '
-                 f'{row["head"]} | {_format("rank", row["rank"])} | '
+                 f'{head_label(row)} | {_format("rank", row["rank"])} | '
                  f'{_mean_std(row, "test_ppl")} | {"yes" if index in front else ""} |')
   return lines
 
@@ -126,7 +128,7 @@ def markdown_report(table: pd.DataFrame, unfinished: list[str]) -> str:
   lines = ['Mean ± standard deviation over seeds:', '',
            '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for _, row in groups.iterrows():
-    cells = [row['kind'], row['head'], _format('rank', row['rank']),
+    cells = [row['kind'], head_label(row), _format('rank', row['rank']),
              *[_format(c, row[c]) for c in swept], str(row['seeds']),
              _format('vocab_params', row['vocab_params']),
              _format('total_params', row['total_params']),
@@ -141,7 +143,7 @@ def markdown_report(table: pd.DataFrame, unfinished: list[str]) -> str:
               f'| kind | head | rank | {TUNED} | tried | at an edge | best valid ppl | '
               'test ppl |', '|---|---|---|---|---|---|---|---|']
     for _, row in chosen.iterrows():
-      lines.append(f'| {row["kind"]} | {row["head"]} | {_format("rank", row["rank"])} | '
+      lines.append(f'| {row["kind"]} | {head_label(row)} | {_format("rank", row["rank"])} | '
                    f'{row[TUNED]:g} | {row["tried"]} | {"yes" if row["at_edge"] else ""} | '
                    f'{row["best_valid_ppl_mean"]:.2f} | {_mean_std(row, "test_ppl")} |')
   lines += ['', 'Every run:', '', *_markdown(table, [*COLUMNS, *swept_columns(table)])]
@@ -205,6 +207,8 @@ def write_reports(sweep_dir: str | os.PathLike) -> str:
     files.write_atomic(root / name, plots.png_bytes(figure))
   if not tuned(table).empty:
     files.write_atomic(root / TUNING_PNG_FILE, plots.png_bytes(plots.plot_tuning(table, TUNED)))
+  if not plots.head_maps(base).empty:
+    files.write_atomic(root / HEAD_MAP_FILE, plots.png_bytes(plots.plot_head_map(base)))
   write_tensorboard_run(aggregate(base), root, _full_rank(root))
   return report
 

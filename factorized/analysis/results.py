@@ -120,7 +120,8 @@ def load_sweep_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     raise FileNotFoundError(
         f'{path} does not exist: run the sweep first (python train.py '
         f'--config=configs/rank_sweep.py --workdir={sweep_dir}), or set FACTORIZED_SWEEP_DIR.')
-  return sweep_table.with_series(pd.read_csv(path).astype({'rank': 'Int64', 'seed': 'Int64'}))
+  table = sweep_table.with_heads(pd.read_csv(path))  # older CSVs lack the head columns
+  return sweep_table.with_series(table.astype(sweep_table.INT_COLUMNS))
 
 
 def trained_points(table: pd.DataFrame) -> pd.DataFrame:

@@ -4,6 +4,7 @@ report.py writes it out; results.py, plots.py and findings.py read it."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -15,19 +16,24 @@ import pandas as pd
 
 from factorized import embeddings, metrics
 from factorized.evaluation.posthoc import POSTHOC_METHOD
+from factorized.train import workdir as workdir_lib
 
 SWEEP_RUN = 'sweep'
 CSV_FILE, AGGREGATE_FILE = 'summary.csv', 'aggregate.csv'
-COLUMNS = ('run', 'kind', 'head', 'rank', 'seed', 'embedding_params', 'vocab_params',
-           'total_params', 'valid_ppl', 'best_valid_ppl', 'test_ppl', 'tokens_per_s')
+COLUMNS = ('run', 'kind', 'head', 'rank', 'head_kind', 'head_rank', 'seed', 'embedding_params',
+           'vocab_params', 'total_params', 'valid_ppl', 'best_valid_ppl', 'test_ppl',
+           'tokens_per_s')
 # Config fields that never make a swept column: what COLUMNS already say, and fields that
 # do not change what is computed.
 NOT_SWEPT = ('seed', 'overwrite', 'model.embed.kind', 'model.embed.rank', 'model.embed.head',
-             'data.cache_dir', 'launcher.')
+             'model.embed.head_kind', 'model.embed.head_rank', 'data.cache_dir', 'launcher.')
 TUNED = 'lr'  # the swept column the tuned rows choose (train.lr)
-GROUP = ('kind', 'head', 'rank')
+# A point: its input kind and rank, and its head: tied (head_kind, head_rank = the input's),
+# untied dense (head_kind dense, no rank) or untied of its own kind (head_kind, head_rank).
+GROUP = ('kind', 'head', 'rank', 'head_kind', 'head_rank')
 PARAMS = ('embedding_params', 'vocab_params', 'total_params')
 BAND_PREFIX = 'test_ppl@'
+INT_COLUMNS = {'rank': 'Int64', 'head_rank': 'Int64', 'seed': 'Int64'}  # empty where none
 # Row order: each kind with what derives from it (dense_ft<N> after dense), post-hoc last.
 _KIND_ORDER = (*embeddings.KINDS, POSTHOC_METHOD)
 
@@ -37,13 +43,35 @@ def run_dirs(sweep_dir: pathlib.Path) -> list[pathlib.Path]:
                 if p.is_dir() and p.name != SWEEP_RUN and not p.name.startswith('.'))
 
 
+def _head(embed: dict) -> tuple[str, int | None]:
+  """(head kind, head rank): the input's own for a tied head, dense (no rank) for the untied
+  DxV matrix, else model.embed.head_kind at head_rank (0: the input's rank)."""
+  if embed['head'] == 'tied':
+    kind = embed['kind']
+    return kind, int(embed['rank']) if embeddings.ranked(kind) else None
+  kind = embed['head_kind']
+  if kind == 'dense' or not embeddings.ranked(kind):
+    return kind, None
+  return kind, int(embed['head_rank'] or embed['rank'])
+
+
+def head_label(row) -> str:
+  """'tied', 'untied' (the DxV matrix) or 'untied svd 16' (a head of its own kind)."""
+  if row['head'] == 'tied' or row.get('head_kind', 'dense') in ('dense', None):
+    return str(row['head'])
+  rank = row.get('head_rank')
+  return f'untied {row["head_kind"]}' + ('' if rank is None or pd.isna(rank) else f' {int(rank)}')
+
+
 def _summary_row(run: str, summary: dict) -> dict[str, Any]:
-  config, params = summary['config'], summary['params']
+  config, params = workdir_lib.migrate(copy.deepcopy(summary['config'])), summary['params']
   embed = config['model']['embed']
   kind = embed['kind']
+  head_kind, head_rank = _head(embed)
   row = {
       'run': run, 'kind': kind, 'head': embed['head'],
       'rank': int(embed['rank']) if embeddings.ranked(kind) else None,
+      'head_kind': head_kind, 'head_rank': head_rank,
       'seed': config.get('seed'),
       'embedding_params': params['embedding'],
       'vocab_params': params.get('vocab', params['embedding'] + params['output_head']),
@@ -89,9 +117,12 @@ def _posthoc_rows(run: str, run_dir: pathlib.Path, seed: int | None) -> list[dic
     for kind, ppl_by_rank, params_by_rank in series:
       for rank, ppl in ppl_by_rank.items():
         params = params_by_rank[rank]
+        tied = result['head'] == 'tied'  # the compressed table is the head too
         row = rows.setdefault((kind, rank), {
             'run': run, 'kind': kind, 'head': result['head'],
-            'rank': None if rank is None else int(rank), 'seed': seed,
+            'rank': None if rank is None else int(rank),
+            'head_kind': kind if tied else 'dense',
+            'head_rank': None if rank is None or not tied else int(rank), 'seed': seed,
             'embedding_params': params['embedding'],
             'vocab_params': params.get('vocab', params['embedding']),
             'total_params': params['total'],
@@ -110,8 +141,10 @@ def _sort_key(row: dict) -> tuple:
   base = next((k for k in sorted(_KIND_ORDER, key=len, reverse=True) if kind.startswith(k)),
               kind)
   order = _KIND_ORDER.index(base) if base in _KIND_ORDER else len(_KIND_ORDER)
-  return (row['head'] != 'tied', order, kind, row['rank'] or 0,
-          -1 if row['seed'] is None else row['seed'], row['run'])
+  head_order = (_KIND_ORDER.index(row['head_kind']) if row.get('head_kind') in _KIND_ORDER
+                else -1)
+  return (row['head'] != 'tied', order, kind, row['rank'] or 0, head_order,
+          row.get('head_rank') or 0, -1 if row['seed'] is None else row['seed'], row['run'])
 
 
 def _flat(config: dict, prefix: str = '') -> dict[str, Any]:
@@ -178,7 +211,7 @@ def rows_table(rows: list[dict]) -> pd.DataFrame:
   swept = [c for row in rows for c in row
            if c not in COLUMNS and c not in extras and not c.startswith(BAND_PREFIX)]
   table = pd.DataFrame(rows, columns=[*COLUMNS, *dict.fromkeys(swept), *extras, *bands])
-  return with_series(table.astype({'rank': 'Int64', 'seed': 'Int64'}))
+  return with_series(table.astype(INT_COLUMNS))
 
 
 def swept_columns(table: pd.DataFrame) -> list[str]:
@@ -221,10 +254,30 @@ def tuned(table: pd.DataFrame) -> pd.DataFrame:
   return pd.DataFrame(rows, columns=[*columns, *(c for c in keys if c not in columns)])
 
 
-def with_series(table: pd.DataFrame) -> pd.DataFrame:
-  """`table` plus `series`: its kind, `_untied` appended for an untied head (one curve each)."""
+def with_heads(table: pd.DataFrame) -> pd.DataFrame:
+  """`table` with head_kind and head_rank, filled in for a summary.csv written before they
+  existed (every untied head then was the dense DxV matrix; a tied head is the input's)."""
+  if 'head_kind' in table and 'head_rank' in table:
+    return table
   table = table.copy()
-  table['series'] = table['kind'] + np.where(table['head'] == 'untied', '_untied', '')
+  tied = table['head'] == 'tied'
+  table.insert(list(table.columns).index('rank') + 1, 'head_kind',
+               np.where(tied, table['kind'], 'dense'))
+  table.insert(list(table.columns).index('head_kind') + 1, 'head_rank',
+               table['rank'].where(tied))
+  return table
+
+
+def with_series(table: pd.DataFrame) -> pd.DataFrame:
+  """`table` plus `series`: its kind, `_untied` appended for an untied head, and
+  `_head<kind>` for an untied head of its own kind (one curve each)."""
+  table = table.copy()
+  untied = table['head'] == 'untied'
+  head_kind = (table['head_kind'] if 'head_kind' in table
+               else pd.Series('dense', index=table.index)).fillna('dense').astype(str)
+  own = untied & (head_kind != 'dense')
+  table['series'] = (table['kind'] + np.where(untied, '_untied', '')
+                     + np.where(own, '_head' + head_kind, ''))
   return table
 
 

@@ -59,6 +59,7 @@ from factorized.embeddings.base import (
   compute_dtype,
   config_fields,
   embed_config,
+  head_config,
   kind,
   kind_names,
   project_to_vocab,
@@ -71,5 +72,5 @@ plugins.import_all(__name__, __path__, skip=('base', 'spectrum'))  # each kind r
 KINDS = kind_names()
 
 __all__ = ['DTYPES', 'HEADS', 'KINDS', 'KindConfig', 'check_choices', 'compute_dtype',
-           'config_fields', 'embed_config', 'kind', 'kind_names', 'project_to_vocab', 'ranked',
-           'register']
+           'config_fields', 'embed_config', 'head_config', 'kind', 'kind_names',
+           'project_to_vocab', 'ranked', 'register']

@@ -132,16 +132,54 @@ def config_fields() -> dict[str, Any]:
 
 
 def check_choices(model_config: Spec) -> type[KindConfig]:
-  """The kind's config class; a ValueError naming model.embed.kind, model.embed.head or
-  model.dtype when one is not a known choice (no vocabulary needed: runs before the data)."""
+  """The kind's config class; a ValueError naming model.embed.kind, model.embed.head,
+  model.embed.head_kind, model.embed.head_rank or model.dtype when one is not a valid choice
+  (no vocabulary needed: runs before the data)."""
   embed = model_config.embed
   config_class = kind(embed.kind)
   if embed.head not in HEADS:
     raise ValueError(f'model.embed.head={embed.head!r} is unknown; allowed: {"|".join(HEADS)}.')
+  _check_head(embed)
   if model_config.dtype not in DTYPES:
     raise ValueError(f'model.dtype={model_config.dtype!r} is unknown; allowed: '
                      f'{"|".join(DTYPES)}.')
   return config_class
+
+
+def _check_head(embed: Spec) -> None:
+  """A ValueError naming model.embed.head_kind or head_rank unless they make a head."""
+  if embed.head_kind not in _REGISTRY:
+    raise ValueError(f'model.embed.head_kind={embed.head_kind!r} is unknown; allowed: '
+                     f'{"|".join(kind_names())}.')
+  if not is_int(embed.head_rank) or embed.head_rank < 0:
+    raise ValueError(f'model.embed.head_rank={embed.head_rank!r} must be an integer >= 0 '
+                     '(0: model.embed.rank).')
+  if embed.head_kind == 'dense' and embed.head_rank:
+    raise ValueError(f'model.embed.head_rank={embed.head_rank}: the dense head has no rank; '
+                     'set model.embed.head_kind to a factorized kind, or head_rank=0.')
+  if embed.head == 'tied' and embed.head_kind != 'dense':
+    raise ValueError(f'model.embed.head_kind={embed.head_kind!r} needs model.embed.head=untied '
+                     '(a tied head is the input\'s own table).')
+
+
+def head_config(model_config: Spec, vocab_size: int) -> KindConfig | None:
+  """The untied head's own kind config: model.embed.head_kind at head_rank (0: the input's
+  rank), with the input's kind fields, built as a tied instance of that kind (its `attend`
+  is the head); None for a tied head or the untied dense DxV matrix (model/transformer.py)."""
+  embed = model_config.embed
+  _check_head(embed)
+  if embed.head == 'tied' or embed.head_kind == 'dense':
+    return None
+  rank = embed.head_rank or embed.rank
+  values = {**{key: embed[key] for key in embed.keys()}, 'kind': embed.head_kind, 'rank': rank,
+            'head': 'tied'}
+  try:
+    return kind(embed.head_kind).parse(
+        Spec(values), vocab_size=int(vocab_size), model_dim=int(model_config.model_dim),
+        dtype=model_config.dtype, tied=True)
+  except ValueError as error:
+    raise ValueError(f'model.embed.head_kind={embed.head_kind!r}, head_rank={rank}: the head '
+                     f'is {error}') from None
 
 
 def embed_config(model_config: Spec, vocab_size: int) -> KindConfig:

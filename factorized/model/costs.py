@@ -41,7 +41,10 @@ def param_counts(config: Spec, vocab_size: int) -> dict[str, int]:
   dim, mlp_dim, vocab = args.model_dim, args.mlp_dim, args.vocab_size
   kind = args.embed.param_counts()
   embedding = kind['embedding']
-  output_head = kind['tied_head'] if args.embed.tied else dim * vocab
+  if args.head is not None:  # an untied head of its own kind: every parameter it holds
+    output_head = sum(args.head.param_counts().values())
+  else:
+    output_head = kind['tied_head'] if args.embed.tied else dim * vocab
   per_block = (2 * dim                        # attention LayerNorm
                + dim * 3 * dim + 3 * dim      # fused QKV
                + dim * dim + dim              # attention output
@@ -62,7 +65,10 @@ def flops_per_token(config: Spec, vocab_size: int) -> dict[str, int]:
   dim, mlp_dim, length = args.model_dim, args.mlp_dim, args.max_len
   kind = args.embed.flops_per_token()
   embedding = kind['embedding']
-  output_head = kind['tied_head'] if args.embed.tied else 2 * dim * args.vocab_size
+  if args.head is not None:  # an untied head of its own kind: its attend
+    output_head = args.head.flops_per_token()['tied_head']
+  else:
+    output_head = kind['tied_head'] if args.embed.tied else 2 * dim * args.vocab_size
   per_block = (2 * dim * 3 * dim              # fused QKV
                + 2 * dim * dim                # attention output
                + 2 * 2 * length * dim         # Q K^T and A V over the context

@@ -85,6 +85,7 @@ class ModelArgs:
   head_chunk_rows: int = 0  # rows per chunk of the loss's head (factorized/model/loss.py; 0: auto)
   head_chunk_vocab: int = 0  # vocabulary rows per slice of a table head (loss.py; 0: auto)
   remat: bool = False  # recompute each block's activations in the backward pass
+  head: embeddings.KindConfig | None = None  # an untied head's own kind (None: tied or DxV)
 
   @classmethod
   def from_config(cls, model_config: Spec, vocab_size: int,
@@ -95,6 +96,7 @@ class ModelArgs:
                                   'set it to an integer >= 1')
              for field in ('model_dim', 'num_layers', 'num_heads', 'mlp_dim')}
     embed = embeddings.embed_config(model_config, vocab_size)
+    head = embeddings.head_config(model_config, vocab_size)
     if model_config.positions not in POSITIONS:
       raise ValueError(f'model.positions={model_config.positions!r} is unknown; '
                        f'allowed: {"|".join(POSITIONS)}.')
@@ -117,7 +119,7 @@ class ModelArgs:
     return cls(embed=embed, vocab_size=int(vocab_size), **sizes,
                dropout=float(model_config.dropout), positions=model_config.positions,
                dtype=model_config.dtype, max_len=int(max_len),
-               **{field: int(value) for field, value in chunks.items()}, remat=remat)
+               **{field: int(value) for field, value in chunks.items()}, remat=remat, head=head)
 
 
 @functools.lru_cache(maxsize=32)
@@ -269,8 +271,10 @@ class TransformerLM(nnx.Module):
     self.final_norm = nnx.LayerNorm(dim, dtype=self.dtype, rngs=rngs)
     if args.embed.tied:
       self.head = None
-    else:
+    elif args.head is None:
       self.head = UntiedHead(dim, args.vocab_size, self.dtype, rngs=head_rngs)
+    else:  # a head of its own kind: its attend, from the head's own stream
+      self.head = args.head.build(head_rngs, token_counts=token_counts)
     self.dropout = ExampleDropout(args.dropout, site=0)
     self.vocab_size = args.vocab_size
     self.head_chunk_rows = args.head_chunk_rows  # factorized/model/loss.py
@@ -316,7 +320,10 @@ class TransformerLM(nnx.Module):
 
   def penalty(self) -> jax.Array:
     """The sum of the regularisers to add to the loss (float32 scalar)."""
-    return self.embed.penalty()
+    penalty = self.embed.penalty()
+    if self.head is not None and hasattr(self.head, 'penalty'):  # a factorized head's own
+      penalty = penalty + self.head.penalty()
+    return penalty
 
 
 def model_args(config: Spec, vocab_size: int) -> ModelArgs:

@@ -63,8 +63,10 @@ def load_sweep(module, config_filename: str) -> list[dict] | None:
 
 
 def point_name(overrides: dict[str, Any]) -> str:
-  """The sub-workdir name of a point: kind, then `rank<R>`, `untied`, other `<field><value>`."""
+  """The sub-workdir name of a point: kind, then `rank<R>`, `untied`, `head<kind><rank>` (an
+  untied head of its own kind), other `<field><value>`."""
   parts = []
+  fields = {key.rsplit('.', 1)[-1]: value for key, value in overrides.items()}
   for key, value in overrides.items():
     field = key.rsplit('.', 1)[-1]
     if field == 'kind':
@@ -72,6 +74,10 @@ def point_name(overrides: dict[str, Any]) -> str:
     elif field == 'head':
       if value != 'tied':
         parts.append(str(value))
+    elif field == 'head_kind':
+      parts.append(f'head{value}{fields.get("head_rank", "")}')
+    elif field == 'head_rank' and 'head_kind' in fields:
+      continue
     else:
       parts.append(f'{field}{value}')
   return '_'.join(parts).replace('/', '-') or 'base'

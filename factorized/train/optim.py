@@ -78,15 +78,19 @@ def _names(path: tuple, entries: tuple) -> bool:
              for entry in entries)
 
 
-def decay_mask(params, *, kind: str, embed_decay: str = 'table'):
-  """True for the parameters that weight decay applies to (see the module docstring)."""
-  embedding = embeddings.kind(kind).module
+def decay_mask(params, *, kind: str, embed_decay: str = 'table', head_kind: str | None = None):
+  """True for the parameters that weight decay applies to (see the module docstring);
+  `head_kind`: an untied head of its own kind, whose table follows the same rule."""
+  tables = {'embed': embeddings.kind(kind).module}
+  if head_kind is not None:
+    tables['head'] = embeddings.kind(head_kind).module
 
   def decayed(path, leaf) -> bool:
     names = tuple(key.key for key in path if isinstance(key, jax.tree_util.DictKey))
-    if names[:1] == ('embed',) and _names(names[1:], embedding.TABLE_PARAMS):
+    module = tables.get(names[0]) if names else None
+    if module is not None and _names(names[1:], module.TABLE_PARAMS):
       if embed_decay == 'table':
-        return _names(names[1:], embedding.TABLE_DECAY)
+        return _names(names[1:], module.TABLE_DECAY)
       return embed_decay == 'factors' and leaf.ndim >= 2
     return leaf.ndim >= 2
 
@@ -113,6 +117,11 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
+def _head_kind(embed: Spec) -> str | None:
+  """The kind of an untied head of its own (model.embed.head_kind), else None."""
+  return embed.head_kind if embed.head == 'untied' and embed.head_kind != 'dense' else None
+
+
 def make_optimizer(config: Spec) -> optax.GradientTransformation:
   """Global-norm clipping followed by AdamW under the warm-up/cosine schedule (config.train),
   decaying the parameters that `decay_mask` picks for config.model's embedding kind."""
@@ -125,6 +134,7 @@ def make_optimizer(config: Spec) -> optax.GradientTransformation:
           b2=train_config.b2,
           weight_decay=train_config.weight_decay,
           mask=functools.partial(decay_mask, kind=config.model.embed.kind,
-                                 embed_decay=train_config.embed_decay),
+                                 embed_decay=train_config.embed_decay,
+                                 head_kind=_head_kind(config.model.embed)),
       ),
   )

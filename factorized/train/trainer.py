@@ -296,8 +296,11 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
   valid_eval, test_eval = run.evaluator('valid'), run.evaluator('test')
   params_count = costs.param_counts(config, vocab_size)
   embed = config.model.embed
+  own_head = embed.head == 'untied' and embed.head_kind != 'dense'
   writer.hparams({'kind': embed.kind, 'rank': embed.rank if embeddings.ranked(embed.kind) else 0,
-                  'head': embed.head, 'embedding_params': params_count['embedding'],
+                  'head': embed.head, 'head_kind': embed.head_kind if own_head else '',
+                  'head_rank': (embed.head_rank or embed.rank) if own_head else 0,
+                  'embedding_params': params_count['embedding'],
                   'vocab_params': params_count['vocab'], 'total_params': params_count['total'],
                   'model_dim': config.model.model_dim, 'embed_decay': train_cfg.embed_decay,
                   'seed': config.seed})

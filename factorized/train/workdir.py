@@ -26,7 +26,8 @@ CONFIG_FILE = 'config.json'
 # (sections by their prefix): none of them changes what a run computes.
 _IGNORED_FIELDS = ('overwrite', 'launcher.')
 # Fields added after runs were saved, with the default that computes what those runs did.
-_LATER_FIELDS = {'model.head_chunk_rows': 0, 'model.head_chunk_vocab': 0, 'model.remat': False}
+_LATER_FIELDS = {'model.head_chunk_rows': 0, 'model.head_chunk_vocab': 0, 'model.remat': False,
+                 'model.embed.head_kind': 'dense', 'model.embed.head_rank': 0}
 
 
 def _field_defaults() -> dict[str, Any]:
