@@ -86,20 +86,18 @@ from collections.abc import Callable  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_step  # noqa: E402
 
 from configs import brown  # noqa: E402
-from factorized import embeddings
-from factorized.model import costs, loss
-from factorized.runtime import parallel
-from factorized.train import (
-  optim,
-  trainer,  # noqa: E402
-)
+from factorized import embeddings  # noqa: E402
+from factorized.config import specs as config_specs  # noqa: E402
+from factorized.model import costs, loss  # noqa: E402
+from factorized.runtime import parallel  # noqa: E402
+from factorized.spec import Spec  # noqa: E402
+from factorized.train import optim, trainer  # noqa: E402
 from factorized.train import step as step_lib  # noqa: E402
 from factorized.train.step import BoundStep, make_eval_step, make_train_step  # noqa: E402
 
@@ -131,7 +129,7 @@ class Bench:
   kind: str
   rank: int
   vocab_size: int
-  config: ml_collections.ConfigDict
+  config: Spec
   train: Callable  # state, batch -> (state, metrics or loss)
   state: object
   batch: dict
@@ -209,8 +207,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   return args
 
 
-def make_config(args: argparse.Namespace, kind: str, rank: int) -> ml_collections.ConfigDict:
-  """configs/brown.py for `kind` and `rank`, with the sizes of the flags."""
+def make_config(args: argparse.Namespace, kind: str, rank: int) -> Spec:
+  """configs/brown.py for `kind` and `rank`, with the sizes of the flags, as a Spec."""
   config = brown.get_config(f'kind={kind},rank={rank},head={args.head}')
   config.data.seq_len = args.seq_len
   config.model.update(model_dim=args.model_dim, num_layers=args.num_layers,
@@ -222,7 +220,7 @@ def make_config(args: argparse.Namespace, kind: str, rank: int) -> ml_collection
   config.model.remat = args.remat
   config.train.batch_size = args.batch_size
   config.train.eval_batch_size = args.batch_size
-  return config
+  return config_specs.from_config(config)
 
 
 def synthetic_batch(args: argparse.Namespace) -> dict[str, np.ndarray]:
@@ -282,9 +280,8 @@ def reference_bench(args: argparse.Namespace) -> Bench:
   state = reference_step.init_state(params)
   train = reference_step.make_train_step(args.num_heads)
   batch = jax.device_put(synthetic_batch(args))
-  config = make_config(args, 'dense', 0)
-  config.model.update(dropout=0.0, dtype='float32')  # What reference_step.py computes.
-  config.model.embed.head = 'tied'
+  config = make_config(args, 'dense', 0).replace(  # what reference_step.py computes
+      **{'model.dropout': 0.0, 'model.dtype': 'float32', 'model.embed.head': 'tied'})
   name = 'reference' if len(args.vocab_sizes) == 1 else f'reference@{args.vocab_size}'
   bench = Bench(name, 'reference', 0, args.vocab_size, config, train, state, batch, None)
   analyse(bench)

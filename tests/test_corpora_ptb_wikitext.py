@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from configs import lm
+from factorized.config import specs
 from factorized.data import pipeline as data
 from factorized.data import tokenizer
 from factorized.train import trainer
@@ -100,5 +101,5 @@ def test_a_model_trains_on_ptb(tmp_path):
   run.data.seq_len = 4
   run.train.update(num_steps=4, batch_size=8, eval_batch_size=8, warmup_steps=1,
                    eval_every=4, ckpt_every=4, log_every=2)
-  summary = trainer.train_and_evaluate(run, str(tmp_path / 'run'))
+  summary = trainer.train_and_evaluate(specs.from_config(run), str(tmp_path / 'run'))
   assert summary['vocab_size'] == 12 and np.isfinite(summary['test_ppl'])

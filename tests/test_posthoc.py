@@ -57,7 +57,7 @@ def trained_dense(tmp_path_factory):
   config.train.update(num_steps=300, batch_size=8, eval_batch_size=8, warmup_steps=30,
                       eval_every=300, ckpt_every=300, log_every=100)
   workdir = root / 'sweep' / 'dense'
-  summary = trainer.train_and_evaluate(config, str(workdir))
+  summary = trainer.train_and_evaluate(specs.from_config(config), str(workdir))
   sweep_report.write_reports(workdir.parent)
   return workdir, summary
 

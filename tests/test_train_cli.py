@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from configs import brown
+from factorized.config import specs
 from factorized.runtime import parallel
 from factorized.train import trainer
 from tests.conftest import TEST_XLA_FLAGS
@@ -55,7 +56,8 @@ def free_port() -> int:
 def test_two_processes_match_one_process(tiny_config, tmp_path, repo_root):
   tiny_config.train.num_steps = 6
   reference = trainer.train_and_evaluate(
-      tiny_config, str(tmp_path / 'one'), mesh=parallel.make_mesh(jax.devices()[:4]))
+      specs.from_config(tiny_config), str(tmp_path / 'one'),
+      mesh=parallel.make_mesh(jax.devices()[:4]))
   port = free_port()
   workdir = tmp_path / 'two'
   procs = [
@@ -106,7 +108,7 @@ def test_sigterm_writes_a_checkpoint_and_the_same_command_resumes(tiny_config, t
      'train.lr?'),
     ('--config.model.embed.knd=svd',
      'error: --config.model.embed.knd: configs/brown.py has no field model.embed.knd; did '
-     'you mean model.embed.kind?'),
+     'you mean model.embed.kind, model.embed.head_kind?'),
     ('--config.train.lr=fast',
      'error: --config.train.lr=fast: train.lr takes a number in configs/brown.py (default '
      '0.003); give a number.'),
@@ -127,7 +129,7 @@ def test_a_bad_override_is_one_line_naming_the_field_and_exit_code_2(
 
 def test_eval_cli_prints_and_writes_the_perplexity(tiny_config, tmp_path, repo_root):
   tiny_config.train.update(num_steps=2, warmup_steps=1, eval_every=2, ckpt_every=2)
-  summary = trainer.train_and_evaluate(tiny_config, str(tmp_path))
+  summary = trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
   result = subprocess.run(
       [sys.executable, 'eval.py', f'--workdir={tmp_path}', '--split=valid'],
       cwd=repo_root, env=cli_env(1), capture_output=True, text=True, timeout=120)

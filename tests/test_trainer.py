@@ -13,6 +13,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs import brown
+from factorized.config import specs
 from factorized.data import pipeline as data_lib
 from factorized.evaluation import saved as eval_run
 from factorized.runtime import parallel
@@ -34,8 +35,8 @@ def test_runlocal_brown_trains_in_seconds_and_its_loss_falls(brown_zip, tmp_path
   del brown_zip  # the fixture makes sure $FACTORIZED_DATA_DIR holds it
   # One device, as a CPU user runs it. (With 8 fake host devices on a loaded 2-core machine,
   # XLA:CPU's collectives can starve its thread pool when per-device work is this large.)
-  summary = trainer.train_and_evaluate(brown.get_config('runlocal'), str(tmp_path),
-                                       mesh=parallel.make_mesh(jax.devices()[:1]))
+  summary = trainer.train_and_evaluate(specs.from_config(brown.get_config('runlocal')),
+                                       str(tmp_path), mesh=parallel.make_mesh(jax.devices()[:1]))
   losses = [value for _, value in scalar_series(tmp_path, 'train/loss')]
   assert losses[-1] < losses[0] - 0.5
   assert summary['valid_ppl'] < summary['vocab_size'] / 3
@@ -59,7 +60,7 @@ def test_four_devices_match_one_device(tiny_config, tmp_path, kind, ortho_penalt
   for devices in (1, 4):
     workdir = str(tmp_path / f'dev{devices}')
     summary = trainer.train_and_evaluate(
-        tiny_config, workdir, mesh=parallel.make_mesh(jax.devices()[:devices]))
+        specs.from_config(tiny_config), workdir, mesh=parallel.make_mesh(jax.devices()[:devices]))
     assert math.isfinite(summary['train_loss'])
     results[devices] = summary, final_params(workdir, devices)
   (one, params_one), (four, params_four) = results[1], results[4]
@@ -72,9 +73,9 @@ def test_four_devices_match_one_device(tiny_config, tmp_path, kind, ortho_penalt
 def test_grad_accumulation_matches_one_big_batch(tiny_config, tmp_path):
   tiny_config.train.num_steps = 4  # dropout stays on: its keys are per example
   one_device = parallel.make_mesh(jax.devices()[:1])
-  trainer.train_and_evaluate(tiny_config, str(tmp_path / 'one'), mesh=one_device)
+  trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'one'), mesh=one_device)
   tiny_config.train.grad_accum_steps = 2
-  trainer.train_and_evaluate(tiny_config, str(tmp_path / 'two'), mesh=one_device)
+  trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'two'), mesh=one_device)
   for a, b in zip(final_params(tmp_path / 'one'), final_params(tmp_path / 'two'), strict=True):
     np.testing.assert_allclose(b, a, atol=1e-5)
 
@@ -95,14 +96,14 @@ def interrupt_at(monkeypatch, batch_number):
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_config, tmp_path,
                                                                   monkeypatch):
-  trainer.train_and_evaluate(tiny_config, str(tmp_path / 'straight'))
+  trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'straight'))
   with monkeypatch.context() as patch:
     interrupt_at(patch, 7)
     with pytest.raises(trainer.TrainingInterrupted, match='SIGTERM at step 7'):
-      trainer.train_and_evaluate(tiny_config, str(tmp_path / 'resumed'))
+      trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'resumed'))
   assert checkpointing.Checkpointer(str(tmp_path / 'resumed')).latest_step() == 7
   assert not (tmp_path / 'resumed' / 'summary.json').exists()
-  summary = trainer.train_and_evaluate(tiny_config, str(tmp_path / 'resumed'))
+  summary = trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'resumed'))
   assert summary['steps'] == tiny_config.train.num_steps
   straight = final_params(tmp_path / 'straight')
   resumed = final_params(tmp_path / 'resumed')
@@ -151,7 +152,7 @@ def test_the_loop_keeps_two_steps_in_flight_and_a_stop_checkpoints_within_two_st
 
   monkeypatch.setattr(data_lib.TrainBatches, '__next__', next_batch)
   with pytest.raises(trainer.TrainingInterrupted, match='SIGTERM at step 30'):
-    trainer.train_and_evaluate(tiny_config, str(tmp_path),
+    trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path),
                                mesh=parallel.make_mesh(jax.devices()[:1]))
   stopped_after_s = time.perf_counter() - fetched['signal_at']
   assert counts['in_flight_at_stop'] <= 2, counts
@@ -162,7 +163,7 @@ def test_the_loop_keeps_two_steps_in_flight_and_a_stop_checkpoints_within_two_st
 
 
 def test_eval_matches_the_in_training_evaluation(tiny_config, tmp_path):
-  summary = trainer.train_and_evaluate(tiny_config, str(tmp_path))
+  summary = trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
   result = eval_run.evaluate_workdir(str(tmp_path), 'valid')
   assert result['step'] == tiny_config.train.num_steps
   np.testing.assert_allclose(result['ppl'], summary['valid_ppl'], rtol=1e-6)
@@ -177,17 +178,17 @@ def test_batch_not_divisible_by_the_devices_is_refused_before_compiling(tiny_con
   tiny_config.train.batch_size = 6
   with pytest.raises(ValueError, match=r'train\.batch_size=6 must be a positive multiple of '
                                        r'the device count \(4, .*--config\.train\.batch_size=4'):
-    trainer.train_and_evaluate(tiny_config, str(tmp_path),
+    trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path),
                                mesh=parallel.make_mesh(jax.devices()[:4]))
 
 
 def test_a_workdir_with_another_config_is_refused(tiny_config, tmp_path):
   tiny_config.train.update(num_steps=2, warmup_steps=1, eval_every=2, ckpt_every=2)
-  trainer.train_and_evaluate(tiny_config, str(tmp_path))
+  trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
   before = sorted(p.name for p in tmp_path.iterdir())
   tiny_config.train.lr = 1e-4
   with pytest.raises(ValueError, match=r'train\.lr: 0\.003 -> 0\.0001'):
-    trainer.train_and_evaluate(tiny_config, str(tmp_path))
+    trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
   assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
@@ -203,7 +204,7 @@ def test_eval_without_a_checkpoint_says_to_train_first(tiny_config, tmp_path):
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, tmp_path,
                                                                      caplog):
-  trainer.train_and_evaluate(tiny_config, str(tmp_path))
+  trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
   checkpointer = checkpointing.Checkpointer(str(tmp_path))
   steps = checkpointer.all_steps()
   latest = steps[-1]
@@ -212,7 +213,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_config,
       if name != '_METADATA':
         with open(os.path.join(root, name), 'r+b') as f:
           f.write(b'\0garbage' * 16)
-  run = trainer.build_run(tiny_config, str(tmp_path))
+  run = trainer.build_run(specs.from_config(tiny_config), str(tmp_path))
   with caplog.at_level('WARNING'):
     state, _ = checkpointer.restore(run.state)
   assert int(state.step) == steps[-2]
@@ -233,7 +234,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 
   monkeypatch.setattr(data_lib.TrainBatches, '__next__', poisoned)
   with pytest.raises(trainer.NonFiniteLoss, match='last good checkpoint .step 4.'):
-    trainer.train_and_evaluate(tiny_config, str(tmp_path))
+    trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
   assert checkpointing.Checkpointer(str(tmp_path)).all_steps() == [4]
   assert not math.isnan(final_params(tmp_path)[0].sum())
 
@@ -253,10 +254,10 @@ def test_kinds_see_the_same_batches_and_dropout_keys(tiny_config, tmp_path, monk
   rngs = {}
   for kind in ('dense', 'svd'):  # the streams are built before, and apart from, the kind
     tiny_config.model.embed.kind = kind
-    run = trainer.build_run(tiny_config, str(tmp_path / kind),
+    run = trainer.build_run(specs.from_config(tiny_config), str(tmp_path / kind),
                             mesh=parallel.make_mesh(jax.devices()[:1]))
     rngs[kind] = np.asarray(run.state.rng)
-    trainer.train_and_evaluate(tiny_config, str(tmp_path / kind),
+    trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / kind),
                                mesh=parallel.make_mesh(jax.devices()[:1]))
   np.testing.assert_array_equal(rngs['svd'], rngs['dense'])  # dropout keys derive from it
   for a, b in zip(seen['dense'], seen['svd'], strict=True):
@@ -267,11 +268,12 @@ def test_band_perplexities_partition_the_split_and_a_stride_scores_every_token_o
     tiny_config, tmp_path):
   tiny_config.train.num_steps = 6
   workdir = str(tmp_path / 'run')
-  summary = trainer.train_and_evaluate(tiny_config, workdir,
+  summary = trainer.train_and_evaluate(specs.from_config(tiny_config), workdir,
                                        mesh=parallel.make_mesh(jax.devices()[:1]))
   bands = summary['test_bands']
   assert list(bands) == ['1-100', '101-1000', '1001-10000', '10001+', '<unk>']
-  run = trainer.build_run(tiny_config, workdir, mesh=parallel.make_mesh(jax.devices()[:1]))
+  run = trainer.build_run(specs.from_config(tiny_config), workdir,
+                          mesh=parallel.make_mesh(jax.devices()[:1]))
   num_test = run.corpus.splits['test'].size
   assert sum(band['tokens'] for band in bands.values()) == num_test
   # The bands' NLLs add up to the split's.
@@ -315,8 +317,8 @@ def test_an_ortho_penalty_run_moves_its_table_as_fast_as_a_penalty_free_one(tiny
   for name, kind, penalty in [('dense', 'dense', 0.0), ('svd', 'svd', 0.0),
                               ('svd_penalty', 'svd', 0.1)]:
     tiny_config.model.embed.update(kind=kind, ortho_penalty=penalty)
-    moved[name] = first_step_movement(trainer.build_run(tiny_config, str(tmp_path / name),
-                                                        mesh=one))
+    run = trainer.build_run(specs.from_config(tiny_config), str(tmp_path / name), mesh=one)
+    moved[name] = first_step_movement(run)
   assert 1 / 1.5 < moved['svd'] / moved['dense'] < 1.5, moved
   assert 1 / 1.25 < moved['svd_penalty'] / moved['svd'] < 1.25, moved
 
@@ -327,7 +329,7 @@ def test_new_kinds_train_restore_and_take_their_frequency_order_from_the_run(
   tiny_config.model.embed.update(kind=kind, head=head)
   workdir = tmp_path / kind
   one = parallel.make_mesh(jax.devices()[:1])
-  summary = trainer.train_and_evaluate(tiny_config, str(workdir), mesh=one)
+  summary = trainer.train_and_evaluate(specs.from_config(tiny_config), str(workdir), mesh=one)
   losses = [value for _, value in scalar_series(workdir, 'train/loss')]
   assert losses[-1] < losses[0] and math.isfinite(summary['test_ppl'])
   run, step = eval_run.restore_run(str(workdir), 'best', mesh=one)  # nnx.List parameters
@@ -355,8 +357,9 @@ def test_runlocal_numbers_are_bitwise_the_pinned_ones(brown_zip, tmp_path, kind)
   # code computed before adaptive's and tt's heads were rewritten; adaptive and tt are from
   # after. Any change that moves one of these bits must say why.
   del brown_zip
-  summary = trainer.train_and_evaluate(brown.get_config(f'kind={kind},rank=8,runlocal'),
-                                       str(tmp_path), mesh=parallel.make_mesh(jax.devices()[:1]))
+  config = specs.from_config(brown.get_config(f'kind={kind},rank=8,runlocal'))
+  summary = trainer.train_and_evaluate(config, str(tmp_path),
+                                       mesh=parallel.make_mesh(jax.devices()[:1]))
   assert pinned_part(summary, PINNED[kind]) == PINNED[kind]
 
 

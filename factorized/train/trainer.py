@@ -97,6 +97,14 @@ class Run:
         self.mesh, grad_accum_steps=train_config.grad_accum_steps)
 
 
+def _require_spec(config) -> None:
+  """A TypeError unless `config` is a Spec: a run is built from a validated, migrated
+  config only (factorized/config/specs.py)."""
+  if not isinstance(config, Spec):
+    raise TypeError(f'a run takes a Spec, not a {type(config).__name__}: pass '
+                    'factorized.config.specs.from_config(config).')
+
+
 def build_run(
     config: Spec, workdir: str, *, mesh: Mesh | None = None
 ) -> Run:
@@ -104,6 +112,7 @@ def build_run(
   (factorized/config/specs.py) but for what needs the vocabulary size, checked here before
   the model is built or anything is compiled.
   """
+  _require_spec(config)
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch_size(config.train.batch_size, mesh,
                             micro_batches=config.train.grad_accum_steps)
@@ -267,6 +276,7 @@ def train_and_evaluate(
   However it ends (finished, interrupted, non-finite loss), pending checkpoint writes
   complete and the event file is closed before this returns or raises.
   """
+  _require_spec(config)
   compile_cache.enable(config.data)  # before anything compiles: a restart reuses the steps
   resuming = parallel.primary_first(
       lambda: workdir_lib.prepare_workdir(workdir, config), 'prepare_workdir')
