@@ -369,3 +369,9 @@ def pinned_part(value, pinned):
   if isinstance(pinned, dict):
     return {key: pinned_part(value.get(key), sub) for key, sub in pinned.items()}
   return value
+
+
+def test_a_run_is_built_from_a_spec_only(tiny_config, tmp_path):
+  with pytest.raises(TypeError, match=r'takes a Spec, not a ConfigDict: pass .*specs\.from_config'):
+    trainer.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()  # refused before anything is written
