@@ -192,13 +192,16 @@ def plot_head_map(table: pd.DataFrame, metric: str = 'test_ppl') -> Figure:
                             aggfunc='first')
     params = rows.pivot_table(index='head_rank', columns='rank', values='vocab_params',
                               aggfunc='first')
-    image = ax.imshow(grid.to_numpy(float), origin='lower', cmap='viridis_r', aspect='auto')
+    values = grid.to_numpy(float)
+    image = ax.imshow(values, origin='lower', cmap='viridis_r', aspect='auto')
     ax.set_xticks(range(len(grid.columns)), [str(int(r)) for r in grid.columns])
     ax.set_yticks(range(len(grid.index)), [str(int(r)) for r in grid.index])
-    for (i, j), value in np.ndenumerate(grid.to_numpy(float)):
-      if np.isfinite(value):
+    low, high = np.nanmin(values), np.nanmax(values)
+    for (i, j), value in np.ndenumerate(values):
+      if np.isfinite(value):  # dark text on the light (low) end of viridis_r
+        light = high == low or (value - low) / (high - low) < 0.5
         ax.text(j, i, f'{value:.1f}\n{int(params.iloc[i, j]) / 1e3:,.0f}k', ha='center',
-                va='center', fontsize=7, color='white')
+                va='center', fontsize=7, color='black' if light else 'white')
     ax.set(xlabel=f'input {kind} rank', ylabel=f'head {head_kind} rank',
            title=f'{metric.replace("_", " ")}: {kind} input, {head_kind} head')
     fig.colorbar(image, ax=ax, shrink=0.8)
