@@ -62,7 +62,7 @@ def _shades(kind: str, count: int) -> np.ndarray:
 def _style(series: str) -> dict:
   return {'color': KIND_COLORS.get(_kind(series)),
           'ls': '--' if 'untied' in series or 'posthoc' in series else '-',
-          'marker': 's' if 'posthoc' in series else 'o'}
+          'marker': 's' if 'posthoc' in series else '^' if '_head' in series else 'o'}
 
 
 def rank_label() -> str:

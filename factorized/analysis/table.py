@@ -270,14 +270,18 @@ def with_heads(table: pd.DataFrame) -> pd.DataFrame:
 
 def with_series(table: pd.DataFrame) -> pd.DataFrame:
   """`table` plus `series`: its kind, `_untied` appended for an untied head, and
-  `_head<kind>` for an untied head of its own kind (one curve each)."""
+  `_head<kind><rank>` for an untied head of its own kind (one curve each: over input rank
+  at one head rank)."""
   table = table.copy()
   untied = table['head'] == 'untied'
   head_kind = (table['head_kind'] if 'head_kind' in table
                else pd.Series('dense', index=table.index)).fillna('dense').astype(str)
+  head_rank = (table['head_rank'] if 'head_rank' in table
+               else pd.Series(pd.NA, index=table.index))
+  head_rank = head_rank.map(lambda r: '' if pd.isna(r) else str(int(r)))
   own = untied & (head_kind != 'dense')
   table['series'] = (table['kind'] + np.where(untied, '_untied', '')
-                     + np.where(own, '_head' + head_kind, ''))
+                     + np.where(own, '_head' + head_kind + head_rank, ''))
   return table
 
 
