@@ -287,3 +287,9 @@ def test_tuned_rows_choose_by_valid_perplexity_never_by_test(tmp_path):
   # The plots and the by-vocab-params table show the grid's own rate (the most common).
   by_params = report.split('By vocabulary parameters')[1].split('Tuned')[0]
   assert by_params.count('| dense |') == 1 and '| 80.00 |' not in by_params
+
+
+def test_a_sweep_with_no_finished_point_has_an_empty_table_and_reports(tmp_path):
+  assert list(sweep_table.rows_table([]).columns) == [*sweep_table.COLUMNS, 'series']
+  assert sweep_report.write_reports(tmp_path).startswith('Mean ± standard deviation')
+  assert (tmp_path / sweep_table.CSV_FILE).read_text().startswith('run,kind,head,rank,head_kind')

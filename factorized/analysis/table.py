@@ -278,7 +278,7 @@ def with_series(table: pd.DataFrame) -> pd.DataFrame:
                else pd.Series('dense', index=table.index)).fillna('dense').astype(str)
   head_rank = (table['head_rank'] if 'head_rank' in table
                else pd.Series(pd.NA, index=table.index))
-  head_rank = head_rank.map(lambda r: '' if pd.isna(r) else str(int(r)))
+  head_rank = head_rank.map(lambda r: '' if pd.isna(r) else str(int(r))).astype(str)
   own = untied & (head_kind != 'dense')
   table['series'] = (table['kind'] + np.where(untied, '_untied', '')
                      + np.where(own, '_head' + head_kind + head_rank, ''))
