@@ -57,9 +57,9 @@ def test_runlocal_leaves_a_fixed_vocabulary_alone_and_a_change_is_refused(tmp_pa
   assert data.prepare_corpus(local.data).vocab_size == 12
   with pytest.raises(ValueError, match=r"data.min_freq=4 would change the vocabulary that "
                                        r"data.corpus='ptb' fixes .*--config.data.min_freq=1"):
-    data.prepare_corpus(config(tmp_path, 'ptb', folder, min_freq=4).data)
+    specs.from_config(config(tmp_path, 'ptb', folder, min_freq=4))
   with pytest.raises(ValueError, match=r'data.vocab_size=2000 would cap .*vocab_size=0'):
-    data.prepare_corpus(config(tmp_path, 'ptb', folder, vocab_size=2000).data)
+    specs.from_config(config(tmp_path, 'ptb', folder, vocab_size=2000))
 
 
 def test_a_missing_folder_or_file_names_data_path(tmp_path):

@@ -69,7 +69,7 @@ def test_counts_are_the_input_plus_the_head_and_match_the_built_model(head_kind)
     assert params['output_head'] == dim * vocab and flops['output_head'] == 2 * dim * vocab
   else:
     head = embeddings.head_config(spec.model, vocab)
-    assert (head.name, head.rank if head_kind != 'adaptive' else head.rank) == (head_kind, 12)
+    assert (head.name, head.rank) == (head_kind, 12)
     assert flops['output_head'] == head.flops_per_token()['tied_head']
   if head_kind == 'svd':  # U (V x R), s (R), V (R x D) at the head's own rank
     assert params['output_head'] == vocab * 12 + 12 + 12 * dim

@@ -117,7 +117,8 @@ def test_untied_head_is_kept_and_only_dense_runs_are_compressed(tiny_config, tmp
   np.testing.assert_array_equal(svd_params['head']['W_VxD'], dense_params['head']['W_VxD'])
   np.testing.assert_allclose(svd.evaluator('valid')(svd.state.params)['ppl'],
                              dense.evaluator('valid')(dense.state.params)['ppl'], rtol=1e-4)
-  workdir_lib.prepare_workdir(tmp_path / 'svd', brown.get_config('runlocal,kind=svd'))
+  workdir_lib.prepare_workdir(tmp_path / 'svd',
+                              specs.from_config(brown.get_config('runlocal,kind=svd')))
   with pytest.raises(ValueError, match="compresses a dense run; .* model.embed.kind='svd'"):
     posthoc.posthoc_svd(str(tmp_path / 'svd'), 'test', [4])
 

@@ -195,7 +195,7 @@ def test_a_workdir_with_another_config_is_refused(tiny_config, tmp_path):
 def test_eval_without_a_checkpoint_says_to_train_first(tiny_config, tmp_path):
   from factorized.train import workdir as workdir_lib
 
-  workdir_lib.prepare_workdir(tmp_path, tiny_config)
+  workdir_lib.prepare_workdir(tmp_path, specs.from_config(tiny_config))
   with pytest.raises(FileNotFoundError, match='No checkpoint in .*train first'):
     eval_run.evaluate_workdir(str(tmp_path), 'valid')
 

@@ -20,16 +20,16 @@ def test_first_start_writes_config_then_resumes(tmp_path):
 
 
 def test_different_config_is_refused_and_names_the_field(tmp_path):
-  workdir_lib.prepare_workdir(tmp_path, brown.get_config('runlocal'))
+  workdir_lib.prepare_workdir(tmp_path, specs.from_config(brown.get_config('runlocal')))
   (tmp_path / 'keep.txt').write_text('earlier output')
-  other = brown.get_config('runlocal,kind=svd')
+  other = specs.from_config(brown.get_config('runlocal,kind=svd'))
   with pytest.raises(ValueError, match=r"(?s)model\.embed\.kind: 'dense' -> 'svd'.*overwrite"):
     workdir_lib.prepare_workdir(tmp_path, other)
   assert (tmp_path / 'keep.txt').read_text() == 'earlier output'
 
 
 def test_overwrite_moves_the_earlier_run_aside(tmp_path):
-  workdir_lib.prepare_workdir(tmp_path, brown.get_config('runlocal'))
+  workdir_lib.prepare_workdir(tmp_path, specs.from_config(brown.get_config('runlocal')))
   (tmp_path / 'keep.txt').write_text('earlier output')
   other = specs.from_config(brown.get_config('runlocal,kind=svd')).replace(overwrite=True)
   assert workdir_lib.prepare_workdir(tmp_path, other) is False

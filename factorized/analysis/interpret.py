@@ -70,8 +70,8 @@ def nearest_neighbours(vectors_VxK: ArrayLike, query_ids: Sequence[int],
 
 
 def rank_vectors(embedding: TrainedEmbedding, rank: int | None) -> np.ndarray:
-  """Rows of U_R diag(s_R) (VxR): cosine-equivalent to the rows of the rank-R truncation
-  W_R; rank None keeps every singular value (the embedding itself)."""
+  """U_R diag(s_R) (VxR), whose rows have the cosine similarities of the rank-R truncation
+  W_R's rows; rank None keeps every singular value (the embedding itself)."""
   u_VxK, s_K, _ = embedding.svd
   rank = s_K.size if rank is None else rank
   if not 1 <= rank <= s_K.size:

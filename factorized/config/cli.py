@@ -33,14 +33,20 @@ class _ConfigFileParser(flags.ArgumentParser):
     self.module = None
 
   def parse(self, argument: str) -> ml_collections.ConfigDict:
-    path, colon, arg = argument.partition(':')
-    self.module = load_module(path)
-    config = self.module.get_config(*([arg] if colon else []))
+    self.module = load_module(argument.partition(':')[0])
+    config = _get_config(self.module, argument)
     config.lock()
     return config
 
   def flag_type(self) -> str:
     return 'config object'
+
+
+def _get_config(module, argument: str) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file's module, for `--config=path.py[:arg]` (no
+  argument without a colon, as config_flags calls it)."""
+  _, colon, arg = argument.partition(':')
+  return module.get_config(*([arg] if colon else []))
 
 
 def load_module(path: str):
@@ -134,9 +140,9 @@ def explain(argv: list[str], error: Exception) -> str:
 
 def _load(spec: str) -> ml_collections.ConfigDict:
   """The config of `--config=<spec>`, from the module --config executed when it got that far."""
-  path, colon, arg = spec.partition(':')
-  module = (config_module() if 'config' in flags.FLAGS else None) or load_module(path)
-  return module.get_config(*([arg] if colon else []))
+  module = ((config_module() if 'config' in flags.FLAGS else None)
+            or load_module(spec.partition(':')[0]))
+  return _get_config(module, spec)
 
 
 def _check_override(config: ml_collections.ConfigDict, key: str, value: str,

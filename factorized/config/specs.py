@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from collections.abc import Mapping
 from typing import Any
 
 from factorized import embeddings
@@ -55,13 +54,9 @@ def validate(spec: Spec) -> Spec:
 
 
 def from_config(config: Any) -> Spec:
-  """The frozen, migrated, validated Spec of a ConfigDict (or of a plain mapping)."""
+  """The frozen, migrated, validated Spec of a ConfigDict, or of a plain mapping (a saved
+  config.json, summary.json's `config`)."""
   return validate(Spec(workdir_lib.migrate(_plain(config))))
-
-
-def from_saved(saved: Mapping[str, Any]) -> Spec:
-  """The Spec of a config saved by an earlier run (config.json, summary.json's `config`)."""
-  return from_config(saved)
 
 
 def load_saved(workdir: str | os.PathLike) -> Spec:
@@ -71,4 +66,4 @@ def load_saved(workdir: str | os.PathLike) -> Spec:
     raise FileNotFoundError(
         f'{path} not found: {workdir} is not a training workdir '
         f'(train.py --workdir={workdir} writes it).')
-  return from_saved(json.loads(path.read_text()))
+  return from_config(json.loads(path.read_text()))

@@ -89,7 +89,7 @@ def prepare_workdir(workdir: str | os.PathLike, config: Spec) -> bool:
   """
   workdir = pathlib.Path(workdir)
   path = workdir / CONFIG_FILE
-  new = json.loads(json.dumps(config.to_dict()))  # JSON types, as saved
+  new = config.to_dict()
   if path.exists():
     saved = json.loads(path.read_text())
     differences = config_differences(saved, new)

@@ -22,7 +22,7 @@ import pathlib
 from factorized import plugins
 from factorized.data.corpora import base
 from factorized.data.corpora.base import *  # noqa: F403 (the facade: base.__all__)
-from factorized.data.corpora.base import Source, check_vocabulary, corpus, names
+from factorized.data.corpora.base import Source, corpus, names
 
 plugins.import_all(__name__, __path__)  # noqa: F405 (every module registers itself)
 
@@ -32,10 +32,9 @@ CORPORA = names()
 
 
 def load_source(data_config, root: pathlib.Path) -> Source:
-  """The `Source` of `data.corpus`: checksums now, the text only once `load()` is called."""
-  entry = corpus(data_config.corpus)
-  check_vocabulary(data_config)
-  return entry.source(data_config, root)
+  """The `Source` of `data.corpus`: checksums now, the text only once `load()` is called.
+  (A `data.vocab_size` or `min_freq` the corpus refuses was refused by config/specs.py.)"""
+  return corpus(data_config.corpus).source(data_config, root)
 
 
 __all__ = ['CORPORA', *base.__all__, 'find_brown', 'load_source']  # noqa: F405
