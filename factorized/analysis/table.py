@@ -135,8 +135,8 @@ def _posthoc_rows(run: str, run_dir: pathlib.Path, seed: int | None) -> list[dic
 
 
 def _sort_key(row: dict) -> tuple:
-  """(head, kind order, kind, rank, seed, run); a derived kind (dense_ft30, posthoc_svd_freq)
-  goes with the longest kind name it starts with."""
+  """(head, kind order, kind, rank, head kind order, head rank, seed, run); a derived kind
+  (dense_ft30, posthoc_svd_freq) goes with the longest kind name it starts with."""
   kind = row['kind']
   base = next((k for k in sorted(_KIND_ORDER, key=len, reverse=True) if kind.startswith(k)),
               kind)
