@@ -293,3 +293,20 @@ def test_a_sweep_with_no_finished_point_has_an_empty_table_and_reports(tmp_path)
   assert list(sweep_table.rows_table([]).columns) == [*sweep_table.COLUMNS, 'series']
   assert sweep_report.write_reports(tmp_path).startswith('Mean ± standard deviation')
   assert (tmp_path / sweep_table.CSV_FILE).read_text().startswith('run,kind,head,rank,head_kind')
+
+
+def test_tuned_rows_compare_the_values_on_the_seeds_they_share(tmp_path):
+  # 3e-3 has three seeds (mean valid 50) but seed 0 at 62; 1.5e-3 has seed 0 only, at 60:
+  # on the seed both have, 1.5e-3 is better, though 3e-3's three-seed mean is lower.
+  for seed, valid in ((0, 62.0), (1, 44.0), (2, 44.0)):
+    fake_run(tmp_path, f'dense_seed{seed}', 'dense', 16, valid=valid, test=45.0, lr=3e-3,
+             seed=seed)
+  fake_run(tmp_path, 'dense_lr0.0015_seed0', 'dense', 16, valid=60.0, test=47.0, lr=1.5e-3)
+  chosen = sweep_table.tuned(sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0]))
+  assert [(r.lr, r.seeds, r.test_ppl_mean) for r in chosen.itertuples()] == [(1.5e-3, 1, 47.0)]
+  # With seeds 1 and 2 at 1.5e-3 too (all three shared), the three-seed means decide.
+  for seed in (1, 2):
+    fake_run(tmp_path, f'dense_lr0.0015_seed{seed}', 'dense', 16, valid=60.0, test=47.0,
+             lr=1.5e-3, seed=seed)
+  chosen = sweep_table.tuned(sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0]))
+  assert [(r.lr, r.seeds) for r in chosen.itertuples()] == [(3e-3, 3)]

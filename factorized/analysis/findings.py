@@ -330,8 +330,8 @@ def _tuned(table: pd.DataFrame, groups: pd.DataFrame) -> list[str]:
   chosen = sweep_table.tuned(table)
   if chosen.empty:
     return []
-  lines = ['**Learning rate per kind** (train.lr of lowest best-valid perplexity; the test '
-           'split chooses nothing):', '',
+  lines = ['**Learning rate per kind** (train.lr of lowest best-valid perplexity, compared on '
+           'the seeds every rate has; the test split chooses nothing):', '',
            '| kind | head | rank | tuned lr | tried | test ppl at it | at the grid\'s lr |',
            '|---|---|---:|---:|---|---:|---:|']
   edges = []

@@ -139,7 +139,8 @@ def markdown_report(table: pd.DataFrame, unfinished: list[str]) -> str:
   chosen = tuned(table)
   if not chosen.empty:
     lines += ['', f'Tuned {TUNED} (per kind, head and rank: the value of lowest best-valid '
-              'perplexity, mean over seeds; the test split chooses nothing):', '',
+              'perplexity on the seeds every value has; test over all its seeds; the test split '
+              'chooses nothing):', '',
               f'| kind | head | rank | {TUNED} | tried | at an edge | best valid ppl | '
               'test ppl |', '|---|---|---|---|---|---|---|---|']
     for _, row in chosen.iterrows():

@@ -233,12 +233,16 @@ def base_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 def tuned(table: pd.DataFrame) -> pd.DataFrame:
   """The tuned rows: per (kind, head, rank, other swept fields) trained with several values
-  of TUNED (train.lr), the value of lowest best-valid perplexity (mean over seeds) and its
-  test perplexity; `tried` lists the values, `at_edge` says whether the best is the lowest
-  or highest tried (then the range should widen). The test split chooses nothing."""
+  of TUNED (train.lr), the value of lowest best-valid perplexity and its test perplexity
+  (mean over all its seeds); `tried` lists the values, `at_edge` says whether the best is
+  the lowest or highest tried (then the range should widen). The values are compared on the
+  seeds every one of them has (seed 0 alone when one value has three seeds and the others
+  one: like against like), or on all seeds when they share none. The test split chooses
+  nothing."""
   columns = ['kind', 'head', 'rank', TUNED, 'tried', 'at_edge', 'seeds', 'vocab_params',
              'best_valid_ppl_mean', 'test_ppl_mean', 'test_ppl_std', 'series']
-  groups = aggregate(table[table['kind'].isin(embeddings.KINDS)])
+  runs = table[table['kind'].isin(embeddings.KINDS)]
+  groups = aggregate(runs)
   if TUNED not in groups.columns:
     return pd.DataFrame(columns=columns)
   keys = [*GROUP, *[c for c in swept_columns(groups) if c != TUNED]]
@@ -247,11 +251,32 @@ def tuned(table: pd.DataFrame) -> pd.DataFrame:
     points = points[np.isfinite(points['best_valid_ppl_mean'].astype(float))]
     if len(points) < 2:
       continue
-    best = points.loc[points['best_valid_ppl_mean'].astype(float).idxmin()]
+    best = points.loc[_valid_on_common_seeds(runs, points, keys).idxmin()]
     tried = sorted(points[TUNED])
     rows.append({**best.to_dict(), 'tried': '+'.join(f'{v:g}' for v in tried),
                  'at_edge': best[TUNED] in (tried[0], tried[-1])})
   return pd.DataFrame(rows, columns=[*columns, *(c for c in keys if c not in columns)])
+
+
+def _valid_on_common_seeds(runs: pd.DataFrame, points: pd.DataFrame,
+                           keys: list[str]) -> pd.Series:
+  """Per aggregated point (index of `points`), the mean best-valid perplexity of its runs
+  over the seeds every point has (all seeds where they share none)."""
+  seeds = {index: runs.loc[_matching(runs, point, [*keys, TUNED])] for index, point in
+           points.iterrows()}
+  common = set.intersection(*(set(r['seed'].dropna()) for r in seeds.values()))
+  valid = {index: r.loc[r['seed'].isin(common), 'best_valid_ppl'] if common
+           else r['best_valid_ppl'] for index, r in seeds.items()}
+  return pd.Series({index: v.astype(float).mean() for index, v in valid.items()})
+
+
+def _matching(frame: pd.DataFrame, row: pd.Series, columns: list[str]) -> pd.Series:
+  """The rows of `frame` equal to `row` on `columns` (NaN equal to NaN)."""
+  keep = pd.Series(True, index=frame.index)
+  for column in columns:
+    value = row[column]
+    keep &= frame[column].isna() if pd.isna(value) else frame[column] == value
+  return keep
 
 
 def with_heads(table: pd.DataFrame) -> pd.DataFrame:
