@@ -326,21 +326,28 @@ def _bands(groups: pd.DataFrame, dense: pd.Series) -> list[str]:
 
 
 def _tuned(table: pd.DataFrame, groups: pd.DataFrame) -> list[str]:
-  """The tuned learning rates (sweep_table.tuned), where several were run."""
+  """The tuned learning rates (sweep_table.tuned), where several were run, each against dense
+  at its own tuned rate (or the grid's, where dense has none) with the noise test."""
   chosen = sweep_table.tuned(table)
   if chosen.empty:
     return []
+  tuned_dense = chosen[(chosen['kind'] == 'dense') & (chosen['head'] == 'tied')]
+  dense = tuned_dense.iloc[0] if not tuned_dense.empty else _pick(groups, 'dense')
+  std = pooled_std(groups)
   lines = ['**Learning rate per kind** (train.lr of lowest best-valid perplexity, compared on '
            'the seeds every rate has; the test split chooses nothing):', '',
-           '| kind | head | rank | tuned lr | tried | test ppl at it | at the grid\'s lr |',
-           '|---|---|---:|---:|---|---:|---:|']
+           '| kind | head | rank | tuned lr | tried | test ppl at it | at the grid\'s lr | '
+           f'against dense at lr {dense[sweep_table.TUNED]:g} |',
+           '|---|---|---:|---:|---|---:|---:|---|']
   edges = []
   for _, row in chosen.iterrows():
     rank = None if pd.isna(row['rank']) else int(row['rank'])
     grid = _pick(groups, row['kind'], row['head'], rank)
+    gap = '' if row['kind'] == 'dense' and row['head'] == 'tied' else compare(
+        row['test_ppl_mean'], row['seeds'], dense['test_ppl_mean'], dense['seeds'], std)
     lines.append(f'| {row["kind"]} | {row["head"]} | {"" if rank is None else rank} | '
                  f'{row[sweep_table.TUNED]:g} | {row["tried"]} | {_mean_std(row)} | '
-                 f'{_mean_std(grid) if grid is not None else "-"} |')
+                 f'{_mean_std(grid) if grid is not None else "-"} | {gap} |')
     if row['at_edge']:
       edges.append(f'{row["kind"]}{"" if rank is None else f" {rank}"}')
   if edges:
