@@ -168,6 +168,12 @@ def test_the_output_head_as_its_own_factorization_splits_a_budget(sweep_dir):
   # The tied points tie at valid 50: the smallest (svd 4, 4,260) is the best tied one.
   assert ('- Best split by valid perplexity: input svd 4, head untied svd 4: test 101.0, '
           '-22.3% against the best tied point there (svd 4, 130.0).') in text
+  # The same 8,520 in one tied svd table (svd 8, 106.0): 101 against 106, one seed each
+  # (pooled s = 2 from dense's seeds: threshold 2 s sqrt(2) = 5.7).
+  assert ('- Against the same budget in one tied svd table (svd 8, 8,520 vocab params, '
+          '106.0): -4.7%, within seed noise ±5.7.') in text
+  assert ('- The best split against the other splits there: svd 8 + svd 4 (103.0): -1.9%, '
+          'within seed noise ±5.7; svd 4 + svd 8 (99.0): +2.0%, within seed noise ±5.7.') in text
   assert f'({report.HEAD_MAP_FILE})' in text
   # The tied-against-untied paragraph compares the untied dense heads only.
   assert 'svd 4 untied svd' not in text.split('**Tied against untied')[1].split('**The output')[0]

@@ -444,7 +444,9 @@ def _point(row: pd.Series) -> str:
 def _split(groups: pd.DataFrame, dense: pd.Series, root: pathlib.Path) -> list[str]:
   """How a vocabulary budget near BUDGET of dense's is best split between the input and
   an untied head of its own kind: every point there, best valid first, and the best split
-  against the best tied point (chosen by valid perplexity; the test split chooses nothing)."""
+  against the best tied point, against the same budget in one tied table of its input's
+  kind and against the other splits, each with the noise test (chosen by valid perplexity;
+  the test split chooses nothing)."""
   own = groups[(groups['head'] == 'untied') & (groups['head_kind'] != 'dense')]
   if own.empty:
     return []
@@ -477,6 +479,25 @@ def _split(groups: pd.DataFrame, dense: pd.Series, root: pathlib.Path) -> list[s
               f'{sweep_table.head_label(best_split)}: test {_mean_std(best_split)}, {versus} '
               f'against the best tied point there ({_point(best_tied)}, '
               f'{_mean_std(best_tied)}).']
+    same = tied[(tied['kind'] == best_split['kind']) & (
+        (tied['vocab_params'] - best_split['vocab_params']).abs()
+        <= BUDGET_SLACK * best_split['vocab_params'])]
+    if not same.empty:
+      whole = same.iloc[0]
+      versus = compare(best_split['test_ppl_mean'], best_split['seeds'],
+                       whole['test_ppl_mean'], whole['seeds'], std)
+      lines.append(f'- Against the same budget in one tied {whole["kind"]} table '
+                   f'({_point(whole)}, {int(whole["vocab_params"]):,} vocab params, '
+                   f'{_mean_std(whole)}): {versus}.')
+    others = []
+    for _, row in split.iloc[1:].iterrows():
+      versus = compare(best_split['test_ppl_mean'], best_split['seeds'], row['test_ppl_mean'],
+                       row['seeds'], std)
+      others.append(f'{_point(row)} + {sweep_table.head_label(row).removeprefix("untied ")} '
+                    f'({_mean_std(row)}): {versus}')
+    if others:
+      lines.append('- The best split against the other splits there: ' + '; '.join(others)
+                   + '.')
   if (root / sweep_report.HEAD_MAP_FILE).exists():
     lines += ['', '![test perplexity over input rank and head rank]'
               f'({sweep_report.HEAD_MAP_FILE})']
