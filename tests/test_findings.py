@@ -109,6 +109,13 @@ def test_tuned_learning_rates_and_longer_training_are_read_with_the_noise_test(s
   assert ('| svd | tied | 16 | 0.006 | 0.0015+0.003+0.006 | 101.5 | 103.0 | -0.5%, within seed '
           'noise ±4.6 |') in text
   assert "| at the grid's lr | against dense at lr 0.003 |" in text
+  # The headline: svd 16 is the quarter-budget point; dense and it at their tuned rates.
+  headline = findings.render_headline(sweep_dir)
+  assert "tied head at the grid's train.lr=0.003:" in headline
+  assert '| dense | | 64,000 | 100% | 3 | 102.0 ± 2.0 | | 0.003 (edge): 102.0 ± 2.0 |' in headline
+  assert ('| svd | 16 | 17,040 | 27% | 1 | 103.0 | +1.0%, within seed noise ±4.6 | 0.006 '
+          '(edge): 101.5 (-0.5%, within seed noise ±4.6) |') in headline
+  assert '| albert | 8 | 8,576 | 13% | 1 | 140.0 | +37.3% | - |' in headline
   assert 'The best rate is at the edge of those tried for dense, svd 16' in text
   # svd 16 against dense: 103 vs 102 (3 seeds) at 1,500 steps; 96 vs 95 (1 vs 1) at 3,000.
   assert ('| svd | 16 | 103.0 (+1.0%, within seed noise ±4.6) | 96.0 (+1.1%, within seed '

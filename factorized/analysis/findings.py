@@ -543,38 +543,77 @@ def render(sweep_dir: str | pathlib.Path) -> str:
 def render_headline(sweep_dir: str | pathlib.Path) -> str:
   """The README's headline (between BEGIN and END): the perplexity-against-parameters plot
   and, per kind, its point nearest BUDGET of dense's vocabulary parameters (tied head, the
-  grid's own settings), against dense with the seed-noise test."""
+  grid's own settings), against dense with the seed-noise test; where learning rates were
+  tuned, also each point at its tuned rate against dense at dense's."""
   root = pathlib.Path(sweep_dir)
-  _, _, groups = _tables(root)
+  table, base, groups = _tables(root)
   dense = _pick(groups, 'dense')
   if dense is None:
     raise ValueError(f'{root}: no tied dense point has finished; nothing to compare with.')
   budget = BUDGET * dense['vocab_params']
   std = pooled_std(groups)
+  chosen = sweep_table.tuned(table)
+  tuned = chosen[chosen['head'] == 'tied'] if not chosen.empty else None
+  tuned_dense = None if tuned is None else _pick(tuned, 'dense')
+  grid_lr = f' at the grid\'s train.lr={base[sweep_table.TUNED].iloc[0]:g}' if (
+      sweep_table.TUNED in base.columns) else ''
+  header = ['kind', 'rank', 'vocab params', 'of dense', 'seeds', 'test ppl', 'vs dense']
+  if tuned is not None:
+    header.append('at its tuned lr: lr, test ppl (vs dense at its own)')
+  dense_cells = ['dense', '', f'{int(dense["vocab_params"]):,}', '100%', dense['seeds'],
+                 _mean_std(dense), '']
+  if tuned is not None:
+    dense_cells.append(_at_tuned(tuned_dense, None, std))
   lines = [BEGIN, '',
            f'![test perplexity against vocabulary parameters]({root.as_posix()}/'
            f'ppl_vs_vocab_params.png)', '',
            f'Each kind at its point nearest {BUDGET:.0%} of dense\'s vocabulary parameters '
-           f'({int(budget):,}), tied head: test perplexity, mean ± sd over seeds ("within seed '
-           f'noise" by the test of [the findings]({root.as_posix()}/{FINDINGS_FILE})):', '',
-           '| kind | rank | vocab params | of dense | seeds | test ppl | vs dense |',
-           '|---|---:|---:|---:|---:|---:|---|',
-           f'| dense | | {int(dense["vocab_params"]):,} | 100% | {dense["seeds"]} | '
-           f'{_mean_std(dense)} | |']
+           f'({int(budget):,}), tied head{grid_lr}: test perplexity, mean ± sd over seeds '
+           f'("within seed noise" by the test of [the findings]({root.as_posix()}/'
+           f'{FINDINGS_FILE})):', '', _cells(header),
+           '|---|---:|---:|---:|---:|---:|---|' + '---|' * (len(header) - 7),
+           _cells(dense_cells)]
   for kind in _factorized_kinds(groups):
     points = groups[(groups['kind'] == kind) & (groups['head'] == 'tied')]
     if points.empty:
       continue
     row = points.loc[(points['vocab_params'].astype(float) - budget).abs().idxmin()]
-    rank = '' if pd.isna(row['rank']) else str(int(row['rank']))
+    rank = None if pd.isna(row['rank']) else int(row['rank'])
     versus = compare(row['test_ppl_mean'], row['seeds'], dense['test_ppl_mean'],
                      dense['seeds'], std)
-    lines.append(f'| {kind} | {rank} | {int(row["vocab_params"]):,} | '
-                 f'{row["vocab_params"] / dense["vocab_params"]:.0%} | {row["seeds"]} | '
-                 f'{_mean_std(row)} | {versus} |')
+    cells = [kind, '' if rank is None else rank, f'{int(row["vocab_params"]):,}',
+             f'{row["vocab_params"] / dense["vocab_params"]:.0%}', row['seeds'],
+             _mean_std(row), versus]
+    if tuned is not None:
+      cells.append(_at_tuned(_pick(tuned, kind, rank=rank),
+                             dense if tuned_dense is None else tuned_dense, std))
+    lines.append(_cells(cells))
+  if tuned is not None:
+    lines += ['', 'Tuned: the rate of lowest best-valid perplexity among those tried (edge: the '
+              'lowest or highest tried, so a wider range may do better).']
   lines += ['', f'The full findings, every point and the commands: '
             f'[{root.as_posix()}/{FINDINGS_FILE}]({root.as_posix()}/{FINDINGS_FILE}).', '', END]
   return '\n'.join(lines) + '\n'
+
+
+def _cells(cells: list) -> str:
+  """One Markdown table row; an empty cell stays one space wide ('| dense | | ...')."""
+  return ('| ' + ' | '.join(map(str, cells)) + ' |').replace('|  |', '| |')
+
+
+def _at_tuned(row: pd.Series | None, dense: pd.Series | None, std: float) -> str:
+  """'0.006 (edge): 188.2 (+9.7%)': a tuned row's rate ('edge': the lowest or highest
+  tried) and test perplexity, against `dense` with the noise test ('-' where the point was
+  run at one rate only; no comparison for dense)."""
+  if row is None:
+    return '-'
+  edge = ' (edge)' if row['at_edge'] else ''
+  text = f'{row[sweep_table.TUNED]:g}{edge}: {_mean_std(row)}'
+  if dense is None:
+    return text
+  versus = compare(row['test_ppl_mean'], row['seeds'], dense['test_ppl_mean'], dense['seeds'],
+                   std)
+  return f'{text} ({versus})'
 
 
 def replace_section(readme: str, section: str) -> str:
