@@ -182,5 +182,33 @@ def test_the_output_head_as_its_own_factorization_splits_a_budget(sweep_dir):
   assert ('- The best split against the other splits there: svd 8 + svd 4 (103.0): -1.9%, '
           'within seed noise ±5.7; svd 4 + svd 8 (99.0): +2.0%, within seed noise ±5.7.') in text
   assert f'({report.HEAD_MAP_FILE})' in text
+  # The map, one seed a cell (threshold 5.7): each rank raised at the other held fixed, and
+  # the same parameters on the head rather than the input; all within seed noise here.
+  assert ('**The input rank × head rank map**, svd input and svd head:\n\n'
+          '- Raising the head rank (test perplexity): at input svd 4, head rank 4 → 8: 101.0 → '
+          '99.0 (-2.0%, within seed noise ±5.7); at input svd 8, head rank 4 → 8: 103.0 → 104.0 '
+          '(+1.0%, within seed noise ±5.7).\n'
+          '- Raising the input rank (test perplexity): at head svd 4, input rank 4 → 8: 101.0 → '
+          '103.0 (+2.0%, within seed noise ±5.7); at head svd 8, input rank 4 → 8: 99.0 → 104.0 '
+          '(+5.1%, within seed noise ±5.7).\n'
+          '- The same vocabulary parameters on the head rather than the input (input + head): '
+          'svd 4 + svd 8 (99.0) against svd 8 + svd 4 (103.0): -3.9%, within seed noise ±5.7.'
+          ) in text
   # The tied-against-untied paragraph compares the untied dense heads only.
   assert 'svd 4 untied svd' not in text.split('**Tied against untied')[1].split('**The output')[0]
+
+
+def test_the_head_map_reading_calls_a_difference_real_only_beyond_seed_noise(sweep_dir):
+  """A head rank that matters and an input rank that does not, read from the map's cells;
+  a rank with one cell on its line gives no reading."""
+  for rank, head_rank, test in ((4, 4, 120.0), (4, 16, 100.0), (16, 4, 118.0)):
+    fake_run(sweep_dir, f'svd_rank{rank}_untied_headsvd{head_rank}_seed0', 'svd', rank,
+             head='untied', head_kind='svd', head_rank=head_rank, test=test)
+  text = findings.render(sweep_dir)
+  assert ('- Raising the head rank (test perplexity): at input svd 4, head rank 4 → 16: 120.0 '
+          '→ 100.0 (-16.7%).\n') in text
+  assert ('- Raising the input rank (test perplexity): at head svd 4, input rank 4 → 16: '
+          '120.0 → 118.0 (-1.7%, within seed noise ±5.7).\n') in text
+  assert ('- The same vocabulary parameters on the head rather than the input (input + head): '
+          'svd 4 + svd 16 (100.0) against svd 16 + svd 4 (118.0): -15.3%.') in text
+  assert 'at input svd 16' not in text and 'at head svd 16' not in text

@@ -4,7 +4,8 @@ r"""What a finished Brown sweep shows: the README's "Results on Brown" section, 
 summary.json and the post-hoc JSONs, through sweep_report, and `machine.json`) and writes
 the section's Markdown: the table over seeds, the smallest compressions within 2% and 5% of
 dense, post-hoc SVD against training factorized from scratch and against its own parent,
-tied against untied heads, the tuned learning rates and longer training where they were
+tied against untied heads, a vocabulary budget split between the input and a head of its
+own kind and what the input rank x head rank map shows, the tuned learning rates and longer training where they were
 run, the frequency bands that pay for a low rank, and which points were still improving.
 
 Noise: a difference between two points is called real only when it exceeds twice its
@@ -498,10 +499,59 @@ def _split(groups: pd.DataFrame, dense: pd.Series, root: pathlib.Path) -> list[s
     if others:
       lines.append('- The best split against the other splits there: ' + '; '.join(others)
                    + '.')
-  if (root / sweep_report.HEAD_MAP_FILE).exists():
-    lines += ['', '![test perplexity over input rank and head rank]'
-              f'({sweep_report.HEAD_MAP_FILE})']
   return [*lines, '']
+
+
+def _head_map(groups: pd.DataFrame, root: pathlib.Path) -> list[str]:
+  """What the input rank x head rank map shows, per pair of input kind and head kind: the
+  change from the lowest to the highest head rank at each input rank, from the lowest to
+  the highest input rank at each head rank, and (input and head of one kind) the same
+  vocabulary parameters spent on the head rather than the input, each with the noise test."""
+  own = groups[(groups['head'] == 'untied') & (groups['head_kind'] != 'dense')
+               & groups['rank'].notna() & groups['head_rank'].notna()]
+  if own.empty:
+    return []
+  std = pooled_std(groups)
+
+  def change(low: pd.Series, high: pd.Series) -> str:
+    return (f'{_mean_std(low)} → {_mean_std(high)} ('
+            + compare(high['test_ppl_mean'], high['seeds'], low['test_ppl_mean'], low['seeds'],
+                      std) + ')')
+
+  lines = []
+  for (kind, head_kind), cells in own.groupby(['kind', 'head_kind'], sort=False):
+    cells = cells.assign(rank=cells['rank'].astype(int), head_rank=cells['head_rank'].astype(int))
+    reading = []
+    for fixed, swept, side, other in (('rank', 'head_rank', 'head', f'input {kind}'),
+                                      ('head_rank', 'rank', 'input', f'head {head_kind}')):
+      parts = []
+      for value, line in cells.sort_values(swept).groupby(fixed, sort=True):
+        if len(line) > 1:
+          low, high = line.iloc[0], line.iloc[-1]
+          parts.append(f'at {other} {value}, {side} rank {low[swept]} → {high[swept]}: '
+                       + change(low, high))
+      if parts:
+        reading.append(f'Raising the {side} rank (test perplexity): ' + '; '.join(parts) + '.')
+    if kind == head_kind:  # (a, b) and (b, a) have the same vocabulary parameters
+      by_ranks = {(row['rank'], row['head_rank']): row for _, row in cells.iterrows()}
+      mirrors = []
+      for (rank, head_rank), row in sorted(by_ranks.items()):
+        mirror = by_ranks.get((head_rank, rank))
+        if rank < head_rank and mirror is not None:
+          versus = compare(row['test_ppl_mean'], row['seeds'], mirror['test_ppl_mean'],
+                           mirror['seeds'], std)
+          mirrors.append(f'{kind} {rank} + {head_kind} {head_rank} ({_mean_std(row)}) against '
+                         f'{kind} {head_rank} + {head_kind} {rank} ({_mean_std(mirror)}): {versus}')
+      if mirrors:
+        reading.append('The same vocabulary parameters on the head rather than the input '
+                       '(input + head): ' + '; '.join(mirrors) + '.')
+    if reading:
+      lines += [f'**The input rank × head rank map**, {kind} input and {head_kind} head:', '',
+                *[f'- {line}' for line in reading], '']
+  if (root / sweep_report.HEAD_MAP_FILE).exists():
+    lines += ['![test perplexity over input rank and head rank]'
+              f'({sweep_report.HEAD_MAP_FILE})', '']
+  return lines
 
 
 def render(sweep_dir: str | pathlib.Path) -> str:
@@ -534,7 +584,7 @@ def render(sweep_dir: str | pathlib.Path) -> str:
       'scratch**, at equal parameters (same rank):', '', *_posthoc(base, groups), '',
       '**Tied against untied output heads** (the softmax bottleneck: an untied head keeps a '
       'full-rank D×V output layer whatever the input rank):', '', *_heads(groups), '',
-      *_split(every, dense, root),
+      *_split(every, dense, root), *_head_map(every, root),
       *_tuned(table, groups), *_longer(table, dense), *_bands(groups, dense), '',
       *_improving(root, base), '', *_machine(root, table)]
   return '\n'.join(sections) + '\n'
