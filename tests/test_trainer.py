@@ -111,6 +111,48 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_config, tm
     np.testing.assert_array_equal(a, b)  # bitwise on CPU
 
 
+def test_a_stop_while_the_run_is_set_up_ends_it_at_its_first_step(tiny_config, tmp_path,
+                                                                   monkeypatch):
+  """SIGTERM before the loop (reading the corpus, building the model) is not lost: the run
+  checkpoints its first step and stops, and the same command resumes from there."""
+  build_run = trainer.build_run
+
+  def signalled_build_run(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return build_run(*args, **kwargs)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(trainer, 'build_run', signalled_build_run)
+    with pytest.raises(trainer.TrainingInterrupted, match='SIGTERM at step 1:'):
+      trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
+  assert checkpointing.Checkpointer(str(tmp_path)).latest_step() == 1
+  summary = trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
+  assert summary['steps'] == tiny_config.train.num_steps
+
+
+def test_a_sweep_point_listens_for_a_stop_from_its_first_line(tiny_config, tmp_path,
+                                                               monkeypatch):
+  """A local sweep point's job stopped while it starts (before the trainer is even
+  imported) checkpoints its first step and exits as interrupted, not training on."""
+  from factorized.sweeps import launcher
+
+  monkeypatch.setenv('SUBMITIT_EXECUTOR', 'local')
+  monkeypatch.setattr(launcher, '_send_output_to', lambda path: None)  # keep pytest's output
+  config = specs.from_config(tiny_config)
+
+  def signalled_load_saved(workdir):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return config
+
+  monkeypatch.setattr(launcher.specs, 'load_saved', signalled_load_saved)
+  handler = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(SystemExit) as exited:
+    launcher.TrainPoint()(str(tmp_path))
+  assert exited.value.code == launcher.EXIT_INTERRUPTED
+  assert checkpointing.Checkpointer(str(tmp_path)).latest_step() == 1
+  assert signal.getsignal(signal.SIGTERM) is handler  # the job's own handler is back
+
+
 def test_the_loop_keeps_two_steps_in_flight_and_a_stop_checkpoints_within_two_steps(
     tiny_config, tmp_path, monkeypatch):
   # A deliberately slow step (a host callback sleeping STEP_S on the device's queue, after

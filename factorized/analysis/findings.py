@@ -5,8 +5,9 @@ summary.json and the post-hoc JSONs, through sweep_report, and `machine.json`) a
 the section's Markdown: the table over seeds, the smallest compressions within 2% and 5% of
 dense, post-hoc SVD against training factorized from scratch and against its own parent,
 tied against untied heads, a vocabulary budget split between the input and a head of its
-own kind and what the input rank x head rank map shows, the tuned learning rates and longer training where they were
-run, the frequency bands that pay for a low rank, and which points were still improving.
+own kind and what the input rank x head rank map shows, the tuned learning rates and
+longer training where they were run, the frequency bands that pay for a low rank, and which
+points were still improving.
 
 Noise: a difference between two points is called real only when it exceeds twice its
 standard error under seed noise, 2 s sqrt(1/n_a + 1/n_b), with s the pooled sample standard

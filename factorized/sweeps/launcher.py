@@ -22,6 +22,8 @@ raises `TrainingInterrupted`; the job then decides:
   submitit, whose checkpointing hook (`Checkpointable.checkpoint`) requeues the job; the
   requeued job resumes from the checkpoint and ends with the uninterrupted result;
 - on this machine, SIGTERM and SIGINT (the sweep was stopped) end it as interrupted.
+The job listens for them from its first line (`StopRequest`), so a stop while it is still
+starting (importing JAX, reading the corpus, compiling) ends it at its first step.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from absl import logging
 from factorized import files
 from factorized.config import cli, specs
 from factorized.spec import Spec
+from factorized.train.stopping import StopRequest
 
 LAUNCHERS = ('local', 'slurm')
 LOG_FILE = 'train.log'
@@ -65,23 +68,26 @@ class TrainPoint(submitit.helpers.Checkpointable):
     self.verbosity = verbosity  # the sweep's --verbosity; None: no dependency noise
 
   def __call__(self, workdir: str) -> dict:
-    _send_output_to(pathlib.Path(workdir) / LOG_FILE)
-    logging.use_absl_handler()
-    cli.quiet_libraries(self.verbosity)
-    import jax  # not in the sweep's own process: it never needs an accelerator
+    with StopRequest() as stop:  # first: a stop while the job starts is not lost
+      _send_output_to(pathlib.Path(workdir) / LOG_FILE)
+      logging.use_absl_handler()
+      cli.quiet_libraries(self.verbosity)
+      import jax  # not in the sweep's own process: it never needs an accelerator
 
-    from factorized.train import trainer
+      from factorized.train import trainer
 
-    config = specs.load_saved(workdir)
-    logging.info('JAX devices: %s', jax.devices())
-    try:
-      return trainer.train_and_evaluate(config, workdir)
-    except trainer.TrainingInterrupted as stopped:
-      print(f'{stopped}', flush=True)
-      on_slurm = submitit.JobEnvironment().cluster == 'slurm'
-      if stopped.signal_name == 'SIGUSR2' or (on_slurm and stopped.signal_name == 'SIGTERM'):
-        _requeue_through_submitit()
-      sys.exit(EXIT_INTERRUPTED)
+      config = specs.load_saved(workdir)
+      logging.info('JAX devices: %s', jax.devices())
+      try:
+        return trainer.train_and_evaluate(config, workdir, stop=stop)
+      except trainer.TrainingInterrupted as interrupted:
+        stopped = interrupted
+    # Out of the StopRequest, submitit's own handlers are back for the requeue.
+    print(f'{stopped}', flush=True)
+    on_slurm = submitit.JobEnvironment().cluster == 'slurm'
+    if stopped.signal_name == 'SIGUSR2' or (on_slurm and stopped.signal_name == 'SIGTERM'):
+      _requeue_through_submitit()
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def _send_output_to(log_path: pathlib.Path) -> None:

@@ -10,10 +10,10 @@ steps and a stop signal checkpoints within about two steps' time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
-import signal
 import time
 
 import jax
@@ -39,12 +39,13 @@ from factorized.train import workdir as workdir_lib
 from factorized.train.evaluate import Evaluator
 from factorized.train.metric_writer import HPARAM_METRICS, MetricWriter
 from factorized.train.step import ModelParts, TrainState, make_train_step
+from factorized.train.stopping import StopRequest
 
 log = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(Exception):
-  """Raised after a stop signal (`_StopRequest`) once a checkpoint of the step is written."""
+  """Raised after a stop signal (`StopRequest`) once a checkpoint of the step is written."""
 
   def __init__(self, message: str, signal_name: str):
     super().__init__(message)
@@ -197,31 +198,6 @@ def extra_metrics(result: dict) -> dict[str, float]:
           if key not in ('loss', 'ppl') and result.get(key) is not None}
 
 
-class _StopRequest:
-  """Turns SIGTERM, SIGINT and SIGUSR2 into a flag that the loop checks once per step.
-
-  SIGUSR2 is what SLURM sends before a time limit when asked (`sbatch --signal=USR2@120`,
-  and submitit's jobs, factorized/sweeps/launcher.py).
-  """
-
-  def __init__(self):
-    self.signal_name = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signal_name = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
 class _Throughput:
   """Tokens per second between host syncs (metric reads, evaluations, checkpoints).
 
@@ -269,29 +245,32 @@ def _check_finite(step: int, metrics: dict, checkpointer: checkpointing.Checkpoi
 
 
 def train_and_evaluate(
-    config: Spec, workdir: str, *, mesh: Mesh | None = None
+    config: Spec, workdir: str, *, mesh: Mesh | None = None, stop: StopRequest | None = None
 ) -> dict:
   """Trains (or resumes) the run in `workdir` to `train.num_steps`; returns its summary.
 
-  However it ends (finished, interrupted, non-finite loss), pending checkpoint writes
-  complete and the event file is closed before this returns or raises.
+  `stop`: a StopRequest the caller entered before this (a sweep point's job does, as it
+  starts); by default one is entered here, before anything is set up. However it ends
+  (finished, interrupted, non-finite loss), pending checkpoint writes complete and the event
+  file is closed before this returns or raises.
   """
   _require_spec(config)
-  compile_cache.enable(config.data)  # before anything compiles: a restart reuses the steps
-  resuming = parallel.primary_first(
-      lambda: workdir_lib.prepare_workdir(workdir, config), 'prepare_workdir')
-  run = build_run(config, workdir, mesh=mesh)
-  checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  writer = MetricWriter(workdir)
-  try:
-    return _fit(run, workdir, checkpointer, writer, resuming)
-  finally:
-    checkpointer.close()  # waits for asynchronous saves
-    writer.close()
+  with contextlib.nullcontext(stop) if stop is not None else StopRequest() as stop:
+    compile_cache.enable(config.data)  # before anything compiles: a restart reuses the steps
+    resuming = parallel.primary_first(
+        lambda: workdir_lib.prepare_workdir(workdir, config), 'prepare_workdir')
+    run = build_run(config, workdir, mesh=mesh)
+    checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    writer = MetricWriter(workdir)
+    try:
+      return _fit(run, workdir, checkpointer, writer, resuming, stop)
+    finally:
+      checkpointer.close()  # waits for asynchronous saves
+      writer.close()
 
 
 def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
-         writer: MetricWriter, resuming: bool) -> dict:
+         writer: MetricWriter, resuming: bool, stop: StopRequest) -> dict:
   config = run.config
   train_cfg, vocab_size = config.train, run.corpus.vocab_size
   batches = run.train_batches()
@@ -342,7 +321,7 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
   bar = tqdm.tqdm(total=train_cfg.num_steps, initial=start_step, unit='step', dynamic_ncols=True,
                   disable=jax.process_index() != 0)
   pending = None  # (step, device metrics) of the step dispatched before this one
-  with _StopRequest() as stop, bar:
+  with bar:
     for step in range(start_step + 1, train_cfg.num_steps + 1):
       batch = parallel.global_batch(next(batches), run.mesh)
       state, metrics = train_step(state, batch)
