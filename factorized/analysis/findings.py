@@ -96,6 +96,12 @@ def compare(a: float, seeds_a: int, b: float, seeds_b: int, std: float) -> str:
   return text + (f', within seed noise ±{threshold:.1f}' if abs(a - b) <= threshold else '')
 
 
+def _versus(row: pd.Series, other: pd.Series, std: float) -> str:
+  """compare() of two aggregated points' test perplexity, each with its seed count."""
+  return compare(row['test_ppl_mean'], row['seeds'], other['test_ppl_mean'], other['seeds'],
+                 std)
+
+
 def _pick(groups: pd.DataFrame, kind: str, head: str = 'tied', rank=None) -> pd.Series | None:
   chosen = groups[(groups['kind'] == kind) & (groups['head'] == head)]
   chosen = chosen[chosen['rank'].isna()] if rank is None else chosen[chosen['rank'] == rank]
@@ -254,8 +260,7 @@ def _against_scratch(groups: pd.DataFrame, posthoc: pd.DataFrame, kind: str, sub
     row, scratch = _pick(groups, kind, rank=rank), _pick(groups, 'svd', rank=rank)
     if row is None or scratch is None:
       continue
-    gap = compare(row['test_ppl_mean'], row['seeds'], scratch['test_ppl_mean'],
-                  scratch['seeds'], std)
+    gap = _versus(row, scratch, std)
     (better if row['test_ppl_mean'] < scratch['test_ppl_mean'] else worse).append(
         f'{rank} ({gap})')
   if not better and not worse:
@@ -285,8 +290,7 @@ def _heads(groups: pd.DataFrame) -> list[str]:
                  + f' | {int(row["vocab_params"]):,} | {_mean_std(row)} |')
     if tied is not None:
       name = row['kind'] + ('' if rank is None else f' {rank}')
-      gap = compare(row['test_ppl_mean'], row['seeds'], tied['test_ppl_mean'], tied['seeds'],
-                    pooled_std(groups))
+      gap = _versus(row, tied, pooled_std(groups))
       gaps.append(f'{name} {gap} for {int(row["vocab_params"] - tied["vocab_params"]):,} more '
                   'parameters')
   if gaps:
@@ -345,8 +349,7 @@ def _tuned(table: pd.DataFrame, groups: pd.DataFrame) -> list[str]:
   for _, row in chosen.iterrows():
     rank = None if pd.isna(row['rank']) else int(row['rank'])
     grid = _pick(groups, row['kind'], row['head'], rank)
-    gap = '' if row['kind'] == 'dense' and row['head'] == 'tied' else compare(
-        row['test_ppl_mean'], row['seeds'], dense['test_ppl_mean'], dense['seeds'], std)
+    gap = '' if row['kind'] == 'dense' and row['head'] == 'tied' else _versus(row, dense, std)
     lines.append(f'| {row["kind"]} | {row["head"]} | {"" if rank is None else rank} | '
                  f'{row[sweep_table.TUNED]:g} | {row["tried"]} | {_mean_std(row)} | '
                  f'{_mean_std(grid) if grid is not None else "-"} | {gap} |')
@@ -386,8 +389,7 @@ def _longer(table: pd.DataFrame, dense: pd.Series) -> list[str]:
         cells.append('-')
         continue
       point = point.iloc[0]
-      gap = compare(point['test_ppl_mean'], point['seeds'], base['test_ppl_mean'],
-                    base['seeds'], std)
+      gap = _versus(point, base, std)
       cells.append(f'{_mean_std(point)} ({gap})')
     lines.append(f'| {kind} | {"" if pd.isna(rank) else int(rank)} | ' + ' | '.join(cells)
                  + ' |')
@@ -466,8 +468,7 @@ def _split(groups: pd.DataFrame, dense: pd.Series, root: pathlib.Path) -> list[s
            '| input | head | vocab params | of dense | seeds | valid ppl | test ppl | vs dense |',
            '|---|---|---:|---:|---:|---:|---:|---|']
   for _, row in near.iterrows():
-    versus = compare(row['test_ppl_mean'], row['seeds'], dense['test_ppl_mean'],
-                     dense['seeds'], std)
+    versus = _versus(row, dense, std)
     lines.append(f'| {_point(row)} | {sweep_table.head_label(row)} | '
                  f'{int(row["vocab_params"]):,} | '
                  f'{row["vocab_params"] / dense["vocab_params"]:.1%} | {row["seeds"]} | '
@@ -475,8 +476,7 @@ def _split(groups: pd.DataFrame, dense: pd.Series, root: pathlib.Path) -> list[s
   tied, split = near[near['head'] == 'tied'], near[near['head'] == 'untied']
   if not tied.empty and not split.empty:
     best_tied, best_split = tied.iloc[0], split.iloc[0]
-    versus = compare(best_split['test_ppl_mean'], best_split['seeds'],
-                     best_tied['test_ppl_mean'], best_tied['seeds'], std)
+    versus = _versus(best_split, best_tied, std)
     lines += ['', f'- Best split by valid perplexity: input {_point(best_split)}, head '
               f'{sweep_table.head_label(best_split)}: test {_mean_std(best_split)}, {versus} '
               f'against the best tied point there ({_point(best_tied)}, '
@@ -486,15 +486,13 @@ def _split(groups: pd.DataFrame, dense: pd.Series, root: pathlib.Path) -> list[s
         <= BUDGET_SLACK * best_split['vocab_params'])]
     if not same.empty:
       whole = same.iloc[0]
-      versus = compare(best_split['test_ppl_mean'], best_split['seeds'],
-                       whole['test_ppl_mean'], whole['seeds'], std)
+      versus = _versus(best_split, whole, std)
       lines.append(f'- Against the same budget in one tied {whole["kind"]} table '
                    f'({_point(whole)}, {int(whole["vocab_params"]):,} vocab params, '
                    f'{_mean_std(whole)}): {versus}.')
     others = []
     for _, row in split.iloc[1:].iterrows():
-      versus = compare(best_split['test_ppl_mean'], best_split['seeds'], row['test_ppl_mean'],
-                       row['seeds'], std)
+      versus = _versus(best_split, row, std)
       others.append(f'{_point(row)} + {sweep_table.head_label(row).removeprefix("untied ")} '
                     f'({_mean_std(row)}): {versus}')
     if others:
@@ -516,8 +514,7 @@ def _head_map(groups: pd.DataFrame, root: pathlib.Path) -> list[str]:
 
   def change(low: pd.Series, high: pd.Series) -> str:
     return (f'{_mean_std(low)} → {_mean_std(high)} ('
-            + compare(high['test_ppl_mean'], high['seeds'], low['test_ppl_mean'], low['seeds'],
-                      std) + ')')
+            + _versus(high, low, std) + ')')
 
   lines = []
   for (kind, head_kind), cells in own.groupby(['kind', 'head_kind'], sort=False):
@@ -539,8 +536,7 @@ def _head_map(groups: pd.DataFrame, root: pathlib.Path) -> list[str]:
       for (rank, head_rank), row in sorted(by_ranks.items()):
         mirror = by_ranks.get((head_rank, rank))
         if rank < head_rank and mirror is not None:
-          versus = compare(row['test_ppl_mean'], row['seeds'], mirror['test_ppl_mean'],
-                           mirror['seeds'], std)
+          versus = _versus(row, mirror, std)
           mirrors.append(f'{kind} {rank} + {head_kind} {head_rank} ({_mean_std(row)}) against '
                          f'{kind} {head_rank} + {head_kind} {rank} ({_mean_std(mirror)}): {versus}')
       if mirrors:
@@ -630,8 +626,7 @@ def render_headline(sweep_dir: str | pathlib.Path) -> str:
       continue
     row = points.loc[(points['vocab_params'].astype(float) - budget).abs().idxmin()]
     rank = None if pd.isna(row['rank']) else int(row['rank'])
-    versus = compare(row['test_ppl_mean'], row['seeds'], dense['test_ppl_mean'],
-                     dense['seeds'], std)
+    versus = _versus(row, dense, std)
     cells = [kind, '' if rank is None else rank, f'{int(row["vocab_params"]):,}',
              f'{row["vocab_params"] / dense["vocab_params"]:.0%}', row['seeds'],
              _mean_std(row), versus]
@@ -662,8 +657,7 @@ def _at_tuned(row: pd.Series | None, dense: pd.Series | None, std: float) -> str
   text = f'{row[sweep_table.TUNED]:g}{edge}: {_mean_std(row)}'
   if dense is None:
     return text
-  versus = compare(row['test_ppl_mean'], row['seeds'], dense['test_ppl_mean'], dense['seeds'],
-                   std)
+  versus = _versus(row, dense, std)
   return f'{text} ({versus})'
 
 

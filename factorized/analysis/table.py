@@ -262,11 +262,11 @@ def _valid_on_common_seeds(runs: pd.DataFrame, points: pd.DataFrame,
                            keys: list[str]) -> pd.Series:
   """Per aggregated point (index of `points`), the mean best-valid perplexity of its runs
   over the seeds every point has (all seeds where they share none)."""
-  seeds = {index: runs.loc[_matching(runs, point, [*keys, TUNED])] for index, point in
-           points.iterrows()}
-  common = set.intersection(*(set(r['seed'].dropna()) for r in seeds.values()))
+  point_runs = {index: runs.loc[_matching(runs, point, [*keys, TUNED])] for index, point in
+                points.iterrows()}
+  common = set.intersection(*(set(r['seed'].dropna()) for r in point_runs.values()))
   valid = {index: r.loc[r['seed'].isin(common), 'best_valid_ppl'] if common
-           else r['best_valid_ppl'] for index, r in seeds.items()}
+           else r['best_valid_ppl'] for index, r in point_runs.items()}
   return pd.Series({index: v.astype(float).mean() for index, v in valid.items()})
 
 
