@@ -289,6 +289,22 @@ def test_tuned_rows_choose_by_valid_perplexity_never_by_test(tmp_path):
   assert by_params.count('| dense |') == 1 and '| 80.00 |' not in by_params
 
 
+def test_the_tuning_plot_draws_each_curve_at_its_tuned_rows_other_swept_fields(tmp_path):
+  # dense at three rates (1,500 steps) and at 3e-3 for 3,000 steps: the longer run is on
+  # no learning-rate curve.
+  from factorized.analysis import plots
+
+  for lr, valid in ((1.5e-3, 52.0), (3e-3, 50.0), (6e-3, 55.0)):
+    fake_run(tmp_path, f'dense_lr{lr}', 'dense', 16, valid=valid, lr=lr)
+  fake_run(tmp_path, 'dense_num_steps3000', 'dense', 16, valid=40.0, num_steps=3000)
+  figure = plots.plot_tuning(sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0]))
+  ax = figure.axes[0]
+  curves = [line for line in ax.get_lines() if len(line.get_xdata()) > 1]
+  assert {(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in curves} == {
+      ((1.5e-3, 3e-3, 6e-3), (52.0, 50.0, 55.0))}
+  assert ax.get_legend_handles_labels()[1] == ['dense']
+
+
 def test_a_sweep_with_no_finished_point_has_an_empty_table_and_reports(tmp_path):
   assert list(sweep_table.rows_table([]).columns) == [*sweep_table.COLUMNS, 'series']
   assert sweep_report.write_reports(tmp_path).startswith('Mean ± standard deviation')

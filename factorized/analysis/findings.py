@@ -331,7 +331,7 @@ def _bands(groups: pd.DataFrame, dense: pd.Series) -> list[str]:
   return lines + ([''] + [f'- {f}.' for f in findings] if findings else [])
 
 
-def _tuned(table: pd.DataFrame, groups: pd.DataFrame) -> list[str]:
+def _tuned(table: pd.DataFrame, groups: pd.DataFrame, root: pathlib.Path) -> list[str]:
   """The tuned learning rates (sweep_table.tuned), where several were run, each against dense
   at its own tuned rate (or the grid's, where dense has none) with the noise test."""
   chosen = sweep_table.tuned(table)
@@ -358,6 +358,9 @@ def _tuned(table: pd.DataFrame, groups: pd.DataFrame) -> list[str]:
   if edges:
     lines += ['', f'- The best rate is at the edge of those tried for {", ".join(edges)}: '
               'the range should widen there.']
+  if (root / sweep_report.TUNING_PNG_FILE).exists():
+    lines += ['', f'![best valid perplexity against the learning rate]'
+              f'({sweep_report.TUNING_PNG_FILE})']
   return lines + ['']
 
 
@@ -582,7 +585,7 @@ def render(sweep_dir: str | pathlib.Path) -> str:
       '**Tied against untied output heads** (the softmax bottleneck: an untied head keeps a '
       'full-rank D×V output layer whatever the input rank):', '', *_heads(groups), '',
       *_split(every, dense, root), *_head_map(every, root),
-      *_tuned(table, groups), *_longer(table, dense), *_bands(groups, dense), '',
+      *_tuned(table, groups, root), *_longer(table, dense), *_bands(groups, dense), '',
       *_improving(root, base), '', *_machine(root, table)]
   return '\n'.join(sections) + '\n'
 
@@ -635,8 +638,9 @@ def render_headline(sweep_dir: str | pathlib.Path) -> str:
                              dense if tuned_dense is None else tuned_dense, std))
     lines.append(_cells(cells))
   if tuned is not None:
-    lines += ['', 'Tuned: the rate of lowest best-valid perplexity among those tried (edge: the '
-              'lowest or highest tried, so a wider range may do better).']
+    lines += ['', 'Tuned: the rate of lowest best-valid perplexity among those tried'
+              + (' (edge: the lowest or highest tried, so a wider range may do better).'
+                 if tuned['at_edge'].any() else ', each inside the range tried.')]
   lines += ['', f'The full findings, every point and the commands: '
             f'[{root.as_posix()}/{FINDINGS_FILE}]({root.as_posix()}/{FINDINGS_FILE}).', '', END]
   return '\n'.join(lines) + '\n'

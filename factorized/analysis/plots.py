@@ -156,11 +156,16 @@ def plot_tuning(table: pd.DataFrame, field: str = sweep_table.TUNED) -> Figure:
   groups = sweep_table.aggregate(table[table['kind'].isin(embeddings.KINDS)])
   chosen = sweep_table.tuned(table)
   fig, (ax,) = _figure(1, width=6.0)
+  # A curve's points agree with its tuned row on everything but `field` (kind, head, rank
+  # and any other swept field: a 3,000-step point is not on the 1,500-step curve).
+  others = [c for c in sweep_table.swept_columns(groups) if c != field and c in chosen.columns]
+  differ = [c for c in others if chosen[c].map(repr).nunique() > 1]  # named in the labels
   for _, best in chosen.iterrows():
-    same = (groups['kind'] == best['kind']) & (groups['head'] == best['head'])
-    same &= groups['rank'].isna() if pd.isna(best['rank']) else groups['rank'] == best['rank']
-    rows = groups[same].sort_values(field)
-    label = best['series'] + ('' if pd.isna(best['rank']) else f' {best["rank"]}')
+    rows = groups[sweep_table.matching(groups, best, [*sweep_table.GROUP, *others])]
+    rows = rows.sort_values(field)
+    label = best['series'] + ('' if pd.isna(best['rank']) else f' {int(best["rank"])}')
+    label += ''.join(f', {c} {best[c]:g}' if isinstance(best[c], float) else f', {c} {best[c]}'
+                     for c in differ)
     _error_bars(ax, rows, field, 'best_valid_ppl', label=label, **_style(best['series']))
     ax.scatter([best[field]], [best['best_valid_ppl_mean']], s=80, facecolors='none',
                edgecolors='black', zorder=4)

@@ -262,7 +262,7 @@ def _valid_on_common_seeds(runs: pd.DataFrame, points: pd.DataFrame,
                            keys: list[str]) -> pd.Series:
   """Per aggregated point (index of `points`), the mean best-valid perplexity of its runs
   over the seeds every point has (all seeds where they share none)."""
-  point_runs = {index: runs.loc[_matching(runs, point, [*keys, TUNED])] for index, point in
+  point_runs = {index: runs.loc[matching(runs, point, [*keys, TUNED])] for index, point in
                 points.iterrows()}
   common = set.intersection(*(set(r['seed'].dropna()) for r in point_runs.values()))
   valid = {index: r.loc[r['seed'].isin(common), 'best_valid_ppl'] if common
@@ -270,7 +270,7 @@ def _valid_on_common_seeds(runs: pd.DataFrame, points: pd.DataFrame,
   return pd.Series({index: v.astype(float).mean() for index, v in valid.items()})
 
 
-def _matching(frame: pd.DataFrame, row: pd.Series, columns: list[str]) -> pd.Series:
+def matching(frame: pd.DataFrame, row: pd.Series, columns: list[str]) -> pd.Series:
   """The rows of `frame` equal to `row` on `columns` (NaN equal to NaN)."""
   keep = pd.Series(True, index=frame.index)
   for column in columns:
