@@ -101,6 +101,8 @@ def test_tuned_learning_rates_and_longer_training_are_read_with_the_noise_test(s
   fake_run(sweep_dir, 'dense_num_steps3000_seed0', 'dense', 16, test=95.0, num_steps=3000)
   fake_run(sweep_dir, 'svd_rank16_num_steps3000_seed0', 'svd', 16, test=96.0,
            num_steps=3000)
+  fake_run(sweep_dir, 'albert_rank8_num_steps3000_seed0', 'albert', 8, test=100.0,
+           num_steps=3000, best_step=2500)
   text = findings.render(sweep_dir)
   assert '| svd | tied | 16 | 1 | 17,040 | 103.0 | +1.0% |' in text  # the grid's point
   # Dense's rate is chosen on valid (3e-3: 50 against 55), though 6e-3 tests better; svd 16
@@ -120,6 +122,12 @@ def test_tuned_learning_rates_and_longer_training_are_read_with_the_noise_test(s
   # svd 16 against dense: 103 vs 102 (3 seeds) at 1,500 steps; 96 vs 95 (1 vs 1) at 3,000.
   assert ('| svd | 16 | 103.0 (+1.0%, within seed noise ±4.6) | 96.0 (+1.1%, within seed '
           'noise ±5.7) |') in text
+  # Whether the gap moved: its change against 2 s sqrt(1/1 + 1/3 + 1/1 + 1/1) = 7.3. svd 16
+  # stays 1.0 behind; albert 8 goes from 38.0 (140 against 102) to 5.0 (100 against 95).
+  assert ('- The gap to dense in test perplexity from 1500 to 3000 steps: albert 8 +38.0 → '
+          '+5.0 (-33.0); svd 16 +1.0 → +1.0 (+0.0, within seed noise ±7.3).') in text
+  assert ('- Still improving at step 3000 (best valid perplexity at the last evaluation): 2 of '
+          '3: dense_num_steps3000_seed0, svd_rank16_num_steps3000_seed0.') in text
 
 
 def test_replace_section_keeps_the_rest_of_the_readme(sweep_dir):

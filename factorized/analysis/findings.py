@@ -364,8 +364,11 @@ def _tuned(table: pd.DataFrame, groups: pd.DataFrame, root: pathlib.Path) -> lis
   return lines + ['']
 
 
-def _longer(table: pd.DataFrame, dense: pd.Series) -> list[str]:
-  """The gap to dense after more steps (a swept train.num_steps), per kind and rank."""
+def _longer(table: pd.DataFrame, root: pathlib.Path) -> list[str]:
+  """The gap to dense after more steps (a swept train.num_steps), per kind and rank: the
+  table, whether the gap moved (the change of the perplexity gap against its own seed
+  noise, 2 s sqrt of the four sides' 1/n summed) and which of the longest runs were still
+  improving."""
   if 'num_steps' not in table.columns:
     return []
   groups = sweep_table.aggregate(table)
@@ -381,28 +384,48 @@ def _longer(table: pd.DataFrame, dense: pd.Series) -> list[str]:
            '', '| kind | rank | ' + ' | '.join(f'{n} steps' for n in steps) + ' |',
            '|---|---:|' + '---:|' * len(steps)]
   dense_at = {n: _pick(groups[groups['num_steps'] == n], 'dense') for n in steps}
+  moves = []
   for (kind, rank), points in groups.groupby(['kind', 'rank'], dropna=False, sort=False):
     if kind == 'dense' or _derived(kind) or len(points) < 2:
       continue
-    cells = []
+    cells, at = [], {}
     for n in steps:
       point = points[points['num_steps'] == n]
       base = dense_at[n]
       if point.empty or base is None:
         cells.append('-')
         continue
-      point = point.iloc[0]
-      gap = _versus(point, base, std)
-      cells.append(f'{_mean_std(point)} ({gap})')
+      at[n] = (point.iloc[0], base)
+      cells.append(f'{_mean_std(point.iloc[0])} ({_versus(point.iloc[0], base, std)})')
     lines.append(f'| {kind} | {"" if pd.isna(rank) else int(rank)} | ' + ' | '.join(cells)
                  + ' |')
+    if steps[0] in at and steps[-1] in at:
+      (first, first_dense), (last, last_dense) = at[steps[0]], at[steps[-1]]
+      before = first['test_ppl_mean'] - first_dense['test_ppl_mean']
+      after = last['test_ppl_mean'] - last_dense['test_ppl_mean']
+      threshold = 2 * std * math.sqrt(sum(1 / row['seeds'] for row in (
+          first, first_dense, last, last_dense)))
+      verdict = (f', within seed noise ±{threshold:.1f}' if abs(after - before) <= threshold
+                 else '' if math.isfinite(threshold) else ', untested for seed noise')
+      moves.append(f'{_point(first)} {before:+.1f} → {after:+.1f} ({after - before:+.1f}'
+                   f'{verdict})')
+  if moves:
+    lines += ['', f'- The gap to dense in test perplexity from {steps[0]} to {steps[-1]} steps: '
+              + '; '.join(moves) + '.']
+  longest = table[(table['num_steps'] == steps[-1]) & table['kind'].isin(embeddings.KINDS)]
+  still, total = _still_improving(root, longest['run'].unique())
+  if total:
+    lines.append(f'- Still improving at step {steps[-1]} (best valid perplexity at the last '
+                 f'evaluation): ' + (f'{len(still)} of {total}: {", ".join(still)}.' if still
+                                     else f'none of the {total}.'))
   return lines + ['']
 
 
-def _improving(sweep_dir: pathlib.Path, table: pd.DataFrame) -> list[str]:
-  """Which trained points had their best valid perplexity at their last evaluation."""
+def _still_improving(sweep_dir: pathlib.Path, runs) -> tuple[list[str], int]:
+  """(the runs of `runs` whose best valid perplexity came at their last evaluation, how many
+  of `runs` have a summary.json)."""
   still, total = [], 0
-  for run in table[table['kind'].isin(embeddings.KINDS)]['run'].unique():
+  for run in runs:
     path = sweep_dir / run / 'summary.json'
     if not path.exists():
       continue
@@ -410,6 +433,13 @@ def _improving(sweep_dir: pathlib.Path, table: pd.DataFrame) -> list[str]:
     total += 1
     if summary.get('best_step') is not None and summary['best_step'] == summary.get('steps'):
       still.append(run)
+  return still, total
+
+
+def _improving(sweep_dir: pathlib.Path, table: pd.DataFrame) -> list[str]:
+  """Which trained points had their best valid perplexity at their last evaluation."""
+  still, total = _still_improving(sweep_dir,
+                                  table[table['kind'].isin(embeddings.KINDS)]['run'].unique())
   if not total:
     return []
   if not still:
@@ -585,7 +615,7 @@ def render(sweep_dir: str | pathlib.Path) -> str:
       '**Tied against untied output heads** (the softmax bottleneck: an untied head keeps a '
       'full-rank D×V output layer whatever the input rank):', '', *_heads(groups), '',
       *_split(every, dense, root), *_head_map(every, root),
-      *_tuned(table, groups, root), *_longer(table, dense), *_bands(groups, dense), '',
+      *_tuned(table, groups, root), *_longer(table, root), *_bands(groups, dense), '',
       *_improving(root, base), '', *_machine(root, table)]
   return '\n'.join(sections) + '\n'
 
