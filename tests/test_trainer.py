@@ -130,6 +130,36 @@ def test_a_stop_while_the_run_is_set_up_ends_it_at_its_first_step(tiny_config, t
   assert summary['steps'] == tiny_config.train.num_steps
 
 
+def test_a_stop_during_the_final_evaluation_ends_it_and_the_rerun_gives_the_same_summary(
+    tiny_config, tmp_path, monkeypatch):
+  """SIGTERM while the test split is evaluated stops at once (nothing is left to checkpoint);
+  no summary is written, and the same command, resuming at the last step, writes the
+  uninterrupted run's summary (the train loss of the last step included)."""
+  straight = trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'a'))
+  evaluator = trainer.Run.evaluator
+
+  def signalled_evaluator(run, split, **kwargs):
+    evaluate = evaluator(run, split, **kwargs)
+    if split != 'test':
+      return evaluate
+
+    def signalled(params):
+      os.kill(os.getpid(), signal.SIGTERM)
+      return evaluate(params)
+
+    return signalled
+
+  with monkeypatch.context() as patch:
+    patch.setattr(trainer.Run, 'evaluator', signalled_evaluator)
+    with pytest.raises(trainer.TrainingInterrupted, match='SIGTERM during the final evaluation'):
+      trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'b'))
+  assert not (tmp_path / 'b' / 'summary.json').exists()
+  resumed = trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'b'))
+  for key in ('test_ppl', 'valid_ppl', 'best_valid_ppl', 'best_step', 'train_loss', 'steps',
+              'test_bands'):
+    assert resumed[key] == straight[key], key
+
+
 def test_a_sweep_point_listens_for_a_stop_from_its_first_line(tiny_config, tmp_path,
                                                                monkeypatch):
   """A local sweep point's job stopped while it starts (before the trainer is even

@@ -16,10 +16,13 @@ class StopRequest:
   and submitit's jobs, factorized/sweeps/launcher.py). Installed before the run is set up
   (by `train_and_evaluate`, or earlier by its caller), so a signal during set-up (reading
   the corpus, compiling, restoring) stops the run at its first step instead of being lost.
+  After the loop, while nothing is left to checkpoint, `on_signal` stops the final
+  evaluation at once (TrainingInterrupted: the same command finishes it).
   """
 
   def __init__(self):
     self.signal_name = None
+    self.on_signal = None  # called with the signal's name as it arrives (it may raise)
     self._previous = {}
 
   def __enter__(self):
@@ -30,6 +33,8 @@ class StopRequest:
   def _handle(self, signum, frame):
     del frame
     self.signal_name = signal.Signals(signum).name
+    if self.on_signal is not None:
+      self.on_signal(self.signal_name)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():

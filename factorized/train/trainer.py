@@ -299,7 +299,7 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
   train_step = run.train_step()
   tokens_per_step = train_cfg.batch_size * config.data.seq_len
   start_step = int(state.step)
-  last_metrics = {'loss': math.nan}
+  last_metrics = {'loss': progress.get('train_loss', math.nan)}  # a run resumed at its end
   throughput = _Throughput(start_step, tokens_per_step)
   elapsed_before = progress['elapsed_s']
 
@@ -359,6 +359,7 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
         _check_finite(step, last_metrics, checkpointer)
         valid = evaluate(step, state.params) if do_eval else None
         progress['elapsed_s'] = elapsed_before + throughput.wall_time()
+        progress['train_loss'] = last_metrics['loss']
         checkpointer.save(step, state, {'data': batches.get_state(), 'progress': progress},
                           valid_ppl=valid['ppl'] if valid else None)
         writer.flush()
@@ -369,6 +370,25 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
             f'{checkpointer.directory}; run the same command again to resume.',
             stop.signal_name)
 
+  def stop_now(signal_name: str):
+    raise TrainingInterrupted(
+        f'{signal_name} during the final evaluation: the checkpoint of step {int(state.step)} '
+        f'is in {checkpointer.directory}; run the same command again to finish.', signal_name)
+
+  stop.on_signal = stop_now  # the last checkpoint is written: nothing to save, stop at once
+  try:
+    return _finish(run, workdir, checkpointer, writer, test_eval, state, progress,
+                   last_metrics, throughput)
+  finally:
+    stop.on_signal = None
+
+
+def _finish(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
+            writer: MetricWriter, test_eval: Evaluator, state: TrainState, progress: dict,
+            last_metrics: dict, throughput: _Throughput) -> dict:
+  """The test evaluation of the best checkpoint and the run's summary.json."""
+  config, vocab_size = run.config, run.corpus.vocab_size
+  tokens_per_step = config.train.batch_size * config.data.seq_len
   checkpointer.wait()
   best_step = checkpointer.best_step()
   best_params = state.params
