@@ -126,8 +126,10 @@ def test_tuned_learning_rates_and_longer_training_are_read_with_the_noise_test(s
   # stays 1.0 behind; albert 8 goes from 38.0 (140 against 102) to 5.0 (100 against 95).
   assert ('- The gap to dense in test perplexity from 1500 to 3000 steps: albert 8 +38.0 → '
           '+5.0 (-33.0); svd 16 +1.0 → +1.0 (+0.0, within seed noise ±7.3).') in text
-  assert ('- Still improving at step 3000 (best valid perplexity at the last evaluation): 2 of '
-          '3: dense_num_steps3000_seed0, svd_rank16_num_steps3000_seed0.') in text
+  assert '| dense | | 102.0 ± 2.0 | 95.0 |' in text
+  assert ('- Step of best valid perplexity in the 3000-step runs (the last one: still '
+          'improving): dense_num_steps3000_seed0 3000 (the last), albert_rank8_num_steps3000_seed0 '
+          '2500, svd_rank16_num_steps3000_seed0 3000 (the last).') in text
 
 
 def test_replace_section_keeps_the_rest_of_the_readme(sweep_dir):

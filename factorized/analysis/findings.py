@@ -384,6 +384,8 @@ def _longer(table: pd.DataFrame, root: pathlib.Path) -> list[str]:
            '', '| kind | rank | ' + ' | '.join(f'{n} steps' for n in steps) + ' |',
            '|---|---:|' + '---:|' * len(steps)]
   dense_at = {n: _pick(groups[groups['num_steps'] == n], 'dense') for n in steps}
+  lines.append('| dense | | ' + ' | '.join(
+      '-' if dense_at[n] is None else _mean_std(dense_at[n]) for n in steps) + ' |')
   moves = []
   for (kind, rank), points in groups.groupby(['kind', 'rank'], dropna=False, sort=False):
     if kind == 'dense' or _derived(kind) or len(points) < 2:
@@ -409,45 +411,45 @@ def _longer(table: pd.DataFrame, root: pathlib.Path) -> list[str]:
                  else '' if math.isfinite(threshold) else ', untested for seed noise')
       moves.append(f'{_point(first)} {before:+.1f} → {after:+.1f} ({after - before:+.1f}'
                    f'{verdict})')
+  lines.append('')
   if moves:
-    lines += ['', f'- The gap to dense in test perplexity from {steps[0]} to {steps[-1]} steps: '
-              + '; '.join(moves) + '.']
+    lines.append(f'- The gap to dense in test perplexity from {steps[0]} to {steps[-1]} steps: '
+                 + '; '.join(moves) + '.')
   longest = table[(table['num_steps'] == steps[-1]) & table['kind'].isin(embeddings.KINDS)]
-  still, total = _still_improving(root, longest['run'].unique())
-  if total:
-    lines.append(f'- Still improving at step {steps[-1]} (best valid perplexity at the last '
-                 f'evaluation): ' + (f'{len(still)} of {total}: {", ".join(still)}.' if still
-                                     else f'none of the {total}.'))
+  best = _best_steps(root, longest['run'].unique())
+  if best:
+    lines.append(f'- Step of best valid perplexity in the {steps[-1]}-step runs (the last one: '
+                 'still improving): ' + ', '.join(
+                     f'{run} {step}' + (' (the last)' if step == last else '')
+                     for run, (step, last) in best.items()) + '.')
   return lines + ['']
 
 
-def _still_improving(sweep_dir: pathlib.Path, runs) -> tuple[list[str], int]:
-  """(the runs of `runs` whose best valid perplexity came at their last evaluation, how many
-  of `runs` have a summary.json)."""
-  still, total = [], 0
+def _best_steps(sweep_dir: pathlib.Path, runs) -> dict[str, tuple[int, int]]:
+  """Per run of `runs` with a summary.json: (its step of best valid perplexity, its last
+  step)."""
+  best = {}
   for run in runs:
     path = sweep_dir / run / 'summary.json'
-    if not path.exists():
-      continue
-    summary = json.loads(path.read_text())
-    total += 1
-    if summary.get('best_step') is not None and summary['best_step'] == summary.get('steps'):
-      still.append(run)
-  return still, total
+    if path.exists():
+      summary = json.loads(path.read_text())
+      if summary.get('best_step') is not None:
+        best[run] = (summary['best_step'], summary.get('steps'))
+  return best
 
 
 def _improving(sweep_dir: pathlib.Path, table: pd.DataFrame) -> list[str]:
   """Which trained points had their best valid perplexity at their last evaluation."""
-  still, total = _still_improving(sweep_dir,
-                                  table[table['kind'].isin(embeddings.KINDS)]['run'].unique())
-  if not total:
+  best = _best_steps(sweep_dir, table[table['kind'].isin(embeddings.KINDS)]['run'].unique())
+  still = [run for run, (step, last) in best.items() if step == last]
+  if not best:
     return []
   if not still:
-    return [f'- No point was still improving: each of the {total} has its best valid '
+    return [f'- No point was still improving: each of the {len(best)} has its best valid '
             'perplexity before its last step.']
   return [f'- Still improving at their last step (best valid perplexity at the final '
-          f'evaluation): {len(still)} of {total} points'
-          + (': all of them.' if len(still) == total else f': {", ".join(still)}.')
+          f'evaluation): {len(still)} of {len(best)} points'
+          + (': all of them.' if len(still) == len(best) else f': {", ".join(still)}.')
           + ' Their ranking after longer training is not known from these runs alone.']
 
 
