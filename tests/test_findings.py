@@ -118,6 +118,12 @@ def test_tuned_learning_rates_and_longer_training_are_read_with_the_noise_test(s
   assert ('| svd | 16 | 17,040 | 27% | 1 | 103.0 | +1.0%, within seed noise ±4.6 | 0.006 '
           '(edge): 101.5 (-0.5%, within seed noise ±4.6) |') in headline
   assert '| albert | 8 | 8,576 | 13% | 1 | 140.0 | +37.3% | - |' in headline
+  # And each at 3,000 steps against dense at 3,000 (one seed each: threshold 5.7).
+  assert '| at 3000 steps: test ppl (vs dense at 3000) |' in headline
+  assert headline.count('| 0.003 (edge): 102.0 ± 2.0 | 95.0 |') == 1
+  assert ('(edge): 101.5 (-0.5%, within seed noise ±4.6) | 96.0 (+1.1%, within seed noise '
+          '±5.7) |') in headline
+  assert '| - | 100.0 (+5.3%, within seed noise ±5.7) |' in headline
   assert 'The best rate is at the edge of those tried for dense, svd 16' in text
   # svd 16 against dense: 103 vs 102 (3 seeds) at 1,500 steps; 96 vs 95 (1 vs 1) at 3,000.
   assert ('| svd | 16 | 103.0 (+1.0%, within seed noise ±4.6) | 96.0 (+1.1%, within seed '

@@ -364,20 +364,28 @@ def _tuned(table: pd.DataFrame, groups: pd.DataFrame, root: pathlib.Path) -> lis
   return lines + ['']
 
 
-def _longer(table: pd.DataFrame, root: pathlib.Path) -> list[str]:
-  """The gap to dense after more steps (a swept train.num_steps), per kind and rank: the
-  table, whether the gap moved (the change of the perplexity gap against its own seed
-  noise, 2 s sqrt of the four sides' 1/n summed) and which of the longest runs were still
-  improving."""
+def _by_steps(table: pd.DataFrame) -> tuple[list, pd.DataFrame] | None:
+  """(the values of a swept train.num_steps, in order; the tied points at the grid's learning
+  rate aggregated at each), or None where train.num_steps was not swept."""
   if 'num_steps' not in table.columns:
-    return []
+    return None
   groups = sweep_table.aggregate(table)
   groups = groups[groups['head'] == 'tied']
   if 'lr' in groups.columns:  # at the grid's learning rate only
     groups = groups[groups['lr'].map(repr) == table['lr'].map(repr).mode().iloc[0]]
   steps = sorted(groups['num_steps'].dropna().unique())
-  if len(steps) < 2:
+  return (steps, groups) if len(steps) > 1 else None
+
+
+def _longer(table: pd.DataFrame, root: pathlib.Path) -> list[str]:
+  """The gap to dense after more steps (a swept train.num_steps), per kind and rank: the
+  table, whether the gap moved (the change of the perplexity gap against its own seed
+  noise, 2 s sqrt of the four sides' 1/n summed) and which of the longest runs were still
+  improving."""
+  by_steps = _by_steps(table)
+  if by_steps is None:
     return []
+  steps, groups = by_steps
   std = pooled_std(groups)
   lines = [f'**Longer training** (train.num_steps {" against ".join(map(str, steps))}, '
            'everything else equal; test perplexity and the gap to dense at the same steps):',
@@ -626,7 +634,8 @@ def render_headline(sweep_dir: str | pathlib.Path) -> str:
   """The README's headline (between BEGIN and END): the perplexity-against-parameters plot
   and, per kind, its point nearest BUDGET of dense's vocabulary parameters (tied head, the
   grid's own settings), against dense with the seed-noise test; where learning rates were
-  tuned, also each point at its tuned rate against dense at dense's."""
+  tuned, also each point at its tuned rate against dense at dense's; where train.num_steps
+  was swept, each point at the most steps against dense at as many."""
   root = pathlib.Path(sweep_dir)
   table, base, groups = _tables(root)
   dense = _pick(groups, 'dense')
@@ -639,13 +648,23 @@ def render_headline(sweep_dir: str | pathlib.Path) -> str:
   tuned_dense = None if tuned is None else _pick(tuned, 'dense')
   grid_lr = f' at the grid\'s train.lr={base[sweep_table.TUNED].iloc[0]:g}' if (
       sweep_table.TUNED in base.columns) else ''
+  by_steps = _by_steps(table)
+  longest = None
+  if by_steps is not None:
+    steps, at_steps = by_steps
+    longest = at_steps[at_steps['num_steps'] == steps[-1]]
+    dense_longest = _pick(longest, 'dense')
   header = ['kind', 'rank', 'vocab params', 'of dense', 'seeds', 'test ppl', 'vs dense']
   if tuned is not None:
     header.append('at its tuned lr: lr, test ppl (vs dense at its own)')
+  if longest is not None:
+    header.append(f'at {steps[-1]} steps: test ppl (vs dense at {steps[-1]})')
   dense_cells = ['dense', '', f'{int(dense["vocab_params"]):,}', '100%', dense['seeds'],
                  _mean_std(dense), '']
   if tuned is not None:
     dense_cells.append(_at_tuned(tuned_dense, None, std))
+  if longest is not None:
+    dense_cells.append('-' if dense_longest is None else _mean_std(dense_longest))
   lines = [BEGIN, '',
            f'![test perplexity against vocabulary parameters]({root.as_posix()}/'
            f'ppl_vs_vocab_params.png)', '',
@@ -668,11 +687,18 @@ def render_headline(sweep_dir: str | pathlib.Path) -> str:
     if tuned is not None:
       cells.append(_at_tuned(_pick(tuned, kind, rank=rank),
                              dense if tuned_dense is None else tuned_dense, std))
+    if longest is not None:
+      long_row = _pick(longest, kind, rank=rank)
+      cells.append('-' if long_row is None else _mean_std(long_row) + (
+          '' if dense_longest is None else f' ({_versus(long_row, dense_longest, std)})'))
     lines.append(_cells(cells))
   if tuned is not None:
     lines += ['', 'Tuned: the rate of lowest best-valid perplexity among those tried'
               + (' (edge: the lowest or highest tried, so a wider range may do better).'
                  if tuned['at_edge'].any() else ', each inside the range tried.')]
+  if longest is not None:
+    lines += ['', f'At {steps[-1]} steps: train.num_steps={steps[-1]}, everything else as in '
+              'the grid (the findings say which of those runs were still improving).']
   lines += ['', f'The full findings, every point and the commands: '
             f'[{root.as_posix()}/{FINDINGS_FILE}]({root.as_posix()}/{FINDINGS_FILE}).', '', END]
   return '\n'.join(lines) + '\n'
