@@ -80,20 +80,24 @@ def pooled_std(groups: pd.DataFrame) -> float:
   return float((weights * seeded['test_ppl_std'] ** 2).sum() / weights.sum()) ** 0.5
 
 
-def noise_threshold(std: float, seeds_a: int, seeds_b: int) -> float:
-  """The smallest difference of two means over seeds_a and seeds_b seeds called real:
-  twice its standard error, 2 s sqrt(1/n_a + 1/n_b)."""
-  return 2 * std * math.sqrt(1 / seeds_a + 1 / seeds_b)
+def noise_threshold(std: float, *seed_counts: int) -> float:
+  """The smallest sum or difference of means over these seed counts called real: twice its
+  standard error, 2 s sqrt(1/n_a + 1/n_b) for two means (four for a change of a gap)."""
+  return 2 * std * math.sqrt(sum(1 / n for n in seed_counts))
+
+
+def _within_noise(difference: float, threshold: float) -> str:
+  """'' when `difference` is beyond `threshold`, else ', within seed noise (±T)', or
+  ', untested for seed noise' when no point has seeds (T is NaN)."""
+  if not math.isfinite(threshold):
+    return ', untested for seed noise'
+  return f', within seed noise ±{threshold:.1f}' if abs(difference) <= threshold else ''
 
 
 def compare(a: float, seeds_a: int, b: float, seeds_b: int, std: float) -> str:
   """'+3.5%' (a against b), with ', within seed noise (±T)' when |a - b| <= T, the
   noise_threshold of the two seed counts, or ', untested' when no point has seeds."""
-  text = f'{a / b - 1:+.1%}'
-  threshold = noise_threshold(std, seeds_a, seeds_b)
-  if not math.isfinite(threshold):
-    return text + ', untested for seed noise'
-  return text + (f', within seed noise ±{threshold:.1f}' if abs(a - b) <= threshold else '')
+  return f'{a / b - 1:+.1%}' + _within_noise(a - b, noise_threshold(std, seeds_a, seeds_b))
 
 
 def _versus(row: pd.Series, other: pd.Series, std: float) -> str:
@@ -413,12 +417,10 @@ def _longer(table: pd.DataFrame, root: pathlib.Path) -> list[str]:
       (first, first_dense), (last, last_dense) = at[steps[0]], at[steps[-1]]
       before = first['test_ppl_mean'] - first_dense['test_ppl_mean']
       after = last['test_ppl_mean'] - last_dense['test_ppl_mean']
-      threshold = 2 * std * math.sqrt(sum(1 / row['seeds'] for row in (
+      threshold = noise_threshold(std, *(row['seeds'] for row in (
           first, first_dense, last, last_dense)))
-      verdict = (f', within seed noise ±{threshold:.1f}' if abs(after - before) <= threshold
-                 else '' if math.isfinite(threshold) else ', untested for seed noise')
       moves.append(f'{_point(first)} {before:+.1f} → {after:+.1f} ({after - before:+.1f}'
-                   f'{verdict})')
+                   f'{_within_noise(after - before, threshold)})')
   lines.append('')
   if moves:
     lines.append(f'- The gap to dense in test perplexity from {steps[0]} to {steps[-1]} steps: '
