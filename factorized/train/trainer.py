@@ -375,39 +375,27 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
         f'{signal_name} during the final evaluation: the checkpoint of step {int(state.step)} '
         f'is in {checkpointer.directory}; run the same command again to finish.', signal_name)
 
-  stop.on_signal = stop_now  # the last checkpoint is written: nothing to save, stop at once
-  try:
-    return _finish(run, workdir, checkpointer, writer, test_eval, state, progress,
-                   last_metrics, throughput)
-  finally:
-    stop.on_signal = None
-
-
-def _finish(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
-            writer: MetricWriter, test_eval: Evaluator, state: TrainState, progress: dict,
-            last_metrics: dict, throughput: _Throughput) -> dict:
-  """The test evaluation of the best checkpoint and the run's summary.json."""
-  config, vocab_size = run.config, run.corpus.vocab_size
-  tokens_per_step = config.train.batch_size * config.data.seq_len
-  checkpointer.wait()
-  best_step = checkpointer.best_step()
-  best_params = state.params
-  if best_step is not None and best_step != int(state.step):
-    best_params = checkpointer.restore(state, step=best_step)[0].params
-  test = test_eval(best_params)
-  writer.scalars(int(state.step), {'test/loss': test['loss'], 'test/ppl': test['ppl'],
-                                   HPARAM_METRICS[1]: test['ppl'], **metric_scalars('test', test),
-                                   **band_scalars('test', test)})
-  writer.end_session()
-  summary = summary_lib.build_summary(
-      config, vocab_size,
-      valid_ppl=progress['valid_ppl'], best_valid_ppl=progress['best_valid_ppl'],
-      best_step=best_step, test_ppl=test['ppl'], test_word_ppl=test.get('word_ppl'),
-      valid_bands=progress.get('valid_bands'), test_bands=test['bands'],
-      train_loss=last_metrics['loss'], steps=int(state.step),
-      tokens_seen=int(state.step) * tokens_per_step, wall_time_s=progress['elapsed_s'],
-      tokens_per_s=throughput.steady_tokens_per_s(),
-      **{f'valid_{key}': value for key, value in progress.get('valid_metrics', {}).items()},
-      **{f'test_{key}': value for key, value in extra_metrics(test).items()})
-  summary_lib.write_summary(workdir, summary)
+  # The last checkpoint is written: nothing is left to save, so a stop ends it at once.
+  with stop.acting(stop_now):
+    checkpointer.wait()
+    best_step = checkpointer.best_step()
+    best_params = state.params
+    if best_step is not None and best_step != int(state.step):
+      best_params = checkpointer.restore(state, step=best_step)[0].params
+    test = test_eval(best_params)
+    writer.scalars(int(state.step), {'test/loss': test['loss'], 'test/ppl': test['ppl'],
+                                     HPARAM_METRICS[1]: test['ppl'], **metric_scalars('test', test),
+                                     **band_scalars('test', test)})
+    writer.end_session()
+    summary = summary_lib.build_summary(
+        config, vocab_size,
+        valid_ppl=progress['valid_ppl'], best_valid_ppl=progress['best_valid_ppl'],
+        best_step=best_step, test_ppl=test['ppl'], test_word_ppl=test.get('word_ppl'),
+        valid_bands=progress.get('valid_bands'), test_bands=test['bands'],
+        train_loss=last_metrics['loss'], steps=int(state.step),
+        tokens_seen=int(state.step) * tokens_per_step, wall_time_s=progress['elapsed_s'],
+        tokens_per_s=throughput.steady_tokens_per_s(),
+        **{f'valid_{key}': value for key, value in progress.get('valid_metrics', {}).items()},
+        **{f'test_{key}': value for key, value in extra_metrics(test).items()})
+    summary_lib.write_summary(workdir, summary)
   return summary
