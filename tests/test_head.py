@@ -47,6 +47,28 @@ def test_head_logits_equal_the_explicit_product_of_the_heads_own_parameters(head
                              rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize('head_kind,overrides', [
+    *[(kind, {}) for kind in HEAD_KINDS], ('albert', {'albert_head': 'transpose'})])
+def test_every_parameter_of_a_head_gets_a_gradient(head_kind, overrides):
+  """A head holds only what its `attend` uses (ALBERT's lookup side, P and b, is no head)."""
+  vocab, seq_len = 130, 6
+  ids_BxL = jax.random.randint(jax.random.key(3), (4, seq_len), 0, vocab)
+  counts = np.arange(vocab, 0, -1) + vocab * np.bincount(np.asarray(ids_BxL).ravel(),
+                                                         minlength=vocab)
+  config = head_model_config(head_kind, kind='svd', band_cutoffs=(vocab // 4,), **overrides)
+  model = make_lm(config, vocab, seq_len, rngs=nnx.Rngs(0), token_counts=counts)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def nll(params):
+    return loss_lib.model_nll_sum(nnx.merge(graphdef, params, rest), ids_BxL,
+                                  jnp.roll(ids_BxL, -1, 1))
+
+  head_grads = nnx.to_flat_state(jax.grad(nll)(params)['head'])
+  assert head_grads
+  for path, grad in head_grads:
+    assert np.any(np.asarray(grad[...]) != 0), (head_kind, path)
+
+
 @pytest.mark.parametrize('head_kind', embeddings.KINDS)
 def test_counts_are_the_input_plus_the_head_and_match_the_built_model(head_kind):
   vocab = 300
@@ -73,6 +95,8 @@ def test_counts_are_the_input_plus_the_head_and_match_the_built_model(head_kind)
     assert flops['output_head'] == head.flops_per_token()['tied_head']
   if head_kind == 'svd':  # U (V x R), s (R), V (R x D) at the head's own rank
     assert params['output_head'] == vocab * 12 + 12 + 12 * dim
+  if head_kind == 'albert':  # A (V x E) and ALBERT's MLM head (D x E + E, LN_E, V); no P, b
+    assert params['output_head'] == vocab * 12 + dim * 12 + 12 + 2 * 12 + vocab
 
 
 @pytest.mark.parametrize('head_kind', HEAD_KINDS)

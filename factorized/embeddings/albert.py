@@ -11,7 +11,9 @@ MLM head: LN_E's output has unit variance, so Var(logit) = E Var(A) = D sigma^2;
 head: Var(x P^T) = 1, Var(logit) = E Var(A) = D sigma^2.
 
 Parameters: V E + E D + D; the MLM head adds D E + E (dense) + 2 E (LayerNorm) + V (the
-output bias, a unigram prior the other kinds lack); the transpose head adds none. FLOPs per
+output bias, a unigram prior the other kinds lack); the transpose head adds none. An untied
+head of kind albert (`lookup=False`) holds what its head uses: A and the MLM head, or A and P
+for the transpose head; never b. FLOPs per
 token: lookup 2 E D; tied head 2 D E + 2 E V (either head). Decay: A and b, so A P + 1 b^T
 shrinks by (1 - lr wd) as a dense W does (P is not decayed); the MLM head is a head.
 Spectrum factors: [[A 1], [P; b]] (the bias is a rank-one part of the table).
@@ -36,13 +38,17 @@ class AlbertEmbedding(nnx.Module):
   TABLE_DECAY = ('A_VxE', 'b_D')  # A P + 1 b^T shrinks by (1 - lr wd), as a dense W does
 
   def __init__(self, vocab_size: int, model_dim: int, width: int, *, mlm_head: bool,
-               dtype: str, rngs: nnx.Rngs):
+               dtype: str, rngs: nnx.Rngs, lookup: bool = True):
     self.dtype = base.compute_dtype(dtype)
     self.A_VxE = nnx.Param(base.normal(rngs, (vocab_size, width), 1.0 / width))  # D sigma^2/E
-    self.P_ExD = nnx.Param(base.orthonormal_rows(rngs, width, model_dim))
-    self.b_D = nnx.Param(jnp.zeros((model_dim,), jnp.float32))
+    # Only what is used is built, so every parameter gets a gradient: a head alone
+    # (lookup=False) has no b, and with the MLM head no P.
+    if lookup or not mlm_head:
+      self.P_ExD = nnx.Param(base.orthonormal_rows(rngs, width, model_dim))
+    if lookup:
+      self.b_D = nnx.Param(jnp.zeros((model_dim,), jnp.float32))
     self.mlm_head = mlm_head
-    if self.mlm_head:  # Only built when used, so every parameter gets a gradient.
+    if self.mlm_head:
       self.mlm_dense = nnx.Linear(model_dim, width, dtype=self.dtype, rngs=rngs)
       self.mlm_norm = nnx.LayerNorm(width, dtype=self.dtype, rngs=rngs)
       self.mlm_bias_V = nnx.Param(jnp.zeros((vocab_size,), jnp.float32))
@@ -66,7 +72,8 @@ class AlbertEmbedding(nnx.Module):
     return jnp.zeros((), jnp.float32)
 
   def factors(self) -> list[jax.Array]:
-    """[[A 1], [P; b]] (Vx(E+1), (E+1)xD): the bias is a rank-one part of the table."""
+    """[[A 1], [P; b]] (Vx(E+1), (E+1)xD): the bias is a rank-one part of the table (the
+    input side's, so of an instance built with `lookup`)."""
     a_VxE, b_D = self.A_VxE[...], self.b_D[...]
     ones_Vx1 = jnp.ones((a_VxE.shape[0], 1), a_VxE.dtype)
     return [jnp.concatenate([a_VxE, ones_Vx1], 1),
@@ -97,6 +104,9 @@ class AlbertConfig(base.KindConfig):
   def param_counts(self) -> dict[str, int]:
     vocab, dim, width = self.vocab_size, self.model_dim, self.rank
     mlm = dim * width + width + 2 * width + vocab if self.mlm_head else 0
+    if not self.lookup:  # A, and P for the transpose head (the MLM head has its own D -> E)
+      return {'embedding': vocab * width + (0 if self.mlm_head else width * dim),
+              'tied_head': mlm}
     return {'embedding': vocab * width + width * dim + dim, 'tied_head': mlm}
 
   def flops_per_token(self) -> dict[str, int]:
@@ -110,4 +120,4 @@ class AlbertConfig(base.KindConfig):
       raise ValueError("dense_table initialisation needs model.embed.kind='svd' (or 'dense', "
                        "'adaptive'), not 'albert'.")
     return AlbertEmbedding(self.vocab_size, self.model_dim, self.rank, mlm_head=self.mlm_head,
-                           dtype=self.dtype, rngs=rngs)
+                           dtype=self.dtype, rngs=rngs, lookup=self.lookup)

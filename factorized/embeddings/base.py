@@ -66,6 +66,7 @@ class KindConfig(abc.ABC):
   model_dim: int
   dtype: str  # the compute dtype's name
   tied: bool  # the output head is `attend` (else model.py's untied DxV matrix)
+  lookup: bool = True  # False: an untied head's own instance, built for its `attend` alone
 
   @classmethod
   @abc.abstractmethod
@@ -75,7 +76,8 @@ class KindConfig(abc.ABC):
 
   @abc.abstractmethod
   def param_counts(self) -> dict[str, int]:
-    """{'embedding': the input side's parameters, 'tied_head': what the tied head adds}."""
+    """{'embedding': the input side's parameters, 'tied_head': what the tied head adds}; an
+    instance built as a head only (`lookup=False`) counts only what its `attend` uses."""
 
   @abc.abstractmethod
   def flops_per_token(self) -> dict[str, int]:
@@ -164,8 +166,9 @@ def _check_head(embed: Spec) -> None:
 
 def head_config(model_config: Spec, vocab_size: int) -> KindConfig | None:
   """The untied head's own kind config: model.embed.head_kind at head_rank (0: the input's
-  rank), with the input's kind fields, built as a tied instance of that kind (its `attend`
-  is the head); None for a tied head or the untied dense DxV matrix (model/transformer.py)."""
+  rank), with the input's kind fields, built as a tied instance of that kind that holds only
+  what its `attend` uses (`lookup=False`: its `attend` is the head); None for a tied head or
+  the untied dense DxV matrix (model/transformer.py)."""
   embed = model_config.embed
   _check_head(embed)
   if embed.head == 'tied' or embed.head_kind == 'dense':
@@ -176,7 +179,7 @@ def head_config(model_config: Spec, vocab_size: int) -> KindConfig | None:
   try:
     return kind(embed.head_kind).parse(
         Spec(values), vocab_size=int(vocab_size), model_dim=int(model_config.model_dim),
-        dtype=model_config.dtype, tied=True)
+        dtype=model_config.dtype, tied=True, lookup=False)
   except ValueError as error:
     raise ValueError(f'model.embed.head_kind={embed.head_kind!r}, head_rank={rank}: the head '
                      f'is {error}') from None
