@@ -74,7 +74,9 @@ def test_trained_embedding_factors_and_their_svd(dense_embedding, runs):
 
 def test_load_sweep_table_and_posthoc_svd(fake_sweep, tmp_path_factory):
   table = results.load_sweep_table(fake_sweep)
-  assert list(table.columns) == [*sweep_table.COLUMNS, 'series']
+  # A summary.csv from before the step columns: its head and method columns filled in.
+  assert list(table.columns) == [c for c in (*sweep_table.COLUMNS, 'series')
+                                 if c not in ('steps', 'best_step')]
   assert str(table['rank'].dtype) == 'Int64' and pd.isna(table.loc[0, 'rank'])
   # A summary.csv from before the head columns: a tied head is the input's, untied the DxV.
   assert list(table['head_kind'][:5]) == ['dense', 'albert', 'svd', 'svd', 'dense']
@@ -82,6 +84,11 @@ def test_load_sweep_table_and_posthoc_svd(fake_sweep, tmp_path_factory):
   assert list(table['series']) == ['dense', 'albert', 'svd', 'svd', 'svd_untied',
                                    'posthoc_svd', 'posthoc_svd', 'posthoc_svd_ft10',
                                    'posthoc_svd_ft10', 'posthoc_svd_freq']
+  # The method the kind spelled then: post-hoc (fine-tuned or not) and trained rows.
+  assert list(table['method'][3:8]) == ['trained', 'trained', 'posthoc_svd', 'posthoc_svd',
+                                        'posthoc_svd']
+  assert list(table['finetune_steps'][5:]) == [0, 0, 10, 10, 0]
+  assert table['method'].iloc[-1] == 'posthoc_svd_freq'
   assert list(results.trained_points(table)['run']) == [
       'dense', 'albert_rank4', 'svd_rank4', 'svd_rank8', 'svd_rank4_untied']
   posthoc = results.load_posthoc_svd(fake_sweep)
@@ -101,3 +108,94 @@ def test_repo_path_finds_the_repository_from_anywhere(repo_root, tmp_path, monke
   (tmp_path / 'here').mkdir()
   assert results.repo_path('here') == 'here'
   assert results.repo_path('/abs/x') == '/abs/x'
+
+
+def _patch(run_dir, **fields):
+  """Rewrites a fake run's summary.json with `fields` updated (train.* keys into its config)."""
+  path = run_dir / 'summary.json'
+  summary = json.loads(path.read_text())
+  for key, value in fields.items():
+    if key.startswith('train.'):
+      summary['config']['train'][key.removeprefix('train.')] = value
+    else:
+      summary[key] = value
+  path.write_text(json.dumps(summary))
+
+
+def _groups(losses, tokens):
+  return {name: {'loss': loss, 'ppl': float(np.exp(loss)), 'tokens': count}
+          for (name, loss), count in zip(losses.items(), tokens, strict=True)}
+
+
+BANDS = {'1-100': 3.0, '101-1000': 6.0, '1001+': 12.0, '<unk>': 2.0}
+CLASSES = {'0': 13.0, '1-3': 9.0, '4-10': 7.0, '11-100': 5.0, '101+': 3.0, '<unk>': 2.0}
+
+
+def test_per_group_columns_give_perplexity_shares_and_the_frequent_groups_pooled(tmp_path):
+  from tests.test_sweep import fake_run
+
+  fake_run(tmp_path, 'dense', 'dense', 16)
+  _patch(tmp_path / 'dense', test_bands=_groups(BANDS, (60, 20, 10, 10)),
+         test_classes=_groups(CLASSES, (5, 5, 10, 20, 50, 10)))
+  table = sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0])
+  row = table.iloc[0]
+  assert (row['method'], row['finetune_steps'], row['steps'], row['best_step']) == (
+      'trained', 0, 1500, 1500)
+  assert row['test_share@1-100'] == pytest.approx(0.6)
+  assert row['test_class_share@101+'] == pytest.approx(0.5)
+  assert row['test_class_ppl@11-100'] == pytest.approx(np.exp(5.0))
+  # Frequent bands: all but the open-ended rarest (1001+) and <unk>, by token-weighted loss.
+  assert row['test_frequent_ppl@rank1-1000'] == pytest.approx(np.exp((60 * 3 + 20 * 6) / 80))
+  # Frequent classes: 11 train occurrences or more.
+  assert row['test_frequent_ppl@count11+'] == pytest.approx(np.exp((20 * 5 + 50 * 3) / 70))
+  columns = [c for c in table.columns if '@' in c]
+  assert columns[:2] == ['test_frequent_ppl@count11+', 'test_frequent_ppl@rank1-1000']
+  assert columns[-4:] == [f'test_ppl@{band}' for band in BANDS]  # the bands last
+  groups = sweep_table.aggregate(table)
+  assert groups['test_class_ppl@0_mean'].iloc[0] == pytest.approx(np.exp(13.0))
+  assert sweep_table.swept_columns(groups) == []
+
+
+def test_post_hoc_rows_carry_their_method_fine_tuning_and_steps(tmp_path):
+  from tests.test_sweep import fake_run
+
+  fake_run(tmp_path, 'dense', 'dense', 16)
+  posthoc = {'split': 'test', 'dense_ppl': 50.0, 'head': 'tied', 'step': 1500,
+             'ppl_by_rank': {'4': 90.0}, 'params_by_rank': {'4': {'embedding': 10, 'total': 20}},
+             'finetune_steps': 300, 'finetuned_ppl_by_rank': {'4': 70.0},
+             'dense_finetuned_ppl': 49.0, 'dense_params': {'embedding': 64, 'total': 74}}
+  (tmp_path / 'dense' / 'posthoc_svd_test.json').write_text(json.dumps(posthoc))
+  table = sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0])
+  derived = table[table['method'] != 'trained']
+  assert [(r.kind, r.method, r.finetune_steps, r.steps) for r in derived.itertuples()] == [
+      ('dense_ft300', 'finetuned', 300, 1800), ('posthoc_svd', 'posthoc_svd', 0, 1500),
+      ('posthoc_svd_ft300', 'posthoc_svd', 300, 1800)]
+
+
+def test_tuned_rows_choose_over_every_swept_field_by_valid_perplexity(tmp_path):
+  from tests.test_sweep import fake_run
+
+  # svd 8 at three rates (1,500 steps), at 3e-3 for 3,000 steps and at weight decay 0.3:
+  # five configurations, not a full grid. 3,000 steps is best on valid (test says 6e-3).
+  for name, valid, test, fields in (
+      ('svd_rank8', 80.0, 85.0, {}), ('svd_rank8_lr0.0015', 90.0, 95.0, {'train.lr': 1.5e-3}),
+      ('svd_rank8_lr0.006', 75.0, 60.0, {'train.lr': 6e-3}),
+      ('svd_rank8_num_steps3000', 70.0, 75.0, {'train.num_steps': 3000, 'best_step': 2500,
+                                               'steps': 3000}),
+      ('svd_rank8_weight_decay0.3', 85.0, 90.0, {'train.weight_decay': 0.3})):
+    fake_run(tmp_path, name, 'svd', 8, valid=valid, test=test)
+    _patch(tmp_path / name, **{'train.weight_decay': 0.1, **fields})
+  table = sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0])
+  every = sweep_table.tuned(table, over=None)
+  assert len(every) == 1
+  best = every.iloc[0]
+  assert (best['lr'], best['num_steps'], best['weight_decay']) == (3e-3, 3000, 0.1)
+  assert best['configs'] == 5 and best['test_ppl_mean'] == 75.0
+  assert best['tried'] == 'lr 0.0015+0.003+0.006; num_steps 1500+3000; weight_decay 0.1+0.3'
+  assert best['edges'] == 'num_steps,weight_decay' and best['at_edge']
+  # Best valid at step 2,500 of 3,000: it had stopped improving.
+  assert best['best_step'] == '2500' and not best['best_at_last']
+  # Over train.lr alone (the default: the tuning plot's), one row per other setting tried.
+  by_lr = sweep_table.tuned(table)
+  assert [(r.lr, r.num_steps, r.configs, r.tried) for r in by_lr.itertuples()] == [
+      (6e-3, 1500, 3, '0.0015+0.003+0.006')]

@@ -114,20 +114,22 @@ def repo_path(path: str | os.PathLike) -> str:
 
 def load_sweep_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
   """The sweep's summary.csv (columns: sweep_table.COLUMNS; rank empty for dense) plus
-  `series`: the kind, `_untied` appended for an untied head (one curve per series)."""
+  `series`: the kind, `_untied` appended for an untied head (one curve per series). An
+  older summary.csv gets its head and method columns filled in, and lacks the rest."""
   path = os.path.join(sweep_dir, sweep_table.CSV_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
         f'{path} does not exist: run the sweep first (python train.py '
         f'--config=configs/rank_sweep.py --workdir={sweep_dir}), or set FACTORIZED_SWEEP_DIR.')
-  table = sweep_table.with_heads(pd.read_csv(path))  # older CSVs lack the head columns
-  return sweep_table.with_series(table.astype(sweep_table.INT_COLUMNS))
+  table = sweep_table.with_methods(sweep_table.with_heads(pd.read_csv(path)))
+  ints = {c: t for c, t in sweep_table.INT_COLUMNS.items() if c in table.columns}
+  return sweep_table.with_series(table.astype(ints))
 
 
 def trained_points(table: pd.DataFrame) -> pd.DataFrame:
   """The rows of runs trained from scratch (not the post-hoc rows of a dense run, nor its
   fine-tuned control `dense_ft<N>`)."""
-  return table[~table['kind'].str.startswith((sweep_table.POSTHOC_METHOD, 'dense_ft'))]
+  return table[table['method'] == sweep_table.TRAINED]
 
 
 def load_posthoc_svd(sweep_dir: str | os.PathLike) -> pd.DataFrame:

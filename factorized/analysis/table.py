@@ -1,6 +1,16 @@
 """A sweep's table: one row per run (and per post-hoc rank), read from the runs' summary.json
 and post-hoc JSON files, with its aggregate over seeds, its Pareto front and its tuned rows.
-report.py writes it out; results.py, plots.py and findings.py read it."""
+report.py writes it out; results.py, plots.py and findings.py read it.
+
+Per-group columns, one per frequency group of the test targets (the groups partition them):
+  test_ppl@<band>          perplexity on a frequency band (rank of the type in train frequency)
+  test_class_ppl@<class>   on a frequency class (how often the type occurs in train), where
+                           the summaries have classes (`test_classes`)
+  test_share@<band>, test_class_share@<class>   the group's fraction of the test tokens
+  test_frequent_ppl@rank1-10000   on the frequent bands pooled (every band but the open-ended
+                           rarest one and <unk>)
+  test_frequent_ppl@count11+      on the classes of at least FREQUENT_COUNT train occurrences
+"""
 
 from __future__ import annotations
 
@@ -9,6 +19,7 @@ import json
 import math
 import os
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,20 +31,35 @@ from factorized.train import workdir as workdir_lib
 
 SWEEP_RUN = 'sweep'
 CSV_FILE, AGGREGATE_FILE = 'summary.csv', 'aggregate.csv'
-COLUMNS = ('run', 'kind', 'head', 'rank', 'head_kind', 'head_rank', 'seed', 'embedding_params',
-           'vocab_params', 'total_params', 'valid_ppl', 'best_valid_ppl', 'test_ppl',
-           'tokens_per_s')
+# method: how a row was made: `trained` from scratch, a post-hoc method (posthoc_svd, ...)
+# applied to a trained dense run, or `finetuned` (that run trained further: the control);
+# finetune_steps: the steps of fine-tuning after it (0: none); steps: the training steps
+# behind the row (a post-hoc row: its parent's checkpoint step plus its fine-tuning);
+# best_step: the step of best valid perplexity (a trained run's summary.json).
+COLUMNS = ('run', 'kind', 'head', 'rank', 'head_kind', 'head_rank', 'seed', 'method',
+           'finetune_steps', 'steps', 'best_step', 'embedding_params', 'vocab_params',
+           'total_params', 'valid_ppl', 'best_valid_ppl', 'test_ppl', 'tokens_per_s')
+TRAINED, FINETUNED = 'trained', 'finetuned'  # the methods that are no post-hoc compression
 # Config fields that never make a swept column: what COLUMNS already say, and fields that
 # do not change what is computed.
 NOT_SWEPT = ('seed', 'overwrite', 'model.embed.kind', 'model.embed.rank', 'model.embed.head',
              'model.embed.head_kind', 'model.embed.head_rank', 'data.cache_dir', 'launcher.')
-TUNED = 'lr'  # the swept column the tuned rows choose (train.lr)
+TUNED = 'lr'  # the swept column the tuning plot draws (train.lr); tuned() chooses over it
 # A point: its input kind and rank, and its head: tied (head_kind, head_rank = the input's),
 # untied dense (head_kind dense, no rank) or untied of its own kind (head_kind, head_rank).
 GROUP = ('kind', 'head', 'rank', 'head_kind', 'head_rank')
+# What a row's kind and method make of it (the same for every seed of a point).
+DERIVATION = ('method', 'finetune_steps', 'steps')
 PARAMS = ('embedding_params', 'vocab_params', 'total_params')
 BAND_PREFIX = 'test_ppl@'
-INT_COLUMNS = {'rank': 'Int64', 'head_rank': 'Int64', 'seed': 'Int64'}  # empty where none
+CLASS_PREFIX = 'test_class_ppl@'
+SHARE_PREFIX = {BAND_PREFIX: 'test_share@', CLASS_PREFIX: 'test_class_share@'}
+FREQUENT_PREFIX = 'test_frequent_ppl@'
+GROUPINGS = {'test_bands': BAND_PREFIX, 'test_classes': CLASS_PREFIX}  # summary.json keys
+FREQUENT_COUNT = 11  # a class counts as frequent from this many train occurrences
+GROUP_PREFIXES = (BAND_PREFIX, CLASS_PREFIX, *SHARE_PREFIX.values(), FREQUENT_PREFIX)
+INT_COLUMNS = {'rank': 'Int64', 'head_rank': 'Int64', 'seed': 'Int64',
+               'finetune_steps': 'Int64', 'steps': 'Int64', 'best_step': 'Int64'}
 # Row order: each kind with what derives from it (dense_ft<N> after dense), post-hoc last.
 _KIND_ORDER = (*embeddings.KINDS, POSTHOC_METHOD)
 
@@ -72,7 +98,8 @@ def _summary_row(run: str, summary: dict) -> dict[str, Any]:
       'run': run, 'kind': kind, 'head': embed['head'],
       'rank': int(embed['rank']) if embeddings.ranked(kind) else None,
       'head_kind': head_kind, 'head_rank': head_rank,
-      'seed': config.get('seed'),
+      'seed': config.get('seed'), 'method': TRAINED, 'finetune_steps': 0,
+      'steps': summary.get('steps'), 'best_step': summary.get('best_step'),
       'embedding_params': params['embedding'],
       'vocab_params': params.get('vocab', params['embedding'] + params['output_head']),
       'total_params': params['total'],
@@ -82,9 +109,53 @@ def _summary_row(run: str, summary: dict) -> dict[str, Any]:
   for column in metric_extras():
     if column in summary:
       row[column] = summary[column]
-  for band, result in (summary.get('test_bands') or {}).items():
-    row[BAND_PREFIX + band] = result['ppl']
+  return {**row, **_group_columns(summary)}
+
+
+def group_lower(name: str) -> float:
+  """A frequency group's lower end: '101-1000' -> 101, '10001+' -> 10001, '0' -> 0, and
+  '<unk>' (no number) -> inf, so it sorts last."""
+  first = name.split('-')[0].rstrip('+')
+  return int(first) if first.isdigit() else math.inf
+
+
+def frequent_groups(prefix: str, names: Sequence[str]) -> tuple[str, list[str]]:
+  """(label, members): the frequent groups among one grouping's `names`. Bands (BAND_PREFIX,
+  rank in train frequency): every band but an open-ended rarest one ('10001+') and <unk>,
+  labelled 'rank1-10000'. Classes (CLASS_PREFIX, train count): those from FREQUENT_COUNT
+  occurrences on ('11-100', '101+'), labelled 'count11+'. ('', []) where none."""
+  numeric = sorted((n for n in names if math.isfinite(group_lower(n))), key=group_lower)
+  if prefix == BAND_PREFIX:
+    members = numeric[:-1] if numeric and numeric[-1].endswith('+') else numeric
+    label = f'rank{members[0].split("-")[0]}-{members[-1].split("-")[-1]}' if members else ''
+    return label, members
+  members = [n for n in numeric if group_lower(n) >= FREQUENT_COUNT]
+  return (f'count{group_lower(members[0])}+', members) if members else ('', [])
+
+
+def _group_columns(summary: dict) -> dict[str, float]:
+  """A summary's per-group columns (the module docstring): each band's and class's test
+  perplexity and share of the test tokens, and the frequent groups' pooled perplexity."""
+  row = {}
+  for key, prefix in GROUPINGS.items():
+    groups = summary.get(key) or {}
+    total = sum(result.get('tokens', 0) for result in groups.values())
+    for name, result in groups.items():
+      row[prefix + name] = result['ppl']
+      if total:
+        row[SHARE_PREFIX[prefix] + name] = result['tokens'] / total
+    label, members = frequent_groups(prefix, list(groups))
+    scored = [groups[name] for name in members if groups[name].get('tokens')]  # 0: no loss
+    tokens = sum(result['tokens'] for result in scored)
+    if tokens:  # the token-weighted mean loss of the members, as perplexity
+      loss = sum(_loss(result) * result['tokens'] for result in scored) / tokens
+      row[FREQUENT_PREFIX + label] = math.exp(loss)
   return row
+
+
+def _loss(result: dict) -> float:
+  """A group's mean loss in nats (log of its perplexity where the summary has no loss)."""
+  return float(result['loss']) if result.get('loss') is not None else math.log(result['ppl'])
 
 
 def metric_extras() -> list[str]:
@@ -106,15 +177,17 @@ def _posthoc_rows(run: str, run_dir: pathlib.Path, seed: int | None) -> list[dic
   for path in posthoc_files(run_dir):
     result = json.loads(path.read_text())
     split, method = result['split'], result.get('method', POSTHOC_METHOD)
-    series = [(method, result['ppl_by_rank'], result['params_by_rank'])]
+    # (kind, method, fine-tuning steps, ppl by rank, params by rank) of each series
+    series = [(method, method, 0, result['ppl_by_rank'], result['params_by_rank'])]
     if result.get('finetuned_ppl_by_rank'):
       steps = result['finetune_steps']
-      series.append((f'{method}_ft{steps}', result['finetuned_ppl_by_rank'],
+      series.append((f'{method}_ft{steps}', method, steps, result['finetuned_ppl_by_rank'],
                      result['params_by_rank']))
       if 'dense_finetuned_ppl' in result:
-        series.append((f'dense_ft{steps}', {None: result['dense_finetuned_ppl']},
-                       {None: result['dense_params']}))
-    for kind, ppl_by_rank, params_by_rank in series:
+        series.append((f'dense_ft{steps}', FINETUNED, steps,
+                       {None: result['dense_finetuned_ppl']}, {None: result['dense_params']}))
+    parent_step = result.get('step')  # the checkpoint compressed
+    for kind, derived, finetune, ppl_by_rank, params_by_rank in series:
       for rank, ppl in ppl_by_rank.items():
         params = params_by_rank[rank]
         tied = result['head'] == 'tied'  # the compressed table is the head too
@@ -123,7 +196,9 @@ def _posthoc_rows(run: str, run_dir: pathlib.Path, seed: int | None) -> list[dic
             'rank': None if rank is None else int(rank),
             'head_kind': kind if tied else 'dense',
             'head_rank': None if rank is None or not tied else int(rank), 'seed': seed,
-            'embedding_params': params['embedding'],
+            'method': derived, 'finetune_steps': finetune,
+            'steps': None if parent_step is None else parent_step + finetune,
+            'best_step': None, 'embedding_params': params['embedding'],
             'vocab_params': params.get('vocab', params['embedding']),
             'total_params': params['total'],
             'valid_ppl': None, 'best_valid_ppl': None, 'test_ppl': None,
@@ -197,27 +272,33 @@ def collect_rows(sweep_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
   return sorted(rows, key=_sort_key), unfinished
 
 
-def _band_order(column: str) -> float:
-  """'test_ppl@101-1000' -> 101, 'test_ppl@10001+' -> 10001, '<unk>' last."""
-  first = column.removeprefix(BAND_PREFIX).split('-')[0].rstrip('+')
-  return int(first) if first.isdigit() else math.inf
+_COLUMN_ORDER = (FREQUENT_PREFIX, CLASS_PREFIX, *SHARE_PREFIX.values(), BAND_PREFIX)
+
+
+def _group_order(column: str) -> tuple[int, float, str]:
+  """Per-group columns: frequent, classes, shares, then bands last, each by lower end
+  ('test_ppl@101-1000' after 'test_ppl@1-100', '<unk>' last)."""
+  prefix = next(p for p in _COLUMN_ORDER if column.startswith(p))
+  name = column.removeprefix(prefix)
+  return _COLUMN_ORDER.index(prefix), group_lower(name), name
 
 
 def rows_table(rows: list[dict]) -> pd.DataFrame:
-  """The per-run rows as summary.csv's frame: COLUMNS, the swept fields' columns, then band
-  columns; `series` added."""
-  bands = sorted({c for row in rows for c in row if c.startswith(BAND_PREFIX)}, key=_band_order)
+  """The per-run rows as summary.csv's frame: COLUMNS, the swept fields' columns, the
+  metrics beyond perplexity, then the per-group columns (bands last); `series` added."""
+  groups = sorted({c for row in rows for c in row if c.startswith(GROUP_PREFIXES)},
+                  key=_group_order)
   extras = [c for c in metric_extras() if any(c in row for row in rows)]
   swept = [c for row in rows for c in row
-           if c not in COLUMNS and c not in extras and not c.startswith(BAND_PREFIX)]
-  table = pd.DataFrame(rows, columns=[*COLUMNS, *dict.fromkeys(swept), *extras, *bands])
+           if c not in COLUMNS and c not in extras and not c.startswith(GROUP_PREFIXES)]
+  table = pd.DataFrame(rows, columns=[*COLUMNS, *dict.fromkeys(swept), *extras, *groups])
   return with_series(table.astype(INT_COLUMNS))
 
 
 def swept_columns(table: pd.DataFrame) -> list[str]:
   """The swept fields' columns of a per-run or aggregate table (rows_table)."""
   known = {*COLUMNS, *metric_extras(), 'series', 'seeds'}
-  return [c for c in table.columns if c not in known and not c.startswith(BAND_PREFIX)
+  return [c for c in table.columns if c not in known and not c.startswith(GROUP_PREFIXES)
           and not c.endswith(('_mean', '_std'))]
 
 
@@ -231,38 +312,71 @@ def base_rows(table: pd.DataFrame) -> pd.DataFrame:
   return table[keep]
 
 
-def tuned(table: pd.DataFrame) -> pd.DataFrame:
-  """The tuned rows: per (kind, head, rank, other swept fields) trained with several values
-  of TUNED (train.lr), the value of lowest best-valid perplexity and its test perplexity
-  (mean over all its seeds); `tried` lists the values, `at_edge` says whether the best is
-  the lowest or highest tried (then the range should widen). The values are compared on the
-  seeds every one of them has (seed 0 alone when one value has three seeds and the others
+def tuned(table: pd.DataFrame, over: Sequence[str] | None = (TUNED,)) -> pd.DataFrame:
+  """The tuned rows: per point (GROUP, and the swept fields not in `over`) trained in
+  several configurations (combinations of the swept fields in `over`; None: every swept
+  field, so per kind, head and rank), the configuration of lowest best-valid perplexity,
+  with its test perplexity (mean over all its seeds). The configurations are compared on
+  the seeds every one of them has (seed 0 alone when one has three seeds and the others
   one: like against like), or on all seeds when they share none. The test split chooses
-  nothing."""
-  columns = ['kind', 'head', 'rank', TUNED, 'tried', 'at_edge', 'seeds', 'vocab_params',
-             'best_valid_ppl_mean', 'test_ppl_mean', 'test_ppl_std', 'series']
-  runs = table[table['kind'].isin(embeddings.KINDS)]
+  nothing.
+
+  Besides the aggregate's columns: `over` (the fields chosen over, comma-joined),
+  `configs` (how many were tried), `tried` (each field's values, '+'-joined; one field:
+  the values alone), `edges` (the numeric fields whose chosen value is the lowest or
+  highest tried: a wider range may do better) and `at_edge` (any such field), `best_step`
+  (each seed's step of best valid perplexity, '/'-joined) and `best_at_last` (every seed's
+  best at its last step: still improving)."""
+  columns = ['kind', 'head', 'rank', TUNED, 'over', 'configs', 'tried', 'edges', 'at_edge',
+             'best_step', 'best_at_last', 'seeds', 'vocab_params', 'best_valid_ppl_mean',
+             'test_ppl_mean', 'test_ppl_std', 'series']
+  runs = table[table['method'] == TRAINED] if 'method' in table.columns else table
   groups = aggregate(runs)
-  if TUNED not in groups.columns:
+  swept = swept_columns(groups)
+  fields = swept if over is None else [c for c in over if c in swept]
+  if not fields:
     return pd.DataFrame(columns=columns)
-  keys = [*GROUP, *[c for c in swept_columns(groups) if c != TUNED]]
+  keys = [*GROUP, *(c for c in swept if c not in fields)]
   rows = []
   for _, points in groups.groupby(keys, dropna=False, sort=False):
     points = points[np.isfinite(points['best_valid_ppl_mean'].astype(float))]
     if len(points) < 2:
       continue
-    best = points.loc[_valid_on_common_seeds(runs, points, keys).idxmin()]
-    tried = sorted(points[TUNED])
-    rows.append({**best.to_dict(), 'tried': '+'.join(f'{v:g}' for v in tried),
-                 'at_edge': best[TUNED] in (tried[0], tried[-1])})
-  return pd.DataFrame(rows, columns=[*columns, *(c for c in keys if c not in columns)])
+    best = points.loc[_valid_on_common_seeds(runs, points, [*keys, *fields]).idxmin()]
+    values = {field: sorted(points[field].dropna().unique(), key=_sortable) for field in fields}
+    values = {field: tried for field, tried in values.items() if len(tried) > 1}
+    edges = [field for field, tried in values.items() if is_number(best[field])
+             and best[field] in (tried[0], tried[-1])]
+    chosen = runs.loc[matching(runs, best, [*keys, *fields])]
+    best_steps = chosen.sort_values('seed')['best_step']
+    at_last = (chosen['best_step'] == chosen['steps']).fillna(False)
+    rows.append({**best.to_dict(), 'over': ','.join(values), 'configs': len(points),
+                 'tried': '; '.join(_values_text(field, tried, len(values) > 1)
+                                    for field, tried in values.items()),
+                 'edges': ','.join(edges), 'at_edge': bool(edges),
+                 'best_step': '/'.join('-' if pd.isna(s) else str(int(s)) for s in best_steps),
+                 'best_at_last': bool(at_last.all())})
+  return pd.DataFrame(rows, columns=[*columns, *(c for c in [*keys, *fields]
+                                                 if c not in columns)])
+
+
+def _sortable(value) -> tuple:
+  """Numbers in order, then anything else by its text."""
+  return (0, value, '') if is_number(value) else (1, 0, repr(value))
+
+
+def _values_text(field: str, values: list, named: bool) -> str:
+  """'0.0015+0.003' (one field) or 'lr 0.0015+0.003' (`named`: several)."""
+  text = '+'.join(f'{v:g}' if is_number(v) else str(v) for v in values)
+  return f'{field} {text}' if named else text
 
 
 def _valid_on_common_seeds(runs: pd.DataFrame, points: pd.DataFrame,
                            keys: list[str]) -> pd.Series:
   """Per aggregated point (index of `points`), the mean best-valid perplexity of its runs
-  over the seeds every point has (all seeds where they share none)."""
-  point_runs = {index: runs.loc[matching(runs, point, [*keys, TUNED])] for index, point in
+  (those equal to it on `keys`) over the seeds every point has (all seeds where they share
+  none)."""
+  point_runs = {index: runs.loc[matching(runs, point, keys)] for index, point in
                 points.iterrows()}
   common = set.intersection(*(set(r['seed'].dropna()) for r in point_runs.values()))
   valid = {index: r.loc[r['seed'].isin(common), 'best_valid_ppl'] if common
@@ -293,6 +407,23 @@ def with_heads(table: pd.DataFrame) -> pd.DataFrame:
   return table
 
 
+def with_methods(table: pd.DataFrame) -> pd.DataFrame:
+  """`table` with method and finetune_steps, filled in for a summary.csv written before
+  they existed, when the kind spelled them: `posthoc_svd_ft10` is posthoc_svd fine-tuned 10
+  steps, `dense_ft10` the fine-tuned control, a kind of embeddings.KINDS trained."""
+  if 'method' in table:
+    return table
+  table = table.copy()
+  spelled = table['kind'].astype(str).str.extract(r'^(?P<base>.*?)(?:_ft(?P<steps>\d+))?$')
+  finetuned = spelled['steps'].notna()
+  method = np.where(spelled['base'].isin(embeddings.KINDS),
+                    np.where(finetuned, FINETUNED, TRAINED), spelled['base'])
+  at = list(table.columns).index('seed') + 1
+  table.insert(at, 'method', method)
+  table.insert(at + 1, 'finetune_steps', spelled['steps'].astype(float).fillna(0).astype(int))
+  return table
+
+
 def with_series(table: pd.DataFrame) -> pd.DataFrame:
   """`table` plus `series`: its kind, `_untied` appended for an untied head, and
   `_head<kind><rank>` for an untied head of its own kind (one curve each: over input rank
@@ -311,17 +442,18 @@ def with_series(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
-  """The perplexity columns of a per-run table: valid, best valid, test, then the bands'."""
+  """The metric columns of a per-run table: valid, best valid and test perplexity, the
+  other test metrics, then the per-group columns (perplexities and shares)."""
   return ['valid_ppl', 'best_valid_ppl', 'test_ppl',
           *[c for c in metric_extras() if c in table.columns],
-          *[c for c in table.columns if c.startswith(BAND_PREFIX)]]
+          *[c for c in table.columns if c.startswith(GROUP_PREFIXES)]]
 
 
 def aggregate(table: pd.DataFrame) -> pd.DataFrame:
   """One row per (kind, head, rank, swept fields) of a per-run table: `seeds`, parameter
   counts, and `<metric>_mean` / `<metric>_std` (sample std over seeds; NaN for one seed)."""
   metrics = metric_columns(table)
-  keys = [*GROUP, *swept_columns(table)]
+  keys = [*GROUP, *(c for c in DERIVATION if c in table.columns), *swept_columns(table)]
   groups = table.groupby(keys, dropna=False, sort=False)
   out = groups[list(PARAMS)].first()
   out.insert(0, 'seeds', groups.size())
