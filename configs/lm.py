@@ -50,6 +50,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # word: Bengio's Brown protocol maps words seen <= 3 times to <unk>; a corpus whose
   # protocol fixes its vocabulary (ptb, wikitext) keeps every train type.
   config.data.min_freq = 1 if protocol.fixed_vocabulary else 4
+  # word: the splits the vocabulary is counted over, train | all ('': the corpus protocol's
+  # choice, recorded in the saved config: all for Brown, as Bengio et al. counted it; train
+  # for the others, where a word of valid or test only is <unk>).
+  config.data.vocab_from = ''
   config.data.seq_len = 128
   config.data.cache_dir = ''  # '' = $FACTORIZED_CACHE_DIR or ~/.cache/factorized
 
@@ -106,6 +110,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   # Perplexity per frequency band of the target: ranks in train-split frequency (<unk> apart).
   config.eval.band_edges = (100, 1000, 10000)
+  # ... and per frequency class: how often the target's type occurs in the train split
+  # (0, 1-3, 4-10, 11-100, 101+; <unk> apart), the evidence its embedding row trained on.
+  config.eval.count_edges = (1, 4, 11, 101)
+  # Perplexity on the frequent types too (seen at least this often in train: one of the
+  # count edges), which a vocabulary protocol's rarest words cannot move.
+  config.eval.frequent_count = 11
 
   # SLURM resources of each sweep point (--sweep_launcher=slurm); see configs/common.py.
   config.launcher = common.launcher(gpus_per_task=1 if arg.gpu else 0,

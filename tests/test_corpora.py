@@ -40,6 +40,46 @@ def test_brown_protocol_split_sizes_and_vocabulary(brown_corpus):
   assert eos == [34_151, 10_052, 13_137]  # 57,340 sentences; the cuts fall inside two
 
 
+def test_brown_train_vocabulary_gives_no_valid_or_test_only_type_an_id(brown_corpus,
+                                                                        tmp_path):
+  # Bengio's protocol (the default) counts the three splits: types the train split never
+  # shows still get ids. data.vocab_from=train counts train alone, as PTB and WikiText do.
+  counts_all = data.token_counts(brown_corpus.splits['train'], brown_corpus.vocab_size)
+  assert int(np.sum(counts_all == 0)) > 800  # valid- or test-only types with an id
+  train_only = data.prepare_corpus(data_config(tmp_path, corpus='brown', min_freq=4,
+                                               vocab_from='train'))
+  counts = data.token_counts(train_only.splits['train'], train_only.vocab_size)
+  assert train_only.vocab_size < brown_corpus.vocab_size
+  assert train_only.cache_path != brown_corpus.cache_path
+  unk = 0  # <unk>; <eos> (id 1) occurs in train
+  words = np.arange(train_only.vocab_size) != unk
+  assert counts[words].min() >= 4  # every word with an id is seen >= min_freq times in train
+  for split in ('valid', 'test'):
+    assert np.isin(train_only.splits[split], np.flatnonzero(counts)).all()
+  # The same words, counted alike, give the same train ids' text.
+  decode_all, decode_train = brown_corpus.tokenizer.decode, train_only.tokenizer.decode
+  assert decode_all(brown_corpus.splits['train'][:50]).split()[:3] == (
+      decode_train(train_only.splits['train'][:50]).split()[:3])
+
+
+def test_the_saved_config_records_which_splits_the_vocabulary_counts():
+  from configs import lm
+  from factorized.config import specs
+
+  assert specs.from_config(brown.get_config()).data.vocab_from == 'all'
+  assert specs.from_config(lm.get_config('corpus=text')).data.vocab_from == 'train'
+  config = brown.get_config()
+  config.data.vocab_from = 'train'
+  assert specs.from_config(config).data.vocab_from == 'train'
+  config.data.vocab_from = 'test'
+  with pytest.raises(ValueError, match=r'^data\.vocab_from=\'test\' is not one of train\|all'):
+    specs.from_config(config)
+  # A config saved before the field existed computed the protocol's vocabulary.
+  saved = brown.get_config().to_dict()
+  del saved['data']['vocab_from']
+  assert specs.from_config(saved).data.vocab_from == 'all'
+
+
 def test_brown_first_and_last_tokens_of_each_split(brown_corpus):
   decode = brown_corpus.tokenizer.decode
   ends = {s: (decode(ids[:4]), decode(ids[-4:])) for s, ids in brown_corpus.splits.items()}

@@ -252,3 +252,17 @@ def test_frequency_bands_rank_tokens_by_train_counts_and_keep_unk_apart():
   for bad in [(100, 100), (0, 5), (), ('a',)]:
     with pytest.raises(ValueError, match='eval.band_edges='):
       data.frequency_bands(data.token_counts(train, 10), bad)
+
+
+def test_frequency_classes_count_train_occurrences_and_keep_unk_apart():
+  counts_V = np.array([20, 500, 0, 3, 1, 4, 10, 11, 100, 101])  # id 0 is <unk>
+  class_V, names = data.frequency_classes(counts_V, (1, 4, 11, 101))
+  assert names == ['0', '1-3', '4-10', '11-100', '101+', '<unk>']
+  assert list(class_V) == [5, 4, 0, 1, 1, 2, 2, 3, 3, 4]
+  assert class_V.dtype == np.int32
+  for bad in [(4, 4), (0, 5), (), (1.5,)]:
+    with pytest.raises(ValueError, match=r'^eval\.count_edges='):
+      data.frequency_classes(counts_V, bad)
+  assert data.frequent_classes((1, 4, 11, 101), 11) == ['11-100', '101+']
+  with pytest.raises(ValueError, match=r'^eval\.frequent_count=12 must be one of'):
+    data.frequent_classes((1, 4, 11, 101), 12)

@@ -43,3 +43,19 @@ def test_the_evaluator_reports_every_metric_by_name_overall_and_per_band(tiny_co
       sum(b['accuracy'] * b['tokens'] for b in bands) / valid['tokens'], valid['accuracy'])
   assert 0.0 <= summary['test_accuracy'] <= 1.0
   assert set(summary['test_bands']['1-100']) >= {'ppl', 'accuracy', 'tokens'}
+  # The frequency classes partition the split's tokens too, and their NLL adds up to the
+  # whole split's: a gap decomposes exactly into the classes' contributions.
+  for grouping in ('bands', 'classes'):
+    groups = [g for g in valid[grouping].values() if g['tokens']]
+    assert sum(g['tokens'] for g in groups) == valid['tokens']
+    np.testing.assert_allclose(sum(g['loss'] * g['tokens'] for g in groups), valid['nll_sum'],
+                               rtol=1e-6)
+  assert list(summary['test_classes']) == ['0', '1-3', '4-10', '11-100', '101+', '<unk>']
+  # The frequent types (seen >= eval.frequent_count = 11 times in train) pooled as one group.
+  frequent = [valid['classes'][name] for name in ('11-100', '101+')]
+  assert valid['frequent']['tokens'] == sum(g['tokens'] for g in frequent)
+  np.testing.assert_allclose(
+      valid['frequent']['loss'] * valid['frequent']['tokens'],
+      sum(g['loss'] * g['tokens'] for g in frequent if g['tokens']), rtol=1e-9)
+  assert summary['test_frequent']['ppl'] > 0 and summary['valid_frequent']['tokens'] > 0
+  assert summary['valid_classes'].keys() == summary['test_classes'].keys()

@@ -48,6 +48,7 @@ def validate(spec: Spec) -> Spec:
     raise ValueError(f'data.seq_len={seq_len!r} must be a positive integer.')
   optim.validate_train_config(spec.train)
   data_lib.validate_band_edges(spec.eval.band_edges)
+  data_lib.frequent_classes(spec.eval.count_edges, spec.eval.frequent_count)
   embeddings.check_choices(spec.model)
   corpora.check_vocabulary(spec.data)
   return spec

@@ -48,6 +48,11 @@ Batches (B = global batch size, B_local = B / process_count, L = data.seq_len):
   ties by id. Frequency bands (`frequency_bands`): every token id gets the band of its rank in
   that order with <unk> left out (rank 1 = most frequent): with edges (100, 1000, 10000) the
   bands are 1-100, 101-1000, 1001-10000 and 10001+, and <unk> is a band of its own.
+  Frequency classes (`frequency_classes`): every token id gets the class of its train-split
+  count: with edges (1, 4, 11, 101) the classes are 0 (a type the train split never shows:
+  with Brown's whole-corpus vocabulary, a valid- or test-only word), 1-3, 4-10, 11-100 and
+  101+ train occurrences, and <unk> is a class of its own. Bands say where a type ranks,
+  classes how much train evidence its row had.
 """
 
 from __future__ import annotations
@@ -108,6 +113,11 @@ def prepare_corpus(data_config, *, run_dir: str | None = None) -> Corpus:
   """Loads (or builds and caches) the tokenised corpus of `data_config` (config.data); with
   `run_dir`, saves or checks the run's tokenizer.json and train_counts.npy there."""
   tok_config = tokenizer_lib.tokenizer_config(data_config)
+  counted = corpora.vocab_from(data_config)
+  if tok_config['kind'] == 'word' and counted != corpora.corpus(data_config.corpus).vocab_from:
+    # Only a vocabulary counted otherwise than the corpus's protocol enters the key, so the
+    # cache entries and saved tokenizers of the protocol's own vocabulary keep their keys.
+    tok_config['vocab_from'] = counted
   seq_len = data_config.seq_len  # a positive integer (config/specs.py validated it)
   root = corpora.cache_root(data_config)
   source = corpora.load_source(data_config, root)
@@ -129,8 +139,8 @@ def prepare_corpus(data_config, *, run_dir: str | None = None) -> Corpus:
 
   corpus = _read_cache(path, data_config.corpus)
   if corpus is None:
-    corpus = _build(source, tok_config, key, path, data_config.corpus,
-                    saved[0] if saved else None)
+    corpus = _build(source, corpora.vocab_splits(data_config), tok_config, key, path,
+                    data_config.corpus, saved[0] if saved else None)
   if saved_path is not None:
     cached_text = (path / TOKENIZER_FILE).read_text(encoding='utf-8')
     if saved is None:
@@ -188,13 +198,14 @@ def _check_lengths(corpus: Corpus, seq_len: int) -> None:
                      f'train split has {train}: lower data.seq_len or add train text.')
 
 
-def _build(source: corpora.Source, tok_config: dict, key: str, path: pathlib.Path,
-           name: str, tokenizer: tokenizer_lib.Tokenizer | None) -> Corpus:
-  """Tokenises the corpus (training the tokenizer unless given) and writes the cache entry."""
+def _build(source: corpora.Source, vocab_splits: tuple[str, ...], tok_config: dict, key: str,
+           path: pathlib.Path, name: str, tokenizer: tokenizer_lib.Tokenizer | None) -> Corpus:
+  """Tokenises the corpus (training the tokenizer, a `word` one on the words of
+  `vocab_splits`, unless given) and writes the cache entry."""
   start = time.time()
   splits = source.load()
   if tokenizer is None:
-    vocab_batches = itertools.chain.from_iterable(splits[s].read() for s in source.vocab_splits)
+    vocab_batches = itertools.chain.from_iterable(splits[s].read() for s in vocab_splits)
     tokenizer = tokenizer_lib.train_tokenizer(tok_config, vocab_batches, splits['train'].read())
   encoded, words = {}, {}
   for split_name, split in splits.items():
@@ -373,14 +384,22 @@ def eval_batches(tokens: np.ndarray, *, seq_len: int, global_batch_size: int,
           for b in range(num_batches))
 
 
-def validate_band_edges(edges) -> list[int]:
-  """The band edges as a list; a ValueError naming eval.band_edges unless increasing and > 0."""
+def validate_band_edges(edges, field: str = 'eval.band_edges') -> list[int]:
+  """The edges as a list; a ValueError naming `field` unless increasing and > 0."""
   if (not isinstance(edges, (tuple, list)) or not edges
       or not all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in edges)
       or any(b <= a for a, b in itertools.pairwise([0, *edges]))):
-    raise ValueError(f'eval.band_edges={edges!r} must be increasing positive integers, e.g. '
-                     "--config.eval.band_edges='(100, 1000, 10000)'.")
+    example = '(100, 1000, 10000)' if field == 'eval.band_edges' else '(1, 4, 11, 101)'
+    raise ValueError(f'{field}={edges!r} must be increasing positive integers, e.g. '
+                     f"--config.{field}='{example}'.")
   return [int(edge) for edge in edges]
+
+
+def _range_names(edges: list[int], first: int) -> list[str]:
+  """'lo-hi' (or 'lo' alone) for each range [lo, next edge) from `first`, then 'last+'."""
+  names = [f'{lo}' if hi - 1 == lo else f'{lo}-{hi - 1}'
+           for lo, hi in itertools.pairwise([first, *edges])]
+  return [*names, f'{edges[-1]}+']
 
 
 def frequency_bands(counts_V: np.ndarray, edges: tuple[int, ...] | list[int]
@@ -393,9 +412,32 @@ def frequency_bands(counts_V: np.ndarray, edges: tuple[int, ...] | list[int]
   rank_V = np.empty(vocab_size, np.int64)
   rank_V[order_V] = np.arange(1, order_V.size + 1)
   band_V = np.searchsorted(np.asarray(edges), rank_V, side='left').astype(np.int32)
-  names = [f'{lo + 1}-{hi}' for lo, hi in itertools.pairwise([0, *edges])] + [f'{edges[-1] + 1}+']
+  names = _range_names([edge + 1 for edge in edges], 1)
   band_V[tokenizer_lib.UNK_ID] = len(names)
   return band_V, [*names, '<unk>']
+
+
+def frequency_classes(counts_V: np.ndarray, edges: tuple[int, ...] | list[int]
+                      ) -> tuple[np.ndarray, list[str]]:
+  """The frequency class of every token id (int32 V) and the classes' names: how often its
+  type occurs in the train split, cut at `edges` (eval.count_edges: (1, 4, 11, 101) gives
+  0, 1-3, 4-10, 11-100 and 101+ train occurrences); <unk> is a class of its own."""
+  edges = validate_band_edges(edges, 'eval.count_edges')
+  class_V = np.searchsorted(np.asarray(edges), np.asarray(counts_V), side='right')
+  class_V = class_V.astype(np.int32)
+  names = _range_names(edges, 0)
+  class_V[tokenizer_lib.UNK_ID] = len(names)
+  return class_V, [*names, '<unk>']
+
+
+def frequent_classes(edges: tuple[int, ...] | list[int], min_count: int) -> list[str]:
+  """The names of frequency_classes(counts, edges) whose types occur >= `min_count` times in
+  the train split (eval.frequent_count, one of the edges): the frequent types."""
+  edges = validate_band_edges(edges, 'eval.count_edges')
+  if min_count not in edges:
+    raise ValueError(f'eval.frequent_count={min_count!r} must be one of eval.count_edges '
+                     f'{tuple(edges)}, where a frequency class begins.')
+  return _range_names(edges, 0)[edges.index(min_count) + 1:]
 
 
 if __name__ == '__main__':  # an entry point: prepares and caches the corpus of a config

@@ -2,7 +2,9 @@
 
 Events go into the run's workdir itself, so a sweep directory is one logdir whose runs
 are the sweep's points. Hyper-parameters go to the HParams plugin in the same run, with
-`hparams/valid_ppl` and `hparams/test_ppl` as its metrics (written as scalars). Facts that
+`hparams/valid_ppl` and `hparams/test_ppl` as its metrics (written as scalars), and the same
+on the frequent types' tokens (`hparams/valid_frequent_ppl`, `hparams/test_frequent_ppl`:
+types seen at least eval.frequent_count times in train). Facts that
 do not change over a run (parameter counts) go to the HParams columns and a text summary,
 not to single-point scalar charts.
 """
@@ -16,7 +18,8 @@ import jax
 from tensorboardX import SummaryWriter
 from tensorboardX.summary import hparams as hparams_summaries
 
-HPARAM_METRICS = ('hparams/valid_ppl', 'hparams/test_ppl')
+HPARAM_METRICS = ('hparams/valid_ppl', 'hparams/test_ppl', 'hparams/valid_frequent_ppl',
+                  'hparams/test_frequent_ppl')
 
 
 class MetricWriter:

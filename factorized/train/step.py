@@ -158,14 +158,16 @@ def make_train_step(
   return BoundStep(jax.jit(sharded, donate_argnums=0), parts.consts)
 
 
-def make_eval_step(parts: ModelParts, mesh: Mesh, num_bands: int = 0
+def make_eval_step(parts: ModelParts, mesh: Mesh, groups: dict[str, int] | None = None
                    ) -> Callable[[nnx.State, dict, jax.Array, jax.Array], jax.Array]:
   """Returns the jitted `(params, batch, sums_NxDxKxM, index) -> sums_NxDxKxM` (sums
   donated; `eval_sums` makes them, `total_eval_sums` adds them up).
 
   Row `index` of each device's column of `sums_NxDxKxM` receives that device's sums of this
-  batch: K = 1 + num_bands, first over every target, then over the targets of each band
-  (`batch['bands']`, the band of each target, 0..num_bands-1); M = every registered metric's
+  batch: K = 1 + the groups' sizes, first over every target, then, for each grouping of the
+  vocabulary in `groups` ({'bands': 5, 'classes': 6}: name -> number of groups), over the
+  targets of each of its groups (`batch[name]`, the group of each target, 0..size-1), in the
+  order of `groups`; M = every registered metric's
   values (factorized/metrics/, `metrics()` order, nll first), then the token count.
   `batch['mask']` is 1 for real targets and 0 for padding. The step has no collective: the
   host adds the devices' sums up once, at the end, in float64. (The batches' programs
@@ -182,11 +184,11 @@ def make_eval_step(parts: ModelParts, mesh: Mesh, num_bands: int = 0
     stats = loss_lib.model_token_stats(model, batch['inputs'], batch['targets'])
     columns = [metric.per_token(stats) * mask for metric in registered] + [mask]
     sums_KxM = jnp.stack([column.sum() for column in columns])[None]
-    if num_bands:
-      in_band_BxLxK = jax.nn.one_hot(batch['bands'], num_bands, dtype=jnp.float32)
-      band_sums_KxM = jnp.stack([jnp.einsum('bl,blk->k', column, in_band_BxLxK)
-                                 for column in columns], axis=1)
-      sums_KxM = jnp.concatenate([sums_KxM, band_sums_KxM])
+    for name, size in (groups or {}).items():
+      in_group_BxLxK = jax.nn.one_hot(batch[name], size, dtype=jnp.float32)
+      group_sums_KxM = jnp.stack([jnp.einsum('bl,blk->k', column, in_group_BxLxK)
+                                  for column in columns], axis=1)
+      sums_KxM = jnp.concatenate([sums_KxM, group_sums_KxM])
     return lax.dynamic_update_slice(sums_NxDxKxM, sums_KxM[None, None], (index, 0, 0, 0))
 
   sharded = jax.shard_map(
@@ -195,10 +197,10 @@ def make_eval_step(parts: ModelParts, mesh: Mesh, num_bands: int = 0
   return BoundStep(jax.jit(sharded, donate_argnums=3), parts.consts)
 
 
-def eval_sums(num_batches: int, num_bands: int, mesh: Mesh) -> jax.Array:
-  """Zeros for make_eval_step's sums: num_batches x devices x (1 + num_bands) x (metrics +
-  1), float32, each device holding its own column."""
-  shape = (num_batches, mesh.devices.size, 1 + num_bands, len(metrics_lib.metrics()) + 1)
+def eval_sums(num_batches: int, num_groups: int, mesh: Mesh) -> jax.Array:
+  """Zeros for make_eval_step's sums: num_batches x devices x (1 + num_groups) x (metrics +
+  1), float32, each device holding its own column (num_groups: the groups' sizes added)."""
+  shape = (num_batches, mesh.devices.size, 1 + num_groups, len(metrics_lib.metrics()) + 1)
   sharding = NamedSharding(mesh, P(None, DATA_AXIS))
   return jax.make_array_from_callback(shape, sharding,
                                       lambda index: np.zeros(shape, np.float32)[index])

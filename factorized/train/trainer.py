@@ -70,14 +70,20 @@ class Run:
 
   def evaluator(self, split: str, *, stride: int | None = None) -> Evaluator:
     """The exact evaluator of `split` ('valid' or 'test'), windows every `stride` tokens
-    (default data.seq_len), with perplexity per frequency band (eval.band_edges)."""
-    bands = data_lib.frequency_bands(self.token_counts, self.config.eval.band_edges)
+    (default data.seq_len), with every metric per frequency band (eval.band_edges) and per
+    frequency class (eval.count_edges), and on the frequent types' tokens together
+    (eval.frequent_count)."""
+    groups = {'bands': data_lib.frequency_bands(self.token_counts, self.config.eval.band_edges),
+              'classes': data_lib.frequency_classes(self.token_counts,
+                                                    self.config.eval.count_edges)}
     return Evaluator(
         self.parts, self.mesh, self.corpus.splits[split],
         seq_len=self.config.data.seq_len,
         batch_size=self.config.train.eval_batch_size,
         num_words=self.corpus.words[split] if self.config.data.tokenizer == 'bpe' else None,
-        bands=bands, stride=stride)
+        groups=groups, pooled={'frequent': ('classes', data_lib.frequent_classes(
+            self.config.eval.count_edges, self.config.eval.frequent_count))},
+        stride=stride)
 
   def model(self, params: nnx.State | None = None) -> nnx.Module:
     """The NNX model holding `params` (default: the current state's)."""
@@ -178,13 +184,17 @@ def embedding_spectrum(model: nnx.Module) -> dict[str, float]:
   }
 
 
-def band_scalars(split: str, result: dict) -> dict[str, float]:
-  """TensorBoard scalars <split>_band_<metric>/<band> of an Evaluator result, for every
-  reported metric but the loss (ppl, accuracy, ...; bands with tokens; `<unk>` is tagged
-  `unk`, TensorBoard's tags allowing no angle brackets)."""
-  return {f'{split}_band_{key}/{name.strip("<>")}': band[key]
+GROUPINGS = {'bands': 'band', 'classes': 'class'}  # an Evaluator's groupings: tag word
+
+
+def group_scalars(split: str, result: dict) -> dict[str, float]:
+  """TensorBoard scalars <split>_band_<metric>/<band> and <split>_class_<metric>/<class> of
+  an Evaluator result, for every reported metric but the loss (ppl, accuracy, ...; groups
+  with tokens; `<unk>` is tagged `unk`, TensorBoard's tags allowing no angle brackets)."""
+  return {f'{split}_{word}_{key}/{name.strip("<>")}': group[key]
+          for grouping, word in GROUPINGS.items()
           for key in metrics_lib.reported_names() if key != 'loss'
-          for name, band in result['bands'].items() if band.get(key) is not None}
+          for name, group in result[grouping].items() if group.get(key) is not None}
 
 
 def metric_scalars(split: str, result: dict) -> dict[str, float]:
@@ -308,10 +318,14 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
     progress['valid_ppl'] = result['ppl']
     progress['best_valid_ppl'] = min(progress['best_valid_ppl'], result['ppl'])
     writer.scalars(step, {'valid/loss': result['loss'], 'valid/ppl': result['ppl'],
-                          HPARAM_METRICS[0]: result['ppl'], **metric_scalars('valid', result),
-                          **band_scalars('valid', result),
+                          HPARAM_METRICS[0]: result['ppl'],
+                          HPARAM_METRICS[2]: result['frequent']['ppl'],
+                          **metric_scalars('valid', result),
+                          **group_scalars('valid', result),
                           **embedding_spectrum(run.model(params))})
     progress['valid_bands'] = result['bands']
+    progress['valid_classes'] = result['classes']
+    progress['valid_frequent'] = result['frequent']
     progress['valid_metrics'] = extra_metrics(result)
     return result
 
@@ -384,14 +398,18 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
       best_params = checkpointer.restore(state, step=best_step)[0].params
     test = test_eval(best_params)
     writer.scalars(int(state.step), {'test/loss': test['loss'], 'test/ppl': test['ppl'],
-                                     HPARAM_METRICS[1]: test['ppl'], **metric_scalars('test', test),
-                                     **band_scalars('test', test)})
+                                     HPARAM_METRICS[1]: test['ppl'],
+                                     HPARAM_METRICS[3]: test['frequent']['ppl'],
+                                     **metric_scalars('test', test),
+                                     **group_scalars('test', test)})
     writer.end_session()
     summary = summary_lib.build_summary(
         config, vocab_size,
         valid_ppl=progress['valid_ppl'], best_valid_ppl=progress['best_valid_ppl'],
         best_step=best_step, test_ppl=test['ppl'], test_word_ppl=test.get('word_ppl'),
         valid_bands=progress.get('valid_bands'), test_bands=test['bands'],
+        valid_classes=progress.get('valid_classes'), test_classes=test['classes'],
+        valid_frequent=progress.get('valid_frequent'), test_frequent=test['frequent'],
         train_loss=last_metrics['loss'], steps=int(state.step),
         tokens_seen=int(state.step) * tokens_per_step, wall_time_s=progress['elapsed_s'],
         tokens_per_s=throughput.steady_tokens_per_s(),

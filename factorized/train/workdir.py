@@ -27,7 +27,8 @@ CONFIG_FILE = 'config.json'
 _IGNORED_FIELDS = ('overwrite', 'launcher.')
 # Fields added after runs were saved, with the default that computes what those runs did.
 _LATER_FIELDS = {'model.head_chunk_rows': 0, 'model.head_chunk_vocab': 0, 'model.remat': False,
-                 'model.embed.head_kind': 'dense', 'model.embed.head_rank': 0}
+                 'model.embed.head_kind': 'dense', 'model.embed.head_rank': 0,
+                 'eval.count_edges': [1, 4, 11, 101], 'eval.frequent_count': 11}
 
 
 def _field_defaults() -> dict[str, Any]:
@@ -57,7 +58,8 @@ def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
 def config_differences(saved: dict, new: dict) -> list[str]:
   """Lists 'field: saved -> new' for every field that differs (but `_IGNORED_FIELDS`; a
   field of `_field_defaults` that `saved` lacks counts as its default)."""
-  saved_flat, new_flat = {**_field_defaults(), **_flatten(saved)}, _flatten(new)
+  saved_flat = {**_field_defaults(), **_corpus_defaults(saved), **_flatten(saved)}
+  new_flat = _flatten(new)
   lines = []
   for name in sorted(set(saved_flat) | set(new_flat)):
     if name.startswith(_IGNORED_FIELDS):
@@ -68,9 +70,23 @@ def config_differences(saved: dict, new: dict) -> list[str]:
   return lines
 
 
+def _corpus_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+  """The fields whose default is the saved corpus's protocol: data.vocab_from."""
+  from factorized.data import corpora
+
+  name = saved.get('data', {}).get('corpus')
+  return {'data.vocab_from': corpora.corpus(name).vocab_from} if name in corpora.names() else {}
+
+
 def migrate(saved: dict[str, Any]) -> dict[str, Any]:
   """`saved` (plain JSON types) with every field of `_field_defaults` it lacks set to its
-  default: what a run saved before that field existed computed."""
+  default: what a run saved before that field existed computed. A field left empty for the
+  corpus's protocol to choose (data.vocab_from='') gets that choice, so a saved config
+  records it."""
+  for name, value in _corpus_defaults(saved).items():
+    section, field = name.split('.')
+    if not saved.setdefault(section, {}).get(field):
+      saved[section][field] = value
   for name, value in _field_defaults().items():
     *sections, field = name.split('.')
     tree = saved

@@ -15,8 +15,12 @@ Table 1).
      valid, the remaining 218,532 test. The cuts fall inside sentences, as in the published
      protocol, so train and valid end without an `<eos>` and valid and test begin mid-sentence.
   5. With the `word` tokenizer the vocabulary is counted over the whole corpus, as Bengio et
-     al. did: words seen <= 3 times (`data.min_freq=4`) become `<unk>`; |V| = 17,906 with the
-     two specials. (Theirs: 1,181,041 tokens, |V| = 16,383; the tokenisation differs a little.)
+     al. did (`data.vocab_from=all`, the default): words seen <= 3 times (`data.min_freq=4`)
+     become `<unk>`; |V| = 17,906 with the two specials. (Theirs: 1,181,041 tokens, |V| =
+     16,383; the tokenisation differs a little.) A word then has an id because of its valid
+     and test occurrences too, though the model never trains on it as an input.
+     `data.vocab_from=train` counts the train split alone, as PTB and WikiText do: a word
+     seen fewer than `data.min_freq` times in train, or only in valid or test, is `<unk>`.
      `bpe` is trained on the train split only.
 """
 
@@ -43,7 +47,7 @@ BROWN_PROTOCOL = 'brown-v1'
 _BROWN_MEMBER = re.compile(r'brown/c[a-r]\d\d')
 
 
-@register('brown')
+@register('brown', vocab_from='all')
 def source(data_config, root: pathlib.Path) -> Source:
   """The Brown protocol of the module docstring."""
   del data_config
@@ -101,7 +105,7 @@ def download_brown(cache_dir: pathlib.Path, *, url: str = BROWN_URL,
 def brown_source(path: pathlib.Path) -> Source:
   """The Brown protocol of the module docstring, over an already checked brown.zip."""
   fingerprint = {'corpus': 'brown', 'protocol': BROWN_PROTOCOL, 'md5': BROWN_MD5}
-  return Source(fingerprint, functools.partial(brown_splits, path), vocab_splits=SPLITS)
+  return Source(fingerprint, functools.partial(brown_splits, path))
 
 
 def brown_splits(path: pathlib.Path) -> dict[str, Split]:
