@@ -6,19 +6,30 @@ once (as the cell's value). Sweep tables are results.load_sweep_table's: one cur
 `series` (kind, `_untied` for untied heads), rank empty for kinds without one (dense),
 post-hoc rows of kind `posthoc_svd*`. Colours follow embeddings.KINDS (a new kind gets the
 next one), shades of green for post-hoc compression.
+
+A sweep's report (report.py) draws one question a figure: plot_headline (test perplexity
+against vocabulary parameters, one line per kind at the grid's settings, dense as a band),
+then what it leaves out, each on its own: plot_band_ppl (per frequency band), plot_head_map
+(untied heads), plot_posthoc (post-hoc SVD against training from scratch) and plot_tuning
+(the learning-rate curves). plot_ppl draws every series at once: the notebooks' overview.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import re
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from jax.typing import ArrayLike
+from matplotlib.colors import Normalize
+from matplotlib.container import Container
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFormatter
+from matplotlib.transforms import Bbox
 
 from factorized import embeddings
 from factorized.analysis import results
@@ -36,11 +47,25 @@ KIND_STYLES = {**{kind: _PALETTE[i % len(_PALETTE)] for i, kind in enumerate(emb
                **_POSTHOC}
 KIND_COLORS = {kind: color for kind, (color, _) in KIND_STYLES.items()}
 AXES = {'rank': 'rank', 'vocab_params': 'vocab params'}
+REFERENCE = 'dense'  # drawn as a band (mean ± sd): the perplexity the factorizations chase
+SCRATCH = 'svd'  # what post-hoc SVD is compared with: the same factorization, trained
+# The y axis of a perplexity panel stops at this multiple of dense's: a worse point is marked
+# on the top edge with its value rather than squashing every other point.
+Y_CLIP = 2.5
+# The PNGs' resolution, and the figures' own: _place_labels measures text at the dpi it is saved at.
+DPI = 120
+# Where a point's label may go (points from the point), tried in turn until one is free.
+# (x, y, horizontal alignment): right of it, left of it, above, below, further below.
+_LABEL_OFFSETS = ((4, 3, 'left'), (4, -11, 'left'), (-4, 3, 'right'), (-4, -11, 'right'),
+                  (0, 6, 'center'), (0, -17, 'center'), (4, -22, 'left'), (-4, -22, 'right'),
+                  (4, -33, 'left'), (-4, -33, 'right'))
 
 
-def _figure(panels: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[Figure, list]:
+def _figure(panels: int = 1, width: float = 5.0, height: float = 3.6,
+            **options) -> tuple[Figure, list]:
+  """A constrained-layout figure of `panels` axes side by side; `options` go to subplots."""
   fig, axes = plt.subplots(1, panels, figsize=(width * panels, height), layout='constrained',
-                           squeeze=False)
+                           squeeze=False, dpi=DPI, **options)
   plt.close(fig)
   return fig, list(axes[0])
 
@@ -79,74 +104,357 @@ def _log_axis(ax, x: str, values) -> None:
       ax.set_xticks(values)
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
-  else:
+  else:  # parameter counts: 100k, 200k, 500k, 1M, ... rather than powers of ten alone
     ax.set_xscale('log')
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(
+        lambda value, _: f'{value / 1e6:g}M' if value >= 1e6 else f'{value / 1e3:g}k'))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _error_bars(ax, rows: pd.DataFrame, x: str, column: str, **style) -> None:
   """Mean over seeds with a bar of one standard deviation where there are several seeds."""
-  std = rows[f'{column}_std'].astype(float).fillna(0.0)
-  ax.errorbar(rows[x].astype(float), rows[f'{column}_mean'].astype(float), yerr=std,
-              capsize=3, **style)
+  std = rows[f'{column}_std'].astype(float)  # NaN (one seed): no bar, no cap
+  ax.errorbar(rows[x].astype(float), rows[f'{column}_mean'].astype(float),
+              yerr=std if std.notna().any() else None, capsize=3, **style)
 
 
-def _curves(ax, groups: pd.DataFrame, x: str, column: str) -> None:
+def _legend(fig: Figure, axes: Sequence, loc: str = 'outside lower center') -> None:
+  """One legend for every panel, outside the data; a label met in several panels once."""
+  entries: dict[str, object] = {}
+  for ax in axes:
+    for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+      entries.setdefault(label, handle)
+  # The curves (error-bar containers, which matplotlib lists last) first, then the references.
+  labels = sorted(entries, key=lambda label: not isinstance(entries[label], Container))
+  if labels:
+    entry = 0.6 + 0.06 * max(map(len, labels))  # inches: the handle, then 7-point text
+    columns = max(1, min(len(labels), int(fig.get_figwidth() // entry)))
+    fig.legend([entries[label] for label in labels], labels, loc=loc, fontsize=7,
+               ncols=columns if 'center' in loc else 1, frameon=False)
+
+
+def _line_points(ax) -> np.ndarray:
+  """Display points a few pixels apart along every curve of `ax`, which a label must not
+  cover. Lines across the whole axes (dense's reference) are left out: a point next to dense
+  has no other room for its label, and a thin straight line under text stays readable."""
+  points = [np.empty((0, 2))]
+  for line in ax.get_lines():
+    if line.get_transform() is not ax.transData:  # axhline: x in axes coordinates
+      continue
+    xy = line.get_transform().transform(np.asarray(line.get_xydata(), float).reshape(-1, 2))
+    xy = xy[np.isfinite(xy).all(axis=1)]
+    if line.get_linestyle() in ('None', 'none', '', ' '):  # markers alone: no segments
+      points.append(xy)
+      continue
+    for start, end in zip(xy[:-1], xy[1:], strict=True):
+      points.append(np.linspace(start, end, int(np.hypot(*(end - start)) // 3) + 2))
+  return np.concatenate(points)
+
+
+def _place_labels(fig: Figure, panels: Sequence[tuple]) -> None:
+  """Writes each drawn point's `text` beside it, at the first of _LABEL_OFFSETS where it stays
+  inside its axes and covers no line, no marker and no label placed before; a text that fits
+  nowhere is left out, never drawn over another. `panels`: (axes, drawn frame with x, y,
+  color, text)."""
+  fig.draw_without_rendering()  # lays the figure out: display coordinates are final now
+  for ax, drawn in panels:
+    shown = drawn[drawn['x'].notna()]
+    if 'clipped' in shown:  # a value off the axis is worth more than a rank: placed first
+      shown = shown.sort_values('clipped', ascending=False, kind='stable')
+    where = ax.transData.transform(shown[['x', 'y']].to_numpy(float).reshape(-1, 2))
+    taken = [Bbox.from_bounds(px - 4, py - 4, 8, 8) for px, py in where]  # the markers
+    lines = _line_points(ax)
+    frame = ax.get_window_extent()
+    for _, row in shown.iterrows():
+      if not isinstance(row['text'], str):
+        continue
+      for dx, dy, align in _LABEL_OFFSETS:
+        text = ax.annotate(row['text'], (row['x'], row['y']), xytext=(dx, dy), fontsize=7,
+                           textcoords='offset points', color=row['color'], ha=align,
+                           annotation_clip=False)
+        text.set_in_layout(False)  # labels must not move the axes they were placed in
+        box = text.get_window_extent().padded(2)  # apart, never touching
+        inside = (frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0
+                  and box.y1 <= frame.y1)
+        # A clipped value is the only place its number shows: it may cross a line.
+        crossed = not row.get('clipped', False) and (
+            (lines[:, 0] > box.x0) & (lines[:, 0] < box.x1) & (lines[:, 1] > box.y0)
+            & (lines[:, 1] < box.y1)).any()
+        if inside and not crossed and not any(box.overlaps(other) for other in taken):
+          taken.append(box)
+          break
+        text.remove()
+
+
+def _curves(ax, groups: pd.DataFrame, x: str, column: str) -> pd.DataFrame:
   """One curve per series against `x` (rank or vocab_params), mean over seeds with std
   bars. Against rank, series without one (dense, dense_ft<N>) are horizontal lines; against
-  vocab params they are points, the rank is annotated and the Pareto front drawn."""
+  vocab params they are points, the Pareto front drawn. Returns the points whose rank
+  _place_labels writes (against vocab params)."""
   groups = groups[np.isfinite(groups[f'{column}_mean'].astype(float))]
   placed = groups[groups[x].notna()]
   for series, rows in placed.groupby('series', sort=False):
     _error_bars(ax, rows.sort_values(x), x, column, label=series, zorder=3, **_style(series))
+  labels = []
   if x == 'rank':
     for _, row in groups[groups['rank'].isna()].iterrows():
       ax.axhline(row[f'{column}_mean'], color=KIND_COLORS.get(_kind(row['series'])), lw=1,
                  ls=':' if row['kind'] in embeddings.KINDS else '-.', label=row['series'])
   else:
-    for _, row in placed[placed['rank'].notna()].iterrows():
-      ax.annotate(str(row['rank']), (row[x], row[f'{column}_mean']),
-                  textcoords='offset points', xytext=(4, 3), fontsize=7)
+    labels = [{'x': row[x], 'y': row[f'{column}_mean'], 'color': 'dimgray',
+               'text': None if pd.isna(row['rank']) else str(row['rank'])}
+              for _, row in placed.iterrows()]
     front = sweep_table.pareto_front(placed, x, f'{column}_mean')
     ax.step(front[x], front[f'{column}_mean'], where='post', color='gray', lw=1,
             label='Pareto front', zorder=2)
   if not placed.empty:
     _log_axis(ax, x, placed[x])
+  return pd.DataFrame(labels, columns=['x', 'y', 'color', 'text'])
 
 
 def plot_ppl(table: pd.DataFrame, x: str = 'vocab_params',
              splits: Sequence[str] = ('valid', 'test')) -> Figure:
-  """Perplexity against `x` per series (trained and post-hoc), one panel per split: mean over
-  seeds with one-standard-deviation bars. x = 'vocab_params' (every parameter the embedding
-  choice adds, costs.py) puts every kind on one axis, whatever its rank means; x = 'rank'
-  draws kinds without a rank as horizontal lines."""
+  """Every series (trained, untied and post-hoc) against `x`, one panel per split: mean over
+  seeds with one-standard-deviation bars, the legend to the right of the panels. x =
+  'vocab_params' (every parameter the embedding choice adds, costs.py) puts every kind on
+  one axis, whatever its rank means; x = 'rank' draws kinds without a rank as horizontal
+  lines. The reports draw plot_headline; this is the notebook's view of everything."""
   groups = sweep_table.aggregate(table)
-  fig, axes = _figure(len(splits), width=5.5 if x == 'rank' else 6.0)
+  fig, axes = _figure(len(splits), width=5.0 if x == 'rank' else 5.5)
+  panels = []
   for ax, split in zip(axes, splits, strict=True):
-    _curves(ax, groups, x, f'{split}_ppl')
+    panels.append((ax, _curves(ax, groups, x, f'{split}_ppl')))
     ax.set(xlabel=rank_label() if x == 'rank' else AXES[x], ylabel=f'{split} perplexity',
            title=f'{split} perplexity against {AXES[x]}')
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=7)
+  _legend(fig, axes, loc='outside right upper')
+  _place_labels(fig, panels)
+  return fig
+
+
+def headline_rows(table: pd.DataFrame) -> pd.DataFrame:
+  """The aggregate rows a headline panel draws: tied heads of the trained kinds
+  (embeddings.KINDS) at the grid's own settings (table.base_rows), mean and sd over seeds."""
+  groups = sweep_table.aggregate(sweep_table.base_rows(table))
+  return groups[groups['kind'].isin(embeddings.KINDS) & (groups['head'] == 'tied')]
+
+
+def tuned_rows(table: pd.DataFrame) -> pd.DataFrame:
+  """The tied rows of table.tuned: each kind at its tuned TUNED (train.lr), where tuned."""
+  chosen = sweep_table.tuned(table)
+  return chosen[chosen['head'] == 'tied']
+
+
+def _band(ax, row: pd.Series, column: str) -> None:
+  """REFERENCE's aggregate `row` across the axes: its mean as a line and, over several
+  seeds, mean ± sd as a band."""
+  value, spread = float(row[f'{column}_mean']), float(row[f'{column}_std'])
+  color = KIND_COLORS[REFERENCE]
+  several = math.isfinite(spread)
+  ax.axhline(value, color=color, lw=1.2, zorder=2, label=REFERENCE + (
+      f': mean ± sd over {row["seeds"]} seeds (band)' if several else ''))
+  if several:
+    ax.axhspan(value - spread, value + spread, color=color, alpha=0.12, lw=0, zorder=1)
+
+
+def _kind_lines(ax, groups: pd.DataFrame, x: str, column: str,
+                tuned: pd.DataFrame | None = None) -> pd.DataFrame:
+  """REFERENCE (dense) as a band of mean ± sd, every other kind as one line against `x`
+  (mean over seeds, sd bars) and, from `tuned`, each kind at its tuned rate hollow, joined
+  by a dotted segment to its line's point at that rank (dense's: a dashed line). Returns
+  what was drawn, one row per point or band: x (NaN for a band), y (the mean), low, high,
+  color, text (the rank, for _place_labels against vocab params) and reference."""
+  mean, std = f'{column}_mean', f'{column}_std'
+  groups = groups[np.isfinite(groups[mean].astype(float))]
+  drawn = []
+
+  def add(at, value, spread, color, text=None, reference=False):
+    spread = spread if math.isfinite(spread) else 0.0
+    drawn.append({'x': at, 'y': value, 'low': value - spread, 'high': value + spread,
+                  'color': color, 'text': text, 'reference': reference})
+
+  for _, row in groups[groups['kind'] == REFERENCE].iterrows():
+    _band(ax, row, column)
+    add(np.nan, float(row[mean]), float(row[std]), KIND_COLORS[REFERENCE], reference=True)
+  for kind, rows in groups[groups['kind'] != REFERENCE].groupby('kind', sort=False):
+    rows = rows.dropna(subset=[x]).sort_values(x)
+    label = f'{kind} ({embeddings.kind(kind).rank_label})' if embeddings.ranked(kind) else kind
+    _error_bars(ax, rows, x, column, color=KIND_COLORS.get(kind), marker='o', ms=4,
+                label=label, zorder=3)
+    for _, row in rows.iterrows():
+      text = None if x == 'rank' or pd.isna(row['rank']) else str(int(row['rank']))
+      add(float(row[x]), float(row[mean]), float(row[std]), KIND_COLORS.get(kind), text)
+  if tuned is None or tuned.empty or mean not in tuned.columns:
+    return pd.DataFrame(drawn, columns=['x', 'y', 'low', 'high', 'color', 'text', 'reference'])
+  for _, row in tuned.iterrows():
+    kind, value = row['kind'], float(row[mean])
+    color = KIND_COLORS.get(kind)
+    if kind == REFERENCE:
+      ax.axhline(value, color=color, lw=1, ls='--', zorder=2,
+                 label=f'{REFERENCE} at its tuned {sweep_table.TUNED}')
+      add(np.nan, value, np.nan, color)
+      continue
+    at = float(row[x])
+    ax.plot([at], [value], 'o', mfc='white', mec=color, mew=1.5, ms=6, zorder=4)
+    grid = groups[(groups['kind'] == kind) & (groups[x] == at)]
+    if not grid.empty:
+      ax.plot([at, at], [float(grid[mean].iloc[0]), value], color=color, ls=':', lw=1, zorder=2)
+    add(at, value, np.nan, color)
+  ax.plot([], [], 'o', mfc='white', mec='gray', mew=1.5, ls='none',
+          label=f'hollow: the kind at its tuned {sweep_table.TUNED}')
+  return pd.DataFrame(drawn, columns=['x', 'y', 'low', 'high', 'color', 'text', 'reference'])
+
+
+def _y_range(drawn: pd.DataFrame) -> tuple[float, float]:
+  """(bottom, top) of a perplexity axis holding every drawn point and bar, its top at most
+  Y_CLIP x the reference's perplexity (dense; else the lowest point) so that one outlier
+  cannot squash the rest."""
+  reference = drawn.loc[drawn['reference'].astype(bool), 'y']
+  reference = reference.iloc[0] if not reference.empty else drawn['y'].min()
+  low, high = drawn['low'].min(), min(drawn['high'].max(), Y_CLIP * reference)
+  pad = 0.05 * (high - low) if high > low else 0.05 * abs(high) or 1.0
+  return low - pad, high + pad
+
+
+def _clipped(ax, drawn: pd.DataFrame, top: float) -> pd.DataFrame:
+  """Marks each point above `top` with a triangle on the axes' top edge; returns `drawn`
+  with those points moved there and their value added to their label (_place_labels)."""
+  above = drawn['x'].notna() & (drawn['y'] > top)
+  drawn = drawn.copy()
+  for index, row in drawn[above].iterrows():
+    ax.plot([row['x']], [top], marker='^', color=row['color'], ls='none', clip_on=False,
+            zorder=5)
+    rank = f'{row["text"]}: ' if isinstance(row['text'], str) else ''
+    drawn.loc[index, 'text'] = f'{rank}{row["y"]:.0f}'
+  drawn.loc[above, 'y'] = top
+  drawn['clipped'] = above
+  return drawn
+
+
+def _settings(table: pd.DataFrame) -> str:
+  """'lr 0.003, num_steps 1500': the grid's own values of the swept fields (base_rows)."""
+  base = sweep_table.base_rows(table)
+  if base.empty:
+    return ''
+  row = base.iloc[0]
+  return ', '.join(f'{c} {row[c]:g}' if isinstance(row[c], float) else f'{c} {row[c]}'
+                   for c in sweep_table.swept_columns(base))
+
+
+def plot_headline(tables: pd.DataFrame | Mapping[str, pd.DataFrame],
+                  x: str = 'vocab_params') -> Figure:
+  """Test perplexity against `x` (vocab_params on a log axis, or rank): one line per kind
+  (tied head, the grid's own settings, mean ± sd over seeds, points labelled with their
+  rank against vocab params), dense as a band of mean ± sd, each kind at its tuned rate
+  hollow where one was tuned; the y axis stops at Y_CLIP x dense (a point above is marked
+  on the top edge with its value), the legend below the panels. `tables`: one per-run table,
+  or {protocol: table} drawn side by side with a shared y axis."""
+  named = {'': tables} if isinstance(tables, pd.DataFrame) else dict(tables)
+  fig, axes = _figure(len(named), width=5.0 if len(named) > 1 else 6.4, height=4.4,
+                      sharey=True)
+  panels = []
+  for ax, (name, table) in zip(axes, named.items(), strict=True):
+    drawn = _kind_lines(ax, headline_rows(table), x, 'test_ppl', tuned_rows(table))
+    if drawn['x'].notna().any():
+      _log_axis(ax, x, drawn['x'].dropna())
+      ax.margins(x=0.08)  # room for the labels of the outermost points
+    ax.set(xlabel=rank_label() if x == 'rank' else AXES[x], title=name)
+    ax.grid(alpha=0.3)
+    panels.append((ax, drawn))
+  axes[0].set_ylabel('test perplexity')
+  every = pd.concat([drawn for _, drawn in panels])
+  if not every.empty:
+    bottom, top = _y_range(every)
+    axes[0].set_ylim(bottom, top)  # shared by every panel
+    panels = [(ax, _clipped(ax, drawn, top)) for ax, drawn in panels]
+  settings = {_settings(table) for table in named.values()}
+  fig.suptitle(f'test perplexity against {AXES[x]}: tied heads'
+               + (f' at the grid\'s {settings.pop()}' if len(settings) == 1 else ''),
+               fontsize=10)
+  _legend(fig, axes)
+  _place_labels(fig, panels)
   return fig
 
 
 def plot_band_ppl(table: pd.DataFrame, x: str = 'vocab_params') -> Figure:
   """Test perplexity of each frequency band of the target (one panel per band) against `x`,
-  per series: which words a small embedding costs. Mean over seeds with std bars."""
+  the headline's lines (headline_rows: tied heads, the grid's settings, dense as a band):
+  which words a small embedding costs. Each panel's y axis stops at Y_CLIP x dense's."""
   bands = [c for c in sweep_table.metric_columns(table) if c.startswith(sweep_table.BAND_PREFIX)]
-  groups = sweep_table.aggregate(table)
-  fig, axes = _figure(max(1, len(bands)), width=3.8)
+  groups = headline_rows(table)
+  fig, axes = _figure(max(1, len(bands)), width=3.6, height=3.6)
+  panels = []
   for ax, band in zip(axes, bands, strict=False):
-    _curves(ax, groups, x, band)
+    drawn = _kind_lines(ax, groups, x, band)
+    if drawn['x'].notna().any():
+      _log_axis(ax, x, drawn['x'].dropna())
+      ax.margins(x=0.08)  # room for the labels of the outermost points
+      bottom, top = _y_range(drawn)
+      ax.set_ylim(bottom, top)
+      drawn = _clipped(ax, drawn, top)
     ax.set(xlabel=AXES[x], ylabel='test perplexity',
            title=f'band {band.removeprefix(sweep_table.BAND_PREFIX)}')
     ax.grid(alpha=0.3)
-  if bands and axes[0].get_legend_handles_labels()[0]:
-    axes[0].legend(fontsize=6)
+    panels.append((ax, drawn))
   if not bands:
     axes[0].set_title('no band perplexities in these summaries')
+  _legend(fig, axes)
+  _place_labels(fig, panels)
+  return fig
+
+
+def posthoc_rows(table: pd.DataFrame) -> pd.DataFrame:
+  """The aggregate rows plot_posthoc draws (the grid's own settings): every post-hoc
+  compression of the dense table (each method, fine-tuned or not), dense fine-tuned as
+  long, and tied SCRATCH (svd) and REFERENCE (dense) as trained; none without a post-hoc
+  row."""
+  groups = sweep_table.aggregate(sweep_table.base_rows(table))
+  posthoc = groups['kind'].str.startswith(sweep_table.POSTHOC_METHOD)
+  if not posthoc.any():
+    return groups.iloc[:0]
+  finetuned = groups['kind'].str.startswith(f'{REFERENCE}_ft')
+  trained = groups['kind'].isin([REFERENCE, SCRATCH]) & (groups['head'] == 'tied')
+  return groups[posthoc | finetuned | trained]
+
+
+def plot_posthoc(table: pd.DataFrame, split: str = 'test') -> Figure:
+  """`split` perplexity against rank: the trained dense table cut to rank R after training
+  (each post-hoc method; fine-tuned: dashed) against SCRATCH (svd) trained at rank R, dense
+  as a band and dense fine-tuned as long dashed. A log y axis: a cut at a low rank can cost
+  several times dense's perplexity, and that is what the figure shows."""
+  mean = f'{split}_ppl_mean'
+  groups = posthoc_rows(table)
+  groups = groups[np.isfinite(groups[mean].astype(float))]
+  fig, (ax,) = _figure(1, width=6.4, height=4.4)
+  ranked = groups[groups['rank'].notna()]
+  for series, rows in ranked.groupby('kind', sort=False):
+    finetuned = re.search(r'_ft(\d+)$', series)
+    label = f'{series} from scratch' if series == SCRATCH else (
+        f'{series} (fine-tuned {finetuned[1]} steps)' if finetuned else series)
+    _error_bars(ax, rows.sort_values('rank'), 'rank', f'{split}_ppl', label=label, zorder=3,
+                color=KIND_COLORS.get(_kind(series)), ls='--' if finetuned else '-',
+                marker='s' if series.startswith(sweep_table.POSTHOC_METHOD) else 'o', ms=4)
+  for _, row in groups[groups['rank'].isna()].iterrows():
+    if row['kind'] == REFERENCE:
+      _band(ax, row, f'{split}_ppl')
+    else:  # dense_ft<N>: dense trained as many more steps as the post-hoc rows were tuned
+      ax.axhline(float(row[mean]), color=KIND_COLORS[REFERENCE], lw=1, ls='--', zorder=2,
+                 label=f'{row["kind"]} (fine-tuned as long)')
+  if ranked.empty:
+    ax.set_title('no post-hoc rows in these summaries')
+  else:
+    _log_axis(ax, 'rank', ranked['rank'])
+    ax.set_yscale('log')
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_title(f'post-hoc SVD of the trained {REFERENCE} table against {SCRATCH} from '
+                 'scratch', fontsize=10)
+  ax.set(xlabel='rank R (every line has the same vocab params at one R)',
+         ylabel=f'{split} perplexity (log)')
+  ax.grid(alpha=0.3)
+  _legend(fig, [ax])
   return fig
 
 
@@ -155,14 +463,16 @@ def plot_tuning(table: pd.DataFrame, field: str = sweep_table.TUNED) -> Figure:
   one curve per kind, head and rank tried at several values; the tuned value circled."""
   groups = sweep_table.aggregate(table[table['kind'].isin(embeddings.KINDS)])
   chosen = sweep_table.tuned(table)
-  fig, (ax,) = _figure(1, width=6.0)
+  fig, (ax,) = _figure(1, width=7.0, height=4.0)
   # A curve's points agree with its tuned row on everything but `field` (kind, head, rank
   # and any other swept field: a 3,000-step point is not on the 1,500-step curve).
   others = [c for c in sweep_table.swept_columns(groups) if c != field and c in chosen.columns]
   differ = [c for c in others if chosen[c].map(repr).nunique() > 1]  # named in the labels
+  tried = set()
   for _, best in chosen.iterrows():
     rows = groups[sweep_table.matching(groups, best, [*sweep_table.GROUP, *others])]
     rows = rows.sort_values(field)
+    tried |= set(rows[field].astype(float))
     label = best['series'] + ('' if pd.isna(best['rank']) else f' {int(best["rank"])}')
     label += ''.join(f', {c} {best[c]:g}' if isinstance(best[c], float) else f', {c} {best[c]}'
                      for c in differ)
@@ -170,53 +480,89 @@ def plot_tuning(table: pd.DataFrame, field: str = sweep_table.TUNED) -> Figure:
     ax.scatter([best[field]], [best['best_valid_ppl_mean']], s=80, facecolors='none',
                edgecolors='black', zorder=4)
   ax.set_xscale('log')
+  if tried:  # the tried values themselves, written as in the configs (0.006, not 6e-3)
+    ax.set_xticks(sorted(tried), [f'{value:g}' for value in sorted(tried)])
+    ax.xaxis.set_minor_formatter(NullFormatter())
   ax.set(xlabel=field, ylabel='best valid perplexity',
          title=f'valid perplexity against {field} (circled: the tuned value)')
   ax.grid(alpha=0.3)
   if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False)
   return fig
 
 
 def head_maps(table: pd.DataFrame) -> pd.DataFrame:
   """The aggregate rows that a head map draws: untied heads of their own kind."""
-  groups = sweep_table.aggregate(table[table['kind'].isin(embeddings.KINDS)])
+  return _own_heads(sweep_table.aggregate(table[table['kind'].isin(embeddings.KINDS)]))
+
+
+def _own_heads(groups: pd.DataFrame) -> pd.DataFrame:
   return groups[(groups['head'] == 'untied') & (groups['head_kind'] != 'dense')
                 & groups['rank'].notna() & groups['head_rank'].notna()]
 
 
+def _head_cells(groups: pd.DataFrame, kind: str, head_kind: str) -> pd.DataFrame:
+  """One panel's cells: (head, input rank, mean, vocab params), head the head rank of an
+  untied `head_kind` head, 'tied' for the input's own tied points and 'D×V' for its untied
+  dense head, each at the input ranks the map has; rows in map order (tied first)."""
+  own = _own_heads(groups)
+  own = own[(own['kind'] == kind) & (own['head_kind'] == head_kind)]
+  ranks = set(own['rank'])
+  same = groups[(groups['kind'] == kind) & groups['rank'].isin(ranks)]
+  tied = same[same['head'] == 'tied'].assign(row='tied')
+  dense_head = same[(same['head'] == 'untied') & (same['head_kind'] == 'dense')]
+  cells = pd.concat([tied, own.assign(row=own['head_rank'].map(lambda r: str(int(r)))),
+                     dense_head.assign(row='D×V')])
+  return cells
+
+
 def plot_head_map(table: pd.DataFrame, metric: str = 'test_ppl') -> Figure:
   """`metric` (mean over seeds) over input rank x head rank, one panel per pair of input
-  kind and head kind, each cell labelled with its value and vocabulary parameters."""
-  groups = head_maps(table)
-  pairs = list(dict.fromkeys(zip(groups['kind'], groups['head_kind'], strict=True)))
-  fig, axes = _figure(max(len(pairs), 1), width=5.0)
-  for ax, (kind, head_kind) in zip(axes, pairs, strict=False):
-    rows = groups[(groups['kind'] == kind) & (groups['head_kind'] == head_kind)]
-    grid = rows.pivot_table(index='head_rank', columns='rank', values=f'{metric}_mean',
-                            aggfunc='first')
-    params = rows.pivot_table(index='head_rank', columns='rank', values='vocab_params',
-                              aggfunc='first')
-    values = grid.to_numpy(float)
-    image = ax.imshow(values, origin='lower', cmap='viridis_r', aspect='auto')
+  kind and untied head kind, the input kind's tied points ('tied') and untied dense head
+  ('D×V') as extra rows; one colour scale for every panel, each cell labelled with its value
+  and vocabulary parameters."""
+  groups = sweep_table.aggregate(table[table['kind'].isin(embeddings.KINDS)])
+  maps = _own_heads(groups)
+  pairs = list(dict.fromkeys(zip(maps['kind'], maps['head_kind'], strict=True)))
+  panels = [_head_cells(groups, kind, head_kind) for kind, head_kind in pairs]
+  values = [float(v) for cells in panels for v in cells[f'{metric}_mean']
+            if sweep_table.is_number(v)]
+  norm = Normalize(min(values, default=0.0), max(values, default=1.0))
+  widths = [1.2 + 0.9 * cells['rank'].nunique() for cells in panels] or [3.0]
+  fig, axes = _figure(len(widths), width=sum(widths) / len(widths) + 0.4, height=4.2,
+                      gridspec_kw={'width_ratios': widths})
+  image = None
+  for ax, (kind, head_kind), cells in zip(axes, pairs, panels, strict=False):
+    order = ['tied', *sorted({r for r in cells['row'] if r.isdigit()}, key=int), 'D×V']
+    order = [r for r in order if r in set(cells['row'])]
+    grid = cells.pivot_table(index='row', columns='rank', values=f'{metric}_mean',
+                             aggfunc='first').reindex(order)
+    params = cells.pivot_table(index='row', columns='rank', values='vocab_params',
+                               aggfunc='first').reindex(order)
+    image = ax.imshow(grid.to_numpy(float), origin='lower', cmap='viridis_r', aspect='auto',
+                      norm=norm)
     ax.set_xticks(range(len(grid.columns)), [str(int(r)) for r in grid.columns])
-    ax.set_yticks(range(len(grid.index)), [str(int(r)) for r in grid.index])
-    low, high = np.nanmin(values), np.nanmax(values)
-    for (i, j), value in np.ndenumerate(values):
+    ax.set_yticks(range(len(grid.index)), list(grid.index))
+    if 'tied' in order:  # the tied row is no head rank: set it apart
+      ax.axhline(0.5, color='white', lw=3)
+    for (i, j), value in np.ndenumerate(grid.to_numpy(float)):
       if np.isfinite(value):  # dark text on the light (low) end of viridis_r
-        light = high == low or (value - low) / (high - low) < 0.5
+        light = norm(value) < 0.5
         ax.text(j, i, f'{value:.1f}\n{int(params.iloc[i, j]) / 1e3:,.0f}k', ha='center',
                 va='center', fontsize=7, color='black' if light else 'white')
-    ax.set(xlabel=f'input {kind} rank', ylabel=f'head {head_kind} rank',
-           title=f'{metric.replace("_", " ")}: {kind} input, {head_kind} head')
-    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set(xlabel=f'input {kind} rank', ylabel=f'untied {head_kind} head rank',
+           title=f'{kind} input, {head_kind} head')
+  if image is not None:
+    fig.colorbar(image, ax=axes, shrink=0.8, label=f'{metric.replace("_", " ")} (mean)')
+    fig.suptitle(f'{metric.replace("_", " ")} over input rank × head rank (cells: value, '
+                 'vocab params)', fontsize=10)
   return fig
 
 
 def png_bytes(figure: Figure) -> bytes:
   """The figure as PNG bytes (for files written atomically)."""
   out = io.BytesIO()
-  figure.savefig(out, format='png', dpi=120)
+  figure.savefig(out, format='png', dpi=DPI)
   return out.getvalue()
 
 
