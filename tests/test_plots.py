@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from factorized import embeddings
 from factorized.analysis import interpret, plots, results
+from factorized.analysis import report as sweep_report
 from factorized.analysis import table as sweep_table
 from tests.test_sweep import fake_run
 
@@ -75,6 +76,15 @@ def test_every_plot_draws(dense_embedding, fake_sweep, small_sweep):
     fig.canvas.draw()
   for fig in figures[:4] + figures[5:]:  # the band figure's panels need band columns
     assert all(ax.has_data() for ax in fig.axes)
+
+
+def test_the_reports_write_each_figure_under_its_own_name(small_sweep):
+  sweep_report.write_reports(small_sweep)
+  names = (*sweep_report.PNG_FILES, sweep_report.TUNING_PNG_FILE, sweep_report.HEAD_MAP_FILE,
+           sweep_report.POSTHOC_PNG_FILE)
+  assert len(set(names)) == len(names)
+  for name in names:
+    assert (small_sweep / name).read_bytes()[:4] == b'\x89PNG', name
 
 
 def test_the_headline_has_one_line_per_kind_and_dense_as_a_band(small_sweep):

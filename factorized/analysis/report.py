@@ -22,9 +22,14 @@ posthoc_svd_freq, ...) directly below `sweep_dir` and (re)writes:
   summary.md         the aggregate table; every point by vocabulary parameters (all kinds on
                      one axis, whatever their rank means, with the Pareto front marked);
                      then the per-run table;
-  ppl_vs_vocab_params.png (with the Pareto front), ppl_vs_rank.png,
-                     band_ppl_vs_vocab_params.png (plots.py; error bars = standard
-                     deviation over seeds);
+  ppl_vs_vocab_params.png  the headline (plots.plot_headline): test ppl against vocab
+                     params, one line per kind (tied head, the grid's settings; each kind
+                     at its tuned lr hollow), dense as a band; ppl_vs_rank.png the same
+                     against rank; band_ppl_vs_vocab_params.png the same per frequency band;
+                     valid_ppl_vs_lr.png (where lr was swept), head_rank_map.png (where
+                     untied heads of their own kind ran: input rank x head rank) and
+                     posthoc_vs_scratch_ppl_vs_rank.png (where a dense run was compressed:
+                     post-hoc SVD against svd from scratch). Bars: sd over seeds;
   sweep/             a TensorBoard run of scalars for the Scalars tab (means over seeds):
                      ppl_vs_rank/<series> (test ppl, step = rank),
                      valid_ppl_vs_rank/<series>, ppl_vs_vocab_params/<series> and
@@ -75,6 +80,7 @@ PNG_FILE = 'ppl_vs_vocab_params.png'
 PNG_FILES = (PNG_FILE, 'ppl_vs_rank.png', 'band_ppl_vs_vocab_params.png')
 TUNING_PNG_FILE = 'valid_ppl_vs_lr.png'  # written when train.lr is swept
 HEAD_MAP_FILE = 'head_rank_map.png'  # written when untied heads of their own kind ran
+POSTHOC_PNG_FILE = 'posthoc_vs_scratch_ppl_vs_rank.png'  # written when a dense run was compressed
 
 
 def _format(column: str, value) -> str:
@@ -202,14 +208,18 @@ def write_reports(sweep_dir: str | os.PathLike) -> str:
   files.write_atomic(root / AGGREGATE_FILE, _csv(aggregate(table).drop(columns='series')))
   files.write_atomic(root / MD_FILE, report)
   base = base_rows(table)
-  figures = (plots.plot_ppl(base, 'vocab_params'), plots.plot_ppl(base, 'rank'),
-             plots.plot_band_ppl(base, 'vocab_params'))
+  # The headline figures choose their own rows (the grid's tied points, the tuned ones);
+  # what they leave out (untied heads, post-hoc rows, the tuning curves) has its own figure.
+  figures = (plots.plot_headline(table, 'vocab_params'), plots.plot_headline(table, 'rank'),
+             plots.plot_band_ppl(table, 'vocab_params'))
   for name, figure in zip(PNG_FILES, figures, strict=True):
     files.write_atomic(root / name, plots.png_bytes(figure))
   if not tuned(table).empty:
     files.write_atomic(root / TUNING_PNG_FILE, plots.png_bytes(plots.plot_tuning(table, TUNED)))
   if not plots.head_maps(base).empty:
     files.write_atomic(root / HEAD_MAP_FILE, plots.png_bytes(plots.plot_head_map(base)))
+  if not plots.posthoc_rows(table).empty:
+    files.write_atomic(root / POSTHOC_PNG_FILE, plots.png_bytes(plots.plot_posthoc(table)))
   write_tensorboard_run(aggregate(base), root, _full_rank(root))
   return report
 
