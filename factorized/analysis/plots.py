@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -410,12 +409,13 @@ def posthoc_rows(table: pd.DataFrame) -> pd.DataFrame:
   long, and tied SCRATCH (svd) and REFERENCE (dense) as trained; none without a post-hoc
   row."""
   groups = sweep_table.aggregate(sweep_table.base_rows(table))
-  posthoc = groups['kind'].str.startswith(sweep_table.POSTHOC_METHOD)
+  trained = groups['method'] == sweep_table.TRAINED
+  finetuned = groups['method'] == sweep_table.FINETUNED
+  posthoc = ~trained & ~finetuned
   if not posthoc.any():
     return groups.iloc[:0]
-  finetuned = groups['kind'].str.startswith(f'{REFERENCE}_ft')
-  trained = groups['kind'].isin([REFERENCE, SCRATCH]) & (groups['head'] == 'tied')
-  return groups[posthoc | finetuned | trained]
+  scratch = trained & groups['kind'].isin([REFERENCE, SCRATCH]) & (groups['head'] == 'tied')
+  return groups[posthoc | finetuned | scratch]
 
 
 def plot_posthoc(table: pd.DataFrame, split: str = 'test') -> Figure:
@@ -429,16 +429,17 @@ def plot_posthoc(table: pd.DataFrame, split: str = 'test') -> Figure:
   fig, (ax,) = _figure(1, width=6.4, height=4.4)
   ranked = groups[groups['rank'].notna()]
   for series, rows in ranked.groupby('kind', sort=False):
-    finetuned = re.search(r'_ft(\d+)$', series)
-    label = f'{series} from scratch' if series == SCRATCH else (
-        f'{series} (fine-tuned {finetuned[1]} steps)' if finetuned else series)
+    method, steps = rows['method'].iloc[0], int(rows['finetune_steps'].iloc[0])
+    trained = method == sweep_table.TRAINED
+    label = f'{series} from scratch' if trained else (
+        f'{series} (fine-tuned {steps} steps)' if steps else series)
     _error_bars(ax, rows.sort_values('rank'), 'rank', f'{split}_ppl', label=label, zorder=3,
-                color=KIND_COLORS.get(_kind(series)), ls='--' if finetuned else '-',
-                marker='s' if series.startswith(sweep_table.POSTHOC_METHOD) else 'o', ms=4)
+                color=KIND_COLORS.get(SCRATCH if trained else method),
+                ls='--' if steps else '-', marker='o' if trained else 's', ms=4)
   for _, row in groups[groups['rank'].isna()].iterrows():
-    if row['kind'] == REFERENCE:
+    if row['method'] == sweep_table.TRAINED:
       _band(ax, row, f'{split}_ppl')
-    else:  # dense_ft<N>: dense trained as many more steps as the post-hoc rows were tuned
+    else:  # the control: dense trained as many more steps as the post-hoc rows were tuned
       ax.axhline(float(row[mean]), color=KIND_COLORS[REFERENCE], lw=1, ls='--', zorder=2,
                  label=f'{row["kind"]} (fine-tuned as long)')
   if ranked.empty:
