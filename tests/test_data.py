@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from factorized import frequency
 from factorized.data import pipeline as data
 from factorized.data import tokenizer as tokenizer_lib
 
@@ -98,7 +99,7 @@ def test_train_counts_are_saved_with_the_run_once_and_checked(text_config, tmp_p
     data.prepare_corpus(text_config, run_dir=str(workdir))
   with pytest.raises(FileNotFoundError, match=r'train_counts\.npy does not exist'):
     data.load_train_counts(tmp_path / 'elsewhere')
-  assert list(data.frequency_order(np.array([3, 5, 5, 0, 4]))) == [1, 2, 4, 0, 3]
+  assert list(frequency.frequency_order(np.array([3, 5, 5, 0, 4]))) == [1, 2, 4, 0, 3]
 
 
 def test_seq_len_longer_than_the_valid_split_names_the_field(text_config):

@@ -12,7 +12,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / 'factorized'
 
 # Top to bottom: a module may import its own sub-package and any layer below its own, never
-# one above or beside it. The top-level modules (plugins, files, spec) sit at the bottom.
+# one above or beside it. The top-level modules (plugins, files, spec, cache, frequency) sit at
+# the bottom.
 LAYERS = (
     ('sweeps',),
     ('analysis',),
@@ -22,7 +23,7 @@ LAYERS = (
     ('model', 'runtime'),
     ('embeddings', 'metrics'),
     ('data',),
-    ('plugins', 'files', 'spec'),
+    ('plugins', 'files', 'spec', 'cache', 'frequency'),
 )
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

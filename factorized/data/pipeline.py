@@ -6,12 +6,13 @@ text comes from, and the exact Brown protocol, is in `corpora.py`; the tokenizer
 `tokenizer.py`.
 
 Cache: tokenised splits live in <cache>/corpora/<corpus>-<tokenizer>-<key>/ (train.npy,
-valid.npy, test.npy, tokenizer.json, meta.json), <cache> being data.cache_dir, else
-$FACTORIZED_CACHE_DIR, else ~/.cache/factorized. The key hashes the corpus text (brown.zip's
-md5, the sha256 of each text file, or the hub dataset's fingerprint), `PROTOCOL_VERSION` and
-the tokenizer config (kind, vocab_size, min_freq). An entry is written to a temporary
-directory and renamed into place, so a crash never leaves half of one. A second run loads it
-and does not tokenise again (`Corpus.from_cache`).
+valid.npy, test.npy, tokenizer.json, meta.json), <cache> being the cache root
+(factorized/cache.py: data.cache_dir, else $FACTORIZED_CACHE_DIR, else ~/.cache/factorized).
+The key hashes the corpus text (brown.zip's md5, the sha256 of each text file, or the hub
+dataset's fingerprint), `PROTOCOL_VERSION` and the tokenizer config (kind, vocab_size,
+min_freq). An entry is written to a temporary directory and renamed into place, so a crash
+never leaves half of one. A second run loads it and does not tokenise again
+(`Corpus.from_cache`).
 
 Run directory: with `run_dir` (the run's workdir) the tokenizer is saved there as
 tokenizer.json on first use; later calls (eval.py) check that the corpus uses exactly that
@@ -44,10 +45,10 @@ Batches (B = global batch size, B_local = B / process_count, L = data.seq_len):
   at least L - S tokens of context after the first window. S = L (the default) gives
   non-overlapping windows, where the first target of a window sees one token. The last
   window and the last batch are padded with mask 0.
-- Frequency order (`frequency_order`): token ids by train-split count, most frequent first,
-  ties by id. Frequency bands (`frequency_bands`): every token id gets the band of its rank in
-  that order with <unk> left out (rank 1 = most frequent): with edges (100, 1000, 10000) the
-  bands are 1-100, 101-1000, 1001-10000 and 10001+, and <unk> is a band of its own.
+- Frequency order (factorized/frequency.py): token ids by train-split count, most frequent
+  first, ties by id. Frequency bands (`frequency_bands`): every token id gets the band of its
+  rank in that order with <unk> left out (rank 1 = most frequent): with edges (100, 1000,
+  10000) the bands are 1-100, 101-1000, 1001-10000 and 10001+, and <unk> is a band of its own.
   Frequency classes (`frequency_classes`): every token id gets the class of its train-split
   count: with edges (1, 4, 11, 101) the classes are 0 (a type the train split never shows:
   with Brown's whole-corpus vocabulary, a valid- or test-only word), 1-3, 4-10, 11-100 and
@@ -73,7 +74,7 @@ from collections.abc import Iterator
 import numpy as np
 from absl import logging
 
-from factorized import files
+from factorized import cache, files, frequency
 from factorized.data import corpora
 from factorized.data import tokenizer as tokenizer_lib
 
@@ -119,7 +120,7 @@ def prepare_corpus(data_config, *, run_dir: str | None = None) -> Corpus:
     # cache entries and saved tokenizers of the protocol's own vocabulary keep their keys.
     tok_config['vocab_from'] = counted
   seq_len = data_config.seq_len  # a positive integer (config/specs.py validated it)
-  root = corpora.cache_root(data_config)
+  root = cache.cache_root(data_config)
   source = corpora.load_source(data_config, root)
   material = {'protocol': PROTOCOL_VERSION, 'source': source.fingerprint,
               'tokenizer': tok_config}
@@ -181,11 +182,6 @@ def load_train_counts(run_dir: str | os.PathLike) -> np.ndarray:
     raise FileNotFoundError(f'{path} does not exist: it is written when a run prepares its '
                             'corpus (train.py or eval.py on the workdir).')
   return np.load(path)
-
-
-def frequency_order(counts_V: np.ndarray) -> np.ndarray:
-  """Token ids by count, most frequent first, ties by id."""
-  return np.argsort(-np.asarray(counts_V), kind='stable')
 
 
 def _check_lengths(corpus: Corpus, seq_len: int) -> None:
@@ -407,7 +403,7 @@ def frequency_bands(counts_V: np.ndarray, edges: tuple[int, ...] | list[int]
   """The band of every token id (int32 V) and the bands' names, from train-split counts."""
   edges = validate_band_edges(edges)
   vocab_size = len(counts_V)
-  order_V = frequency_order(counts_V)
+  order_V = frequency.frequency_order(counts_V)
   order_V = order_V[order_V != tokenizer_lib.UNK_ID]
   rank_V = np.empty(vocab_size, np.int64)
   rank_V[order_V] = np.arange(1, order_V.size + 1)

@@ -3,7 +3,7 @@ the input side of Grave et al. 2017's adaptive softmax).
 
 Shapes: V_b the ids of band b, W_b its width, D model width.
 
-Token ids are ordered by train-split frequency (data.frequency_order of the run's
+Token ids are ordered by train-split frequency (factorized/frequency.py, of the run's
 train_counts.npy: word and BPE ids are not in that order) and cut into bands at
 `band_cutoffs`, frequency ranks c_1 < c_2 < ...: band 0 holds the c_1 most frequent ids,
 band 1 the next c_2 - c_1, and so on. Band b has a table of width
@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from factorized.data import pipeline as data_lib
+from factorized import frequency
 from factorized.embeddings import base
 
 # Baevski & Auli's WikiText-103 cutoffs as fractions of its vocabulary.
@@ -190,5 +190,5 @@ class AdaptiveConfig(base.KindConfig):
                        f'{self.vocab_size} token ids (token_counts=: data.load_train_counts '
                        'of the run) for its frequency order.')
     return AdaptiveEmbedding(self.band_sizes, self.widths, self.model_dim,
-                             data_lib.frequency_order(token_counts), dtype=self.dtype,
+                             frequency.frequency_order(token_counts), dtype=self.dtype,
                              rngs=rngs, dense_table=dense_table)

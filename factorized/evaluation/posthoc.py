@@ -55,9 +55,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from factorized import files
+from factorized import files, frequency
 from factorized.config import specs
-from factorized.data import pipeline as data_lib
 from factorized.evaluation import saved as eval_run
 from factorized.model import costs
 from factorized.runtime import parallel
@@ -255,7 +254,7 @@ def posthoc_svd(workdir: str, split: str = 'test', ranks: list[int] | tuple[int,
   method = method_name(weighting, bands)
   table_VxD = np.asarray(jax.device_get(dense.state.params['embed']['W_VxD'][...]))
   weights_V = dense.token_counts if weighting == 'frequency' else None
-  order_V = data_lib.frequency_order(dense.token_counts)
+  order_V = frequency.frequency_order(dense.token_counts)
   tuned = finetune_config(dense.config, finetune_steps) if finetune_steps else None
   rows_per_step = dense.config.train.batch_size
   head = dense.config.model.embed.head

@@ -13,8 +13,8 @@ reuses their autotuning, which is most of a GPU compile (results/bench_h200: 61-
 train step on an H200, 11 s with the autotuner off).
 
 Where: <cache root>/jax, the cache root being data.cache_dir, else $FACTORIZED_CACHE_DIR,
-else ~/.cache/factorized (the corpora's cache, factorized/data/corpora.py). Only programs that
-took at least a second to compile are kept. Delete the folder to reclaim its space.
+else ~/.cache/factorized (the corpora's too: factorized/cache.py). Only programs that took at
+least a second to compile are kept. Delete the folder to reclaim its space.
 
 Turning it off: FACTORIZED_COMPILE_CACHE=0 (or false/off/no). JAX's own setting wins: with
 JAX_COMPILATION_CACHE_DIR set (or jax.config's jax_compilation_cache_dir), that cache is used.
@@ -26,7 +26,7 @@ import os
 
 import jax
 
-from factorized.data import corpora
+from factorized import cache
 
 ENV_SWITCH = 'FACTORIZED_COMPILE_CACHE'
 _OFF = ('0', 'false', 'off', 'no')
@@ -41,6 +41,6 @@ def enable(data_config) -> str | None:
     return configured
   if os.environ.get(ENV_SWITCH, '1').strip().lower() in _OFF:
     return None
-  directory = str(corpora.cache_root(data_config) / 'jax')
+  directory = str(cache.cache_root(data_config) / 'jax')
   jax.config.update('jax_compilation_cache_dir', directory)
   return directory

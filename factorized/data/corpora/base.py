@@ -15,14 +15,12 @@ choice (`vocab_from=`), the config's default.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ['EOS', 'SPLITS', 'Corpus', 'Source', 'Split', 'batches', 'cache_root',
-           'check_vocabulary', 'config_fields', 'corpus', 'names', 'register', 'vocab_from',
-           'vocab_splits']
+__all__ = ['EOS', 'SPLITS', 'Corpus', 'Source', 'Split', 'batches', 'check_vocabulary',
+           'config_fields', 'corpus', 'names', 'register', 'vocab_from', 'vocab_splits']
 
 SPLITS = ('train', 'valid', 'test')
 VOCAB_FROM = {'train': ('train',), 'all': SPLITS}  # data.vocab_from: the splits counted
@@ -129,12 +127,6 @@ def check_vocabulary(data_config) -> None:
         f'data.vocab_size={data_config.vocab_size} would cap the vocabulary that '
         f'data.corpus={entry.name!r} fixes (every type of its train split, plus <eos>); set '
         '--config.data.vocab_size=0.')
-
-
-def cache_root(data_config) -> pathlib.Path:
-  """data.cache_dir, else $FACTORIZED_CACHE_DIR, else ~/.cache/factorized."""
-  root = data_config.get('cache_dir', '') or os.environ.get('FACTORIZED_CACHE_DIR', '')
-  return pathlib.Path(root or '~/.cache/factorized').expanduser()
 
 
 def batches(lines: list[str]) -> Iterator[list[str]]:
