@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from configs import brown
+from factorized.config import specs
 from factorized.train import optim, rows
 
 
@@ -30,7 +31,7 @@ def test_bad_train_fields_are_named(field, value, pattern):
   cfg = brown.get_config('runlocal').train
   cfg[field] = value
   with pytest.raises(ValueError, match=pattern):
-    optim.validate_train_config(cfg)
+    specs.validate_train_config(cfg)
 
 
 def model_params(kind, rank=8, head='tied', penalty=0.0):
@@ -128,7 +129,7 @@ def test_an_unknown_embed_decay_is_named():
   cfg.embed_decay = 'rows'
   with pytest.raises(ValueError, match=r"train\.embed_decay='rows' is unknown; allowed: "
                                        r'table\|factors\|none'):
-    optim.validate_train_config(cfg)
+    specs.validate_train_config(cfg)
 
 
 @pytest.mark.parametrize('max_norm', [0.5, 1e6])  # clips / does not

@@ -165,7 +165,7 @@ def finetune_config(config: Spec, steps: int) -> Spec:
   config = config.replace(**{'train.lr': config.train.lr * config.train.min_lr_ratio,
                              'train.num_steps': int(steps),
                              'train.warmup_steps': int(steps) // 10})
-  optim.validate_train_config(config.train)
+  specs.validate_train_config(config.train)
   return config
 
 

@@ -25,40 +25,6 @@ from factorized import embeddings
 from factorized.spec import Spec
 from factorized.train import rows
 
-EMBED_DECAYS = ('table', 'factors', 'none')
-
-
-def validate_train_config(train_config: Spec) -> None:
-  """Raises a ValueError naming the first `train.*` field that is out of range."""
-  positive = ('num_steps', 'batch_size', 'grad_accum_steps', 'eval_every', 'eval_batch_size',
-              'ckpt_every', 'keep_checkpoints', 'log_every')
-  for name in positive:
-    value = train_config[name]
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f'train.{name}={value!r} must be a positive integer.')
-  if train_config.batch_size % train_config.grad_accum_steps:
-    raise ValueError(
-        f'train.batch_size={train_config.batch_size} must be divisible by '
-        f'train.grad_accum_steps={train_config.grad_accum_steps}.')
-  if not train_config.lr > 0:
-    raise ValueError(f'train.lr={train_config.lr} must be > 0.')
-  if not 0 <= train_config.min_lr_ratio <= 1:
-    raise ValueError(f'train.min_lr_ratio={train_config.min_lr_ratio} must be in [0, 1].')
-  if not 0 <= train_config.warmup_steps < train_config.num_steps:
-    raise ValueError(
-        f'train.warmup_steps={train_config.warmup_steps} must be in '
-        f'[0, train.num_steps={train_config.num_steps}).')
-  if train_config.weight_decay < 0:
-    raise ValueError(f'train.weight_decay={train_config.weight_decay} must be >= 0.')
-  if not train_config.grad_clip > 0:
-    raise ValueError(f'train.grad_clip={train_config.grad_clip} must be > 0.')
-  if train_config.embed_decay not in EMBED_DECAYS:
-    raise ValueError(f'train.embed_decay={train_config.embed_decay!r} is unknown; allowed: '
-                     f'{"|".join(EMBED_DECAYS)}.')
-  for name in ('b1', 'b2'):
-    if not 0 <= train_config[name] < 1:
-      raise ValueError(f'train.{name}={train_config[name]} must be in [0, 1).')
-
 
 def learning_rate_schedule(train_config: Spec) -> optax.Schedule:
   """Linear warm-up from 0 to `lr`, then cosine decay to `lr * min_lr_ratio`."""
