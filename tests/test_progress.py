@@ -3,6 +3,7 @@
 import io
 import re
 
+from factorized.sweeps.progress import SweepProgress
 from factorized.train import progress
 
 
@@ -16,7 +17,7 @@ def two_points(tmp_path):
 def test_off_a_terminal_the_sweep_prints_lines_with_steps_and_an_eta(tmp_path):
   points = two_points(tmp_path)
   out = io.StringIO()
-  view = progress.SweepProgress(points, every_s=0, stream=out, terminal=False)
+  view = SweepProgress(points, every_s=0, stream=out, terminal=False)
   view.update(['dense'])  # no progress.json yet
   assert 'dense starting' in out.getvalue() and 'ETA ?' in out.getvalue()
   progress.write_progress(tmp_path / 'dense', step=50, num_steps=100, loss=4.25,
@@ -34,8 +35,7 @@ def test_off_a_terminal_the_sweep_prints_lines_with_steps_and_an_eta(tmp_path):
 
 def test_off_a_terminal_lines_come_at_most_every_interval(tmp_path):
   out = io.StringIO()
-  view = progress.SweepProgress(two_points(tmp_path), every_s=3600, stream=out,
-                                terminal=False)
+  view = SweepProgress(two_points(tmp_path), every_s=3600, stream=out, terminal=False)
   for _ in range(5):
     view.update(['dense'])
   assert out.getvalue() == ''
@@ -46,7 +46,7 @@ def test_off_a_terminal_lines_come_at_most_every_interval(tmp_path):
 def test_on_a_terminal_each_running_point_has_a_bar_under_the_sweeps(tmp_path):
   points = two_points(tmp_path)
   out = io.StringIO()
-  view = progress.SweepProgress(points, stream=out, terminal=True)
+  view = SweepProgress(points, stream=out, terminal=True)
   progress.write_progress(tmp_path / 'svd_rank8', step=30, num_steps=100, loss=5.5,
                           steps_per_s=5.0, tokens_per_s=20480.0)
   view.update(['svd_rank8'])

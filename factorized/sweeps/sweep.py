@@ -37,7 +37,7 @@ from factorized.analysis import table as sweep_table
 from factorized.config import specs
 from factorized.spec import Spec
 from factorized.sweeps import launcher as launcher_lib
-from factorized.train import progress as progress_lib
+from factorized.sweeps import progress as progress_lib
 from factorized.train import summary as summary_lib
 from factorized.train import workdir as workdir_lib
 
