@@ -198,7 +198,7 @@ def test_command_line_prints_the_statistics_as_json(text_config, repo_root):
   overrides = [f'--config.data.{name}={text_config[name]}'
                for name in ('corpus', 'train_files', 'valid_files', 'test_files', 'cache_dir')]
   result = subprocess.run(
-      [sys.executable, '-m', 'factorized.data.pipeline', '--config=configs/brown.py', *overrides],
+      [sys.executable, '-m', 'factorized.data', '--config=configs/brown.py', *overrides],
       cwd=repo_root, capture_output=True, text=True, check=True)
   stats = json.loads(result.stdout)
   assert stats['cache_path'].startswith(text_config.cache_dir)

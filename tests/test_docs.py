@@ -178,7 +178,11 @@ def test_runlocal_commands_are_few():
 
 
 def defines_flag(name: str, sources: list[pathlib.Path]) -> bool:
-  pattern = re.compile(rf"""DEFINE_\w+\(\s*['"]{re.escape(name)}['"]|['"]--{re.escape(name)}['"]""")
+  """Whether one of `sources` defines --name: absl's DEFINE_*('name'), cli.define_config_flag
+  (--config unless given another name) or a literal '--name'."""
+  pattern = re.compile(rf"""(DEFINE_\w+|define_config_flag)\(\s*['"]{re.escape(name)}['"]"""
+                       rf"""|['"]--{re.escape(name)}['"]"""
+                       + (r'|define_config_flag\(\s*\)' if name == 'config' else ''))
   return name in ABSL_FLAGS or any(pattern.search(p.read_text()) for p in sources)
 
 

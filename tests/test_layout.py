@@ -12,9 +12,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / 'factorized'
 
 # Top to bottom: a module may import its own sub-package and any layer below its own, never
-# one above or beside it. The top-level modules (plugins, files, spec, cache, frequency) sit at
-# the bottom.
+# one above or beside it. A package's __main__.py (`python -m factorized.data`) is an entry
+# point, as train.py and eval.py are, and sits above every layer; the top-level modules
+# (plugins, files, spec, cache, frequency) sit at the bottom.
+ENTRY_POINTS = '__main__'
 LAYERS = (
+    (ENTRY_POINTS,),
     ('sweeps',),
     ('analysis',),
     ('evaluation',),
@@ -37,23 +40,16 @@ def _modules() -> dict[str, pathlib.Path]:
   return {_module_name(path): path for path in sorted(PACKAGE.rglob('*.py'))}
 
 
-def _is_main_block(node: ast.AST) -> bool:
-  """`if __name__ == '__main__':`: a module's own entry point, which may import anything."""
-  return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
-          and isinstance(node.test.left, ast.Name) and node.test.left.id == '__name__')
-
-
-def _library_nodes(path: pathlib.Path) -> list[ast.AST]:
-  """Every node of the module but those of its `__main__` block."""
-  tree = ast.parse(path.read_text())
-  tree.body = [node for node in tree.body if not _is_main_block(node)]
-  return list(ast.walk(tree))
+def _nodes(path: pathlib.Path) -> list[ast.AST]:
+  """Every node of the module, its `__main__` block's too."""
+  return list(ast.walk(ast.parse(path.read_text())))
 
 
 def _imports(path: pathlib.Path, modules: dict[str, pathlib.Path]) -> set[str]:
-  """The factorized modules `path` imports, anywhere in it (function-level imports too)."""
+  """The factorized modules `path` imports, anywhere in it (function-level imports and a
+  `__main__` block's too)."""
   found = set()
-  for node in _library_nodes(path):
+  for node in _nodes(path):
     if isinstance(node, ast.Import):
       found.update(alias.name for alias in node.names if alias.name.startswith('factorized'))
     elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('factorized'):
@@ -69,7 +65,10 @@ def _graph() -> dict[str, set[str]]:
 
 
 def _part(module: str) -> str:
-  """The layer a module belongs to: its sub-package, or its own name at the top level."""
+  """The layer a module belongs to: a package's __main__ is an entry point; any other module
+  belongs to its sub-package, or to its own name at the top level."""
+  if module.rpartition('.')[2] == '__main__':
+    return ENTRY_POINTS
   return module.split('.')[1] if module.count('.') else ''
 
 
@@ -84,6 +83,14 @@ def test_imports_flow_down_the_layers():
                   if _part(module) in RANK and _part(target) in RANK
                   and _part(module) != _part(target) and RANK[_part(target)] <= RANK[_part(module)])
   assert not upward, 'imports against the layering (see LAYERS):\n' + '\n'.join(upward)
+
+
+def test_imports_in_a_main_block_count(tmp_path):
+  """A `__main__` block's imports are the module's own: one importing upward is caught."""
+  modules = _modules()
+  library = tmp_path / 'library.py'
+  library.write_text("if __name__ == '__main__':\n  from factorized.config import specs\n")
+  assert _imports(library, modules) == {'factorized.config.specs'}
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -126,5 +133,5 @@ def test_ml_collections_stays_at_the_config_boundary():
   readers = sorted(
       name for name, path in _modules().items() if _part(name) != 'config' and any(
           isinstance(node, (ast.Import, ast.ImportFrom)) and 'ml_collections' in ast.unparse(node)
-          for node in _library_nodes(path)))
+          for node in _nodes(path)))
   assert not readers, f'ml_collections imported outside factorized/config: {readers}'

@@ -96,7 +96,7 @@ class Corpus:
   name: str = ''
 
   def stats(self) -> dict:
-    """The corpus statistics that `python -m factorized.data.pipeline` prints."""
+    """The corpus statistics that `python -m factorized.data` prints."""
     return {
         'corpus': self.name,
         'tokenizer': self.tokenizer.kind,
@@ -435,20 +435,3 @@ def frequent_classes(edges: tuple[int, ...] | list[int], min_count: int) -> list
                      f'{tuple(edges)}, where a frequency class begins.')
   return _range_names(edges, 0)[edges.index(min_count) + 1:]
 
-
-if __name__ == '__main__':  # an entry point: prepares and caches the corpus of a config
-  from absl import app
-  from ml_collections import config_flags
-
-  from factorized.config import specs
-
-  _CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file, e.g. '
-                                            'configs/brown.py.', lock_config=True)
-
-  def _main(argv) -> None:
-    if len(argv) > 1:
-      raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    corpus = prepare_corpus(specs.from_config(_CONFIG.value).data)
-    print(json.dumps(corpus.stats(), indent=1))
-
-  app.run(_main)
