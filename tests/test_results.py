@@ -190,7 +190,7 @@ def test_tuned_rows_choose_over_every_swept_field_by_valid_perplexity(tmp_path):
   assert len(every) == 1
   best = every.iloc[0]
   assert (best['lr'], best['num_steps'], best['weight_decay']) == (3e-3, 3000, 0.1)
-  assert best['configs'] == 5 and best['test_ppl_mean'] == 75.0
+  assert best['configs'] == 5 and best['grid'] == 12 and best['test_ppl_mean'] == 75.0
   assert best['tried'] == 'lr 0.0015+0.003+0.006; num_steps 1500+3000; weight_decay 0.1+0.3'
   assert best['edges'] == 'num_steps,weight_decay' and best['at_edge']
   # Best valid at step 2,500 of 3,000: it had stopped improving.

@@ -321,15 +321,17 @@ def tuned(table: pd.DataFrame, over: Sequence[str] | None = (TUNED,)) -> pd.Data
   one: like against like), or on all seeds when they share none. The test split chooses
   nothing.
 
-  Besides the aggregate's columns: `over` (the fields chosen over, comma-joined),
-  `configs` (how many were tried), `tried` (each field's values, '+'-joined; one field:
-  the values alone), `edges` (the numeric fields whose chosen value is the lowest or
-  highest tried: a wider range may do better) and `at_edge` (any such field), `best_step`
-  (each seed's step of best valid perplexity, '/'-joined) and `best_at_last` (every seed's
-  best at its last step: still improving)."""
-  columns = ['kind', 'head', 'rank', TUNED, 'over', 'configs', 'tried', 'edges', 'at_edge',
-             'best_step', 'best_at_last', 'seeds', 'vocab_params', 'best_valid_ppl_mean',
-             'test_ppl_mean', 'test_ppl_std', 'series']
+  Every column of the aggregate (the per-group means too), and: `over` (the fields chosen
+  over, comma-joined), `configs` (how many were tried), `grid` (how many combinations of
+  the values tried: more than `configs` where the configurations tried are no full grid),
+  `tried` (each field's values, '+'-joined; one field: the values alone), `edges` (the
+  numeric fields whose chosen value is the lowest or highest tried: a wider range may do
+  better) and `at_edge` (any such field), `best_step` (each seed's step of best valid
+  perplexity, '/'-joined) and `best_at_last` (every seed's best at its last step: still
+  improving)."""
+  columns = ['kind', 'head', 'rank', TUNED, 'over', 'configs', 'grid', 'tried', 'edges',
+             'at_edge', 'best_step', 'best_at_last', 'seeds', 'vocab_params',
+             'best_valid_ppl_mean', 'test_ppl_mean', 'test_ppl_std', 'series']
   runs = table[table['method'] == TRAINED] if 'method' in table.columns else table
   groups = aggregate(runs)
   swept = swept_columns(groups)
@@ -351,13 +353,16 @@ def tuned(table: pd.DataFrame, over: Sequence[str] | None = (TUNED,)) -> pd.Data
     best_steps = chosen.sort_values('seed')['best_step']
     at_last = (chosen['best_step'] == chosen['steps']).fillna(False)
     rows.append({**best.to_dict(), 'over': ','.join(values), 'configs': len(points),
+                 'grid': math.prod(len(tried) for tried in values.values()),
                  'tried': '; '.join(_values_text(field, tried, len(values) > 1)
                                     for field, tried in values.items()),
                  'edges': ','.join(edges), 'at_edge': bool(edges),
                  'best_step': '/'.join('-' if pd.isna(s) else str(int(s)) for s in best_steps),
                  'best_at_last': bool(at_last.all())})
-  return pd.DataFrame(rows, columns=[*columns, *(c for c in [*keys, *fields]
-                                                 if c not in columns)])
+  if not rows:
+    return pd.DataFrame(columns=columns)
+  frame = pd.DataFrame(rows)
+  return frame[[*columns, *(c for c in frame.columns if c not in columns)]]
 
 
 def _sortable(value) -> tuple:
