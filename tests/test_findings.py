@@ -8,7 +8,7 @@ import re
 import pytest
 from scipy import stats as scipy_stats
 
-from factorized.analysis import findings
+from factorized.analysis import comparison, findings, folders, headline
 from factorized.analysis import table as sweep_table
 from tests.test_sweep import fake_run
 
@@ -95,7 +95,7 @@ def sweep_dir(tmp_path):
 
 def test_a_difference_is_real_only_by_the_t_test_and_within_noise_gets_no_verdict(sweep_dir):
   text = findings.render(sweep_dir)
-  folder = findings.Folder.load(sweep_dir)
+  folder = folders.Folder.load(sweep_dir)
   assert text.startswith(folder.header)
   # One seed against dense's three: t_0.975,2 = 4.30, not a fixed 2: the threshold is
   # 4.30 x 2 x sqrt(1 + 1/3) = 9.9. svd 8 (+4) is within it, svd 4 (+28) not.
@@ -117,14 +117,14 @@ def test_a_difference_is_real_only_by_the_t_test_and_within_noise_gets_no_verdic
   assert ('dense -3.9%, within seed noise, p = 0.23, for 64,000 more parameters; svd 8 -4.7%, '
           f'within seed noise, p = {p_value(5.0, 2.0, 2, 1, 1):.2g}, for') in text
   verdict_free(text)
-  verdict_free(findings.render_headline(sweep_dir))
+  verdict_free(headline.render_headline(sweep_dir))
   # The page counts its tests, each comparison once however often it prints it.
   count = int(re.search(r'this page makes (\d+) tests', text).group(1))
   assert 15 <= count <= 30
 
 
 def tt_parts(table, dense):
-  return findings.decompose(table[table['run'] == 'tt_rank8_seed0'], dense,
+  return comparison.decompose(table[table['run'] == 'tt_rank8_seed0'], dense,
                             sweep_table.BAND_PREFIX).parts
 
 
@@ -133,7 +133,7 @@ def test_every_gap_to_dense_is_split_by_frequency_group_and_the_parts_sum_to_it(
   dense = table[(table['kind'] == 'dense') & (table['head'] == 'tied')
                 & (table['method'] == 'trained')]
   for run in ('tt_rank8_seed0', 'svd_rank4_seed0', 'albert_rank8_seed0'):
-    found = findings.decompose(table[table['run'] == run], dense, sweep_table.BAND_PREFIX)
+    found = comparison.decompose(table[table['run'] == run], dense, sweep_table.BAND_PREFIX)
     gap = math.log(float(table.loc[table['run'] == run, 'test_ppl'].iloc[0])) - sum(
         math.log(t) for t in (100.0, 102.0, 104.0)) / 3
     assert found.gap == pytest.approx(gap)
@@ -150,11 +150,11 @@ def test_every_gap_to_dense_is_split_by_frequency_group_and_the_parts_sum_to_it(
   cells = [c.strip() for c in row.split('|')[2:6]]
   assert float(cells[0]) == pytest.approx(sum(map(float, cells[1:])), abs=0.002)
   # The headline says where tt 8's gain comes from, and that it is worse on frequent types.
-  headline = findings.render_headline(sweep_dir)
+  block = headline.render_headline(sweep_dir)
   assert ('tt 8: lower all-token perplexity than dense, -31.4%, Holm p = 0.018 (-0.376 nats '
           'per test token). It comes entirely from band `101+` (30.0% of test tokens, -0.563 '
-          'nats); the frequent types (60.0%) add +0.224.') in headline
-  assert '| tt | 8 | 16,000 | 25% | 1 | 70.0 | -31.4%, Holm p = 0.018 | 148.2 | +45.3%' in headline
+          'nats); the frequent types (60.0%) add +0.224.') in block
+  assert '| tt | 8 | 16,000 | 25% | 1 | 70.0 | -31.4%, Holm p = 0.018 | 148.2 | +45.3%' in block
 
 
 def test_the_frequent_types_are_the_classes_seen_11_times_when_summaries_have_them(sweep_dir):
@@ -167,8 +167,8 @@ def test_the_frequent_types_are_the_classes_seen_11_times_when_summaries_have_th
           '`11-100`, `101+`: 70.0% of test tokens)') in text
   # The split is by class now (train count), the bands aside.
   assert '| point | all tokens | class (train count) `0` (10.0%) |' in text
-  headline = findings.render_headline(sweep_dir)
-  assert 'It comes entirely from class `0` (10.0% of test tokens' in headline
+  block = headline.render_headline(sweep_dir)
+  assert 'It comes entirely from class `0` (10.0% of test tokens' in block
 
 
 def test_the_headline_family_is_holm_adjusted_and_the_adjusted_verdict_is_printed(tmp_path):
@@ -183,16 +183,16 @@ def test_the_headline_family_is_holm_adjusted_and_the_adjusted_verdict_is_printe
   assert alone < 0.05
   text = findings.render(tmp_path)
   assert f'| svd | tied | 16 | 1 | 17,040 | 114.0 | +11.8%, p = {alone:.2g} |' in text
-  headline = findings.render_headline(tmp_path)
-  assert "Holm's adjustment over the 3 comparisons with dense in this block" in headline
+  block = headline.render_headline(tmp_path)
+  assert "Holm's adjustment over the 3 comparisons with dense in this block" in block
   # Sorted p: tt's (tiny) x 3, then 0.044 x 2 for both: no longer real after adjustment.
   adjusted = min(1.0, 2 * alone)
   assert (f'| svd | 16 | 17,040 | 27% | 1 | 114.0 | +11.8%, within seed noise, Holm p = '
-          f'{adjusted:.2g} |') in headline
+          f'{adjusted:.2g} |') in block
   assert f'svd 16: all-token perplexity +11.8%, within seed noise, Holm p = {adjusted:.2g}' \
-         in headline
-  assert '| tt | 8 | 16,000 | 25% | 1 | 160.0 | +56.9%, Holm p = ' in headline
-  verdict_free(headline)
+         in block
+  assert '| tt | 8 | 16,000 | 25% | 1 | 160.0 | +56.9%, Holm p = ' in block
+  verdict_free(block)
 
 
 def test_post_hoc_rows_meet_scratch_rows_only_at_matched_steps(sweep_dir):
@@ -261,12 +261,12 @@ def test_tuned_configurations_choose_over_every_swept_field_and_flag_edges(sweep
          '35.0 | 2500 of 3000 | 95.0 |' in text
   assert ('- The chosen value is the lowest or highest tried for: dense (lr, num_steps); svd '
           '16 (num_steps). A wider range may do better there.') in text
-  headline = findings.render_headline(sweep_dir)
+  block = headline.render_headline(sweep_dir)
   # -15.8% (p = 0.034 alone) is within seed noise once Holm-adjusted over the block's 8.
   assert ('| svd | 16 | lr 0.003, num_steps 3000 | 4 of 6 | 3000 of 3000 (the last: still '
-          'improving) | 80.0 | -15.8%, within seed noise, Holm p = 0.1 |') in headline
+          'improving) | 80.0 | -15.8%, within seed noise, Holm p = 0.1 |') in block
   assert 'At the edge of the values tried (a wider range may do better): dense (lr, ' \
-         'num_steps); svd 16 (num_steps).' in headline
+         'num_steps); svd 16 (num_steps).' in block
   # Longer training: the gap to dense at each step count, and whether it moved (four means:
   # 1 + 3 + 1 + 1 seeds).
   moved = p_value(-16.0, 2.0, 2, 1, 3, 1, 1)
@@ -289,18 +289,18 @@ def test_a_second_folder_is_a_few_lines_of_description_with_its_own_markers(tmp_
       'title': 'Results on Brown, vocabulary from the train split',
       'protocol': 'the vocabulary counted on the train split only',
       'config': {'data.vocab_from': 'train'}}))
-  folders = [findings.Folder.load(root) for root in (brown, other)]
-  assert folders[1].begin.startswith('<!-- results:brown_trainvocab headline begin: generated '
+  described = [folders.Folder.load(root) for root in (brown, other)]
+  assert described[1].begin.startswith('<!-- results:brown_trainvocab headline begin: generated '
                                      f'from {other.as_posix()} by `python -m ')
   assert findings.render(other).startswith(
       '# Results on Brown, vocabulary from the train split\n')
-  readme = '\n\n'.join(f'{f.begin}\nold\n{f.end}' for f in folders) + '\n\n## next\n'
-  for folder in folders:
-    readme = findings.replace_section(readme, findings.render_headline(folder.root), folder)
+  readme = '\n\n'.join(f'{f.begin}\nold\n{f.end}' for f in described) + '\n\n## next\n'
+  for folder in described:
+    readme = headline.replace_section(readme, headline.render_headline(folder.root), folder)
   assert '\nold\n' not in readme and readme.endswith('## next\n')
   assert readme.count('ppl_vs_vocab_params.png') == 2
   with pytest.raises(ValueError, match='no results section between the markers'):
-    findings.replace_section('# title\n', 'x', folders[0])
+    headline.replace_section('# title\n', 'x', described[0])
   # A run of another protocol in the folder is refused, naming the field and the fix.
   fake_run(other, 'svd_rank8_seed0', 'svd', 8, test=110.0)
   patch(other / 'svd_rank8_seed0', **{'data.vocab_from': 'all'})
@@ -308,21 +308,21 @@ def test_a_second_folder_is_a_few_lines_of_description_with_its_own_markers(tmp_
     findings.render(other)
   (other / 'findings.json').write_text(json.dumps({'budgett': 0.3}))
   with pytest.raises(ValueError, match=r"unknown fields \['budgett'\]"):
-    findings.Folder.load(other)
+    folders.Folder.load(other)
 
 
 def test_the_findings_and_the_readme_headline_are_generated_from_results_brown(repo_root,
                                                                                monkeypatch):
   monkeypatch.chdir(repo_root)  # they name results/brown as a relative path
-  folder = findings.Folder.load('results/brown')
+  folder = folders.Folder.load('results/brown')
   fix = f'run {folder.command}'
-  findings_file = repo_root / 'results' / 'brown' / findings.FINDINGS_FILE
+  findings_file = repo_root / 'results' / 'brown' / folders.FINDINGS_FILE
   assert findings_file.read_text() == findings.render('results/brown'), (
       f'{findings_file} differs from the data: {fix}')
   readme = (repo_root / 'README.md').read_text()
-  headline = findings.render_headline('results/brown')
+  block = headline.render_headline('results/brown')
   start = readme.index(folder.begin)
-  assert readme[start:start + len(headline)].rstrip('\n') == headline.rstrip('\n'), (
+  assert readme[start:start + len(block)].rstrip('\n') == block.rstrip('\n'), (
       f'README.md\'s headline differs from results/brown: {fix}')
 
 
