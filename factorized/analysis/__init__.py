@@ -1,1 +1,2 @@
-"""Reading results: a sweep's table and reports, plots, findings, notebooks' helpers."""
+"""Reading results: a sweep's table and reports, plots, the statistics of seed noise
+(stats.py), a results folder's findings and README headline, notebooks' helpers."""

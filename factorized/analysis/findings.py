@@ -1,6 +1,7 @@
-r"""What a finished sweep shows: its results folder's README, generated from the folder
-alone (its data and its findings.json, folders.py); `--readme` also rewrites the folder's
-block of the repository README (headline.py):
+r"""What a finished sweep shows: a results folder's README, from its data alone.
+
+The folder's data and its findings.json (folders.py) make its README; `--readme` also
+rewrites the folder's block of the repository README (headline.py):
 
   python -m factorized.analysis.findings results/brown --readme=README.md
 
