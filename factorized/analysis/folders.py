@@ -18,7 +18,7 @@ import pathlib
 from typing import Any
 
 from factorized.analysis import table as sweep_table
-from factorized.train import workdir as workdir_lib
+from factorized.config import migrate as migrate_lib
 
 FINDINGS_FILE = 'README.md'  # the full findings, in the results folder itself
 DESCRIPTION_FILE = 'findings.json'
@@ -106,7 +106,7 @@ def check_config(folder: Folder) -> None:
     path = run_dir / 'summary.json'
     if not path.exists():
       continue
-    config = workdir_lib.migrate(json.loads(path.read_text())['config'])
+    config = migrate_lib.migrate(json.loads(path.read_text())['config'])
     for field, expected in folder.config.items():
       value: Any = config
       for part in field.split('.'):

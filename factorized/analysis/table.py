@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from factorized import embeddings, metrics
+from factorized.config import migrate as migrate_lib
 from factorized.evaluation.posthoc import POSTHOC_METHOD
-from factorized.train import workdir as workdir_lib
 
 SWEEP_RUN = 'sweep'
 CSV_FILE, AGGREGATE_FILE = 'summary.csv', 'aggregate.csv'
@@ -90,7 +90,7 @@ def head_label(row) -> str:
 
 
 def _summary_row(run: str, summary: dict) -> dict[str, Any]:
-  config, params = workdir_lib.migrate(copy.deepcopy(summary['config'])), summary['params']
+  config, params = migrate_lib.migrate(copy.deepcopy(summary['config'])), summary['params']
   embed = config['model']['embed']
   kind = embed['kind']
   head_kind, head_rank = _head(embed)
