@@ -190,8 +190,9 @@ GROUPINGS = {'bands': 'band', 'classes': 'class'}  # an Evaluator's groupings: t
 def group_scalars(split: str, result: dict) -> dict[str, float]:
   """TensorBoard scalars <split>_band_<metric>/<band> and <split>_class_<metric>/<class> of
   an Evaluator result, for every reported metric but the loss (ppl, accuracy, ...; groups
-  with tokens; `<unk>` is tagged `unk`, TensorBoard's tags allowing no angle brackets)."""
-  return {f'{split}_{word}_{key}/{name.strip("<>")}': group[key]
+  with tokens). TensorBoard's tags allow neither angle brackets nor '+': `<unk>` is tagged
+  `unk` and `101+` `101plus`."""
+  return {f'{split}_{word}_{key}/{name.strip("<>").replace("+", "plus")}': group[key]
           for grouping, word in GROUPINGS.items()
           for key in metrics_lib.reported_names() if key != 'loss'
           for name, group in result[grouping].items() if group.get(key) is not None}
@@ -281,139 +282,205 @@ def train_and_evaluate(
 
 def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
          writer: MetricWriter, resuming: bool, stop: StopRequest) -> dict:
-  config = run.config
-  train_cfg, vocab_size = config.train, run.corpus.vocab_size
+  """The step loop. Each step is dispatched, then the one before it is waited for (and
+  logged at a log step); at eval and checkpoint steps, and on a stop, this step is read,
+  evaluated and saved. The handlers are `_Loop`'s."""
   batches = run.train_batches()
-  progress = {'elapsed_s': 0.0, 'best_valid_ppl': math.inf, 'valid_ppl': math.nan}
-  state = run.state
-  if resuming and checkpointer.latest_step() is not None:
-    state, extra = checkpointer.restore(state)
-    batches.set_state(extra['data'])
-    progress.update(extra['progress'])
-    log.warning('Resumed %s at step %d.', workdir, int(state.step))
+  state, progress = run.state, {}
+  if resuming:
+    state, progress = _restore(state, checkpointer, batches, workdir)
+  train_step = run.train_step()
+  loop = _Loop(run, workdir, checkpointer, writer, batches, progress, int(state.step))
+  num_steps = run.config.train.num_steps
+  pending = None  # (step, device metrics) of the step dispatched before this one
+  with loop.bar:
+    for step in range(int(state.step) + 1, num_steps + 1):
+      state, metrics = train_step(state, parallel.global_batch(next(batches), run.mesh))
+      if pending is not None:
+        loop.finished(*pending)
+      pending = (step, metrics)
+      if loop.saves_at(step) or stop.signal_name:
+        loop.checkpoint(step, state, metrics)
+      if stop.signal_name and step != num_steps:
+        loop.stop(step, stop.signal_name)
+  return loop.finish(state, stop)
 
-  valid_eval, test_eval = run.evaluator('valid'), run.evaluator('test')
-  params_count = costs.param_counts(config, vocab_size)
+
+def _restore(state: TrainState, checkpointer: checkpointing.Checkpointer,
+             batches: data_lib.TrainBatches, workdir: str) -> tuple[TrainState, dict]:
+  """The latest checkpoint's state and progress, the batches moved to where it left them;
+  `state` and no progress when there is none."""
+  if checkpointer.latest_step() is None:
+    return state, {}
+  state, extra = checkpointer.restore(state)
+  batches.set_state(extra['data'])
+  log.warning('Resumed %s at step %d.', workdir, int(state.step))
+  return state, extra['progress']
+
+
+class _Loop:
+  """The handlers of `_fit`'s step loop (log, evaluate, checkpoint, stop, finish) and the
+  run's progress: the last and best validation perplexities, the last train loss and the
+  training time, saved with every checkpoint so that a resumed run carries them on."""
+
+  def __init__(self, run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
+               writer: MetricWriter, batches: data_lib.TrainBatches, progress: dict,
+               start_step: int):
+    self.run, self.workdir, self.checkpointer, self.writer = run, workdir, checkpointer, writer
+    self.train, self.batches = run.config.train, batches
+    self.progress = {'elapsed_s': 0.0, 'best_valid_ppl': math.inf, 'valid_ppl': math.nan,
+                     **progress}
+    self.valid_eval, self.test_eval = run.evaluator('valid'), run.evaluator('test')
+    _describe(writer, run.config, run.corpus.vocab_size)
+    self.tokens_per_step = self.train.batch_size * run.config.data.seq_len
+    self.last_metrics = {'loss': self.progress.get('train_loss', math.nan)}  # resumed at its end
+    self.throughput = _Throughput(start_step, self.tokens_per_step)
+    self.elapsed_before = self.progress['elapsed_s']
+    self.bar = tqdm.tqdm(total=self.train.num_steps, initial=start_step, unit='step',
+                         dynamic_ncols=True, disable=jax.process_index() != 0)
+
+  def finished(self, step: int, metrics: dict) -> None:
+    """Waits for `step` (dispatched before the current one) and logs it at a log step.
+
+    At most two steps in flight: the current one queued behind `step`, which the host waits
+    for (no transfer) before preparing the next batch. The bar counts finished steps, and a
+    stop request is served within about two steps' time."""
+    jax.block_until_ready(metrics)
+    self.bar.update(max(0, step - self.bar.n))
+    if step % self.train.log_every == 0:
+      self.log(step, metrics)
+
+  def log(self, step: int, metrics: dict) -> None:
+    """Reads a finished step's metrics: train scalars, the bar, progress.json."""
+    self.last_metrics = _read(metrics)
+    _check_finite(step, self.last_metrics, self.checkpointer)
+    tokens_per_s = self.throughput.interval(step)
+    loss = self.last_metrics['loss']
+    self.writer.scalars(step, {
+        'train/loss': loss, 'train/ppl': math.exp(min(loss, 50.0)),
+        'train/lr': self.last_metrics['lr'], 'train/grad_norm': self.last_metrics['grad_norm'],
+        'train/penalty': self.last_metrics['penalty'], 'train/tokens_per_s': tokens_per_s})
+    self.bar.set_postfix(loss=f'{loss:.3f}', tok_s=f'{tokens_per_s:,.0f}')
+    if jax.process_index() == 0:  # for a sweep's live view (factorized/train/progress.py)
+      progress_lib.write_progress(
+          self.workdir, step=step, num_steps=self.train.num_steps, loss=loss,
+          steps_per_s=tokens_per_s / self.tokens_per_step, tokens_per_s=tokens_per_s)
+
+  def evaluates_at(self, step: int) -> bool:
+    return step == self.train.num_steps or step % self.train.eval_every == 0
+
+  def saves_at(self, step: int) -> bool:
+    return self.evaluates_at(step) or step % self.train.ckpt_every == 0
+
+  def checkpoint(self, step: int, state: TrainState, metrics: dict) -> None:
+    """Reads `step`'s metrics, evaluates at an eval step and saves the checkpoint; the
+    pause is left out of the throughput."""
+    self.last_metrics = _read(metrics)
+    self.bar.update(step - self.bar.n)  # this step has finished too
+    self.throughput.interval(step)
+    paused_at = time.perf_counter()
+    _check_finite(step, self.last_metrics, self.checkpointer)
+    valid = self.evaluate(step, state.params) if self.evaluates_at(step) else None
+    self.progress['elapsed_s'] = self.elapsed_before + self.throughput.wall_time()
+    self.progress['train_loss'] = self.last_metrics['loss']
+    self.checkpointer.save(step, state, {'data': self.batches.get_state(),
+                                         'progress': self.progress},
+                           valid_ppl=valid['ppl'] if valid else None)
+    self.writer.flush()
+    self.throughput.pause(time.perf_counter() - paused_at)
+
+  def evaluate(self, step: int, params: nnx.State) -> dict:
+    """The valid split: its scalars and the embedding's spectrum, and the progress."""
+    result = self.valid_eval(params)
+    self.progress['valid_ppl'] = result['ppl']
+    self.progress['best_valid_ppl'] = min(self.progress['best_valid_ppl'], result['ppl'])
+    self.writer.scalars(step, {**_eval_scalars('valid', result),
+                               **embedding_spectrum(self.run.model(params))})
+    self.progress['valid_bands'] = result['bands']
+    self.progress['valid_classes'] = result['classes']
+    self.progress['valid_frequent'] = result['frequent']
+    self.progress['valid_metrics'] = extra_metrics(result)
+    return result
+
+  def stop(self, step: int, signal_name: str) -> None:
+    """Ends the run after a stop signal, once `step`'s checkpoint is written."""
+    raise TrainingInterrupted(
+        f'{signal_name} at step {step}: checkpoint written to {self.checkpointer.directory}; '
+        'run the same command again to resume.', signal_name)
+
+  def finish(self, state: TrainState, stop: StopRequest) -> dict:
+    """Evaluates the test split at the best valid step and writes summary.json. The last
+    checkpoint is written: nothing is left to save, so a stop ends it at once."""
+    def stop_now(signal_name: str):
+      raise TrainingInterrupted(
+          f'{signal_name} during the final evaluation: the checkpoint of step '
+          f'{int(state.step)} is in {self.checkpointer.directory}; run the same command '
+          'again to finish.', signal_name)
+
+    with stop.acting(stop_now):
+      self.checkpointer.wait()
+      best_step = self.checkpointer.best_step()
+      best_params = state.params
+      if best_step is not None and best_step != int(state.step):
+        best_params = self.checkpointer.restore(state, step=best_step)[0].params
+      test = self.test_eval(best_params)
+      self.writer.scalars(int(state.step), _eval_scalars('test', test))
+      self.writer.end_session()
+      summary = _summary(self.run, self.progress, test, best_step=best_step,
+                         steps=int(state.step), train_loss=self.last_metrics['loss'],
+                         tokens_per_s=self.throughput.steady_tokens_per_s())
+      summary_lib.write_summary(self.workdir, summary)
+    return summary
+
+
+def _read(metrics: dict) -> dict[str, float]:
+  """A finished step's metrics on the host (the step's one transfer)."""
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+# Each split's HParams metrics: its perplexity and its frequent types' perplexity.
+_HPARAM_TAGS = {'valid': (HPARAM_METRICS[0], HPARAM_METRICS[2]),
+                'test': (HPARAM_METRICS[1], HPARAM_METRICS[3])}
+
+
+def _eval_scalars(split: str, result: dict) -> dict[str, float]:
+  """TensorBoard scalars of an Evaluator result: loss, ppl, the HParams metrics, the other
+  metrics and every band and class."""
+  ppl_tag, frequent_tag = _HPARAM_TAGS[split]
+  return {f'{split}/loss': result['loss'], f'{split}/ppl': result['ppl'],
+          ppl_tag: result['ppl'], frequent_tag: result['frequent']['ppl'],
+          **metric_scalars(split, result), **group_scalars(split, result)}
+
+
+def _describe(writer: MetricWriter, config: Spec, vocab_size: int) -> None:
+  """The run's HParams (its kind, ranks and sizes) and its parameter counts as a table."""
+  counts = costs.param_counts(config, vocab_size)
   embed = config.model.embed
   own_head = embed.head == 'untied' and embed.head_kind != 'dense'
   writer.hparams({'kind': embed.kind, 'rank': embed.rank if embeddings.ranked(embed.kind) else 0,
                   'head': embed.head, 'head_kind': embed.head_kind if own_head else '',
                   'head_rank': (embed.head_rank or embed.rank) if own_head else 0,
-                  'embedding_params': params_count['embedding'],
-                  'vocab_params': params_count['vocab'], 'total_params': params_count['total'],
-                  'model_dim': config.model.model_dim, 'embed_decay': train_cfg.embed_decay,
-                  'seed': config.seed})
+                  'embedding_params': counts['embedding'], 'vocab_params': counts['vocab'],
+                  'total_params': counts['total'], 'model_dim': config.model.model_dim,
+                  'embed_decay': config.train.embed_decay, 'seed': config.seed})
   writer.text('params', '| parameters | count |\n|---|---:|\n' + ''.join(
-      f'| {name} | {value:,} |\n' for name, value in params_count.items()))
+      f'| {name} | {value:,} |\n' for name, value in counts.items()))
 
-  train_step = run.train_step()
-  tokens_per_step = train_cfg.batch_size * config.data.seq_len
-  start_step = int(state.step)
-  last_metrics = {'loss': progress.get('train_loss', math.nan)}  # a run resumed at its end
-  throughput = _Throughput(start_step, tokens_per_step)
-  elapsed_before = progress['elapsed_s']
 
-  def evaluate(step: int, params: nnx.State) -> dict:
-    result = valid_eval(params)
-    progress['valid_ppl'] = result['ppl']
-    progress['best_valid_ppl'] = min(progress['best_valid_ppl'], result['ppl'])
-    writer.scalars(step, {'valid/loss': result['loss'], 'valid/ppl': result['ppl'],
-                          HPARAM_METRICS[0]: result['ppl'],
-                          HPARAM_METRICS[2]: result['frequent']['ppl'],
-                          **metric_scalars('valid', result),
-                          **group_scalars('valid', result),
-                          **embedding_spectrum(run.model(params))})
-    progress['valid_bands'] = result['bands']
-    progress['valid_classes'] = result['classes']
-    progress['valid_frequent'] = result['frequent']
-    progress['valid_metrics'] = extra_metrics(result)
-    return result
-
-  def read(metrics) -> dict:
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
-
-  bar = tqdm.tqdm(total=train_cfg.num_steps, initial=start_step, unit='step', dynamic_ncols=True,
-                  disable=jax.process_index() != 0)
-  pending = None  # (step, device metrics) of the step dispatched before this one
-  with bar:
-    for step in range(start_step + 1, train_cfg.num_steps + 1):
-      batch = parallel.global_batch(next(batches), run.mesh)
-      state, metrics = train_step(state, batch)
-      if pending is not None:
-        # At most two steps in flight: this one queued behind the previous, which the host
-        # waits for (no transfer) before preparing the next batch. The bar counts finished
-        # steps, and a stop request is served within about two steps' time.
-        jax.block_until_ready(pending[1])
-        bar.update(max(0, pending[0] - bar.n))
-      if pending is not None and pending[0] % train_cfg.log_every == 0:
-        last_metrics = read(pending[1])
-        _check_finite(pending[0], last_metrics, checkpointer)
-        tokens_per_s = throughput.interval(pending[0])
-        writer.scalars(pending[0], {
-            'train/loss': last_metrics['loss'],
-            'train/ppl': math.exp(min(last_metrics['loss'], 50.0)),
-            'train/lr': last_metrics['lr'],
-            'train/grad_norm': last_metrics['grad_norm'],
-            'train/penalty': last_metrics['penalty'],
-            'train/tokens_per_s': tokens_per_s})
-        bar.set_postfix(loss=f'{last_metrics["loss"]:.3f}', tok_s=f'{tokens_per_s:,.0f}')
-        if jax.process_index() == 0:  # for a sweep's live view (factorized/train/progress.py)
-          progress_lib.write_progress(
-              workdir, step=pending[0], num_steps=train_cfg.num_steps,
-              loss=last_metrics['loss'], steps_per_s=tokens_per_s / tokens_per_step,
-              tokens_per_s=tokens_per_s)
-      pending = (step, metrics)
-      final = step == train_cfg.num_steps
-      do_eval = final or step % train_cfg.eval_every == 0
-      if final or do_eval or step % train_cfg.ckpt_every == 0 or stop.signal_name:
-        last_metrics = read(metrics)
-        bar.update(step - bar.n)  # this step has finished too
-        throughput.interval(step)
-        paused_at = time.perf_counter()
-        _check_finite(step, last_metrics, checkpointer)
-        valid = evaluate(step, state.params) if do_eval else None
-        progress['elapsed_s'] = elapsed_before + throughput.wall_time()
-        progress['train_loss'] = last_metrics['loss']
-        checkpointer.save(step, state, {'data': batches.get_state(), 'progress': progress},
-                          valid_ppl=valid['ppl'] if valid else None)
-        writer.flush()
-        throughput.pause(time.perf_counter() - paused_at)  # evaluation is not training time
-      if stop.signal_name and not final:
-        raise TrainingInterrupted(
-            f'{stop.signal_name} at step {step}: checkpoint written to '
-            f'{checkpointer.directory}; run the same command again to resume.',
-            stop.signal_name)
-
-  def stop_now(signal_name: str):
-    raise TrainingInterrupted(
-        f'{signal_name} during the final evaluation: the checkpoint of step {int(state.step)} '
-        f'is in {checkpointer.directory}; run the same command again to finish.', signal_name)
-
-  # The last checkpoint is written: nothing is left to save, so a stop ends it at once.
-  with stop.acting(stop_now):
-    checkpointer.wait()
-    best_step = checkpointer.best_step()
-    best_params = state.params
-    if best_step is not None and best_step != int(state.step):
-      best_params = checkpointer.restore(state, step=best_step)[0].params
-    test = test_eval(best_params)
-    writer.scalars(int(state.step), {'test/loss': test['loss'], 'test/ppl': test['ppl'],
-                                     HPARAM_METRICS[1]: test['ppl'],
-                                     HPARAM_METRICS[3]: test['frequent']['ppl'],
-                                     **metric_scalars('test', test),
-                                     **group_scalars('test', test)})
-    writer.end_session()
-    summary = summary_lib.build_summary(
-        config, vocab_size,
-        valid_ppl=progress['valid_ppl'], best_valid_ppl=progress['best_valid_ppl'],
-        best_step=best_step, test_ppl=test['ppl'], test_word_ppl=test.get('word_ppl'),
-        valid_bands=progress.get('valid_bands'), test_bands=test['bands'],
-        valid_classes=progress.get('valid_classes'), test_classes=test['classes'],
-        valid_frequent=progress.get('valid_frequent'), test_frequent=test['frequent'],
-        train_loss=last_metrics['loss'], steps=int(state.step),
-        tokens_seen=int(state.step) * tokens_per_step, wall_time_s=progress['elapsed_s'],
-        tokens_per_s=throughput.steady_tokens_per_s(),
-        **{f'valid_{key}': value for key, value in progress.get('valid_metrics', {}).items()},
-        **{f'test_{key}': value for key, value in extra_metrics(test).items()})
-    summary_lib.write_summary(workdir, summary)
-  return summary
+def _summary(run: Run, progress: dict, test: dict, *, best_step: int | None, steps: int,
+             train_loss: float, tokens_per_s: float | None) -> dict:
+  """summary.json of a finished run: the last and best validation (from `progress`), the
+  test split at the best step, per band, class and frequent types, and the costs."""
+  config = run.config
+  return summary_lib.build_summary(
+      config, run.corpus.vocab_size,
+      valid_ppl=progress['valid_ppl'], best_valid_ppl=progress['best_valid_ppl'],
+      best_step=best_step, test_ppl=test['ppl'], test_word_ppl=test.get('word_ppl'),
+      valid_bands=progress.get('valid_bands'), test_bands=test['bands'],
+      valid_classes=progress.get('valid_classes'), test_classes=test['classes'],
+      valid_frequent=progress.get('valid_frequent'), test_frequent=test['frequent'],
+      train_loss=train_loss, steps=steps,
+      tokens_seen=steps * config.train.batch_size * config.data.seq_len,
+      wall_time_s=progress['elapsed_s'], tokens_per_s=tokens_per_s,
+      **{f'valid_{key}': value for key, value in progress.get('valid_metrics', {}).items()},
+      **{f'test_{key}': value for key, value in extra_metrics(test).items()})
