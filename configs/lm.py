@@ -68,7 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.embed.head_kind = arg.head_kind
   config.model.embed.head_rank = arg.head_rank
   # Each kind's own fields (albert_head, ortho_penalty, band_cutoffs, ...), with their
-  # defaults: see factorized/embeddings/<kind>.py.
+  # defaults: see factorized/embeddings/<kind>.py; and every kind's quant_bits (0: float32
+  # tables; 8 or 4: quantization-aware training) and quant_group (0: a scale per row):
+  # factorized/embeddings/quantize.py.
   config.model.embed.update(embeddings.config_fields())
   config.model.model_dim = 128
   config.model.num_layers = 2

@@ -24,6 +24,11 @@ to the loss (0 for all but svd with `ortho_penalty`); `factors()`, matrices whos
 the VxD table, read for its spectrum (spectrum.py), as small as the structure allows.
 The factorized kinds never build the VxD table, forward or backward.
 
+Quantization (quantize.py, `model.embed.quant_bits`): the matrices among a module's
+`TABLE_PARAMS` become integers and scales, after training or, fake-quantized in the forward
+pass, during it; the kind's config gives their shapes (`table_shapes`) for the bytes a run
+reports.
+
 Initialisation, every kind (sigma^2 = 1/D): the lookup has per-coordinate variance sigma^2
 and, for unit-variance x (the final LayerNorm's output), the tied logits have variance
 D sigma^2 = 1, at every rank. The untied head (model.py) is a DxV matrix ~ N(0, 1/D): the
@@ -67,7 +72,8 @@ from factorized.embeddings.base import (
   register,
 )
 
-plugins.import_all(__name__, __path__, skip=('base', 'spectrum'))  # each kind registers itself
+# Each kind registers itself.
+plugins.import_all(__name__, __path__, skip=('base', 'quantize', 'spectrum'))
 
 KINDS = kind_names()
 

@@ -183,6 +183,11 @@ class AdaptiveConfig(base.KindConfig):
             'tied_head': sum(2 * self.model_dim * width + 2 * width * size
                              for size, width in zip(self.band_sizes, self.widths, strict=True))}
 
+  def table_shapes(self) -> dict[tuple, tuple[int, ...]]:
+    bands = list(enumerate(zip(self.band_sizes, self.widths, strict=True)))
+    return {**{('A_VbxWb', b): (size, width) for b, (size, width) in bands},
+            **{('P_WbxD', b): (width, self.model_dim) for b, (_, width) in bands}}
+
   def build(self, rngs: nnx.Rngs, *, dense_table: jax.typing.ArrayLike | None = None,
             token_counts: np.ndarray | None = None) -> AdaptiveEmbedding:
     if token_counts is None or len(token_counts) != self.vocab_size:

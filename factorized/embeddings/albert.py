@@ -114,6 +114,14 @@ class AlbertConfig(base.KindConfig):
     return {'embedding': 2 * self.rank * self.model_dim,
             'tied_head': 2 * self.model_dim * self.rank + 2 * self.rank * self.vocab_size}
 
+  def table_shapes(self) -> dict[tuple, tuple[int, ...]]:
+    shapes = {('A_VxE',): (self.vocab_size, self.rank)}
+    if self.lookup or not self.mlm_head:
+      shapes[('P_ExD',)] = (self.rank, self.model_dim)
+    if self.lookup:
+      shapes[('b_D',)] = (self.model_dim,)
+    return shapes
+
   def build(self, rngs: nnx.Rngs, *, dense_table: jax.typing.ArrayLike | None = None,
             token_counts: np.ndarray | None = None) -> AlbertEmbedding:
     if dense_table is not None:

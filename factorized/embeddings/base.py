@@ -6,8 +6,9 @@ A kind is a `KindConfig` subclass registered with `@register(name, ...)` (which 
 frozen dataclass): it holds the kind's arguments as plain numbers (the ConfigDict stops at
 `embed_config`, which validates through the kind's `parse`), and owns what the rest of the
 code asks of the kind: its parameter counts and FLOPs per token (`param_counts`,
-`flops_per_token`: the input side and what its tied head adds), and `build`, which makes
-its module. The module (an `nnx.Module`) implements
+`flops_per_token`: the input side and what its tied head adds), the shapes of its table's
+parameters (`table_shapes`: what quantization stores, quantize.py), and `build`, which
+makes its module. The module (an `nnx.Module`) implements
 `__call__(ids_BxL) -> x_BxLxD`, `attend(x_BxLxD) -> logits_BxLxV`, `penalty()` and
 `factors()`, and names its table's parameters in `TABLE_PARAMS` and `TABLE_DECAY`
 (see the package docstring).
@@ -25,10 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from factorized.embeddings import quantize
 from factorized.spec import Spec
 
 HEADS = ('tied', 'untied')
 DTYPES = ('float32', 'bfloat16')
+# model.embed.* fields of every kind: its table matrices quantized to quant_bits (0: float32),
+# one scale per row or per quant_group columns (quantize.py).
+SHARED_FIELDS = {'quant_bits': 0, 'quant_group': 0}
 _REGISTRY: dict[str, type[KindConfig]] = {}
 
 
@@ -84,6 +89,11 @@ class KindConfig(abc.ABC):
     """Forward matmul FLOPs per token: {'embedding': the lookup, 'tied_head': `attend`}."""
 
   @abc.abstractmethod
+  def table_shapes(self) -> dict[tuple, tuple[int, ...]]:
+    """{path: shape} of the parameters the module's `TABLE_PARAMS` name, as `build` makes
+    them (paths as in its Param state: ('U_VxR',), ('A_VbxWb', 0), ...)."""
+
+  @abc.abstractmethod
   def build(self, rngs: nnx.Rngs, *, dense_table: jax.typing.ArrayLike | None = None,
             token_counts: np.ndarray | None = None) -> nnx.Module:
     """The module, its parameters drawn from `rngs` (or, where the kind allows it, from a
@@ -100,7 +110,8 @@ def register(name: str, *, order: int, module: type[nnx.Module], rank_label: str
     cls.fields = dict(fields or {})
     if name in _REGISTRY:
       raise ValueError(f'Two embedding kinds are named {name!r}.')
-    clash = set(cls.fields) & {field for other in _REGISTRY.values() for field in other.fields}
+    clash = set(cls.fields) & ({field for other in _REGISTRY.values() for field in other.fields}
+                               | set(SHARED_FIELDS))
     if clash:
       raise ValueError(f'Embedding kind {name!r} declares model.embed fields {sorted(clash)} '
                        'that another kind declares already.')
@@ -129,19 +140,27 @@ def ranked(name: str) -> bool:
 
 
 def config_fields() -> dict[str, Any]:
-  """Every kind's own model.embed.* fields with their defaults (configs/brown.py adds them)."""
-  return {field: default for name in kind_names() for field, default in kind(name).fields.items()}
+  """Every kind's own model.embed.* fields and the shared ones (quantization) with their
+  defaults (configs/lm.py adds them)."""
+  return {**SHARED_FIELDS, **{field: default for name in kind_names()
+                              for field, default in kind(name).fields.items()}}
 
 
 def check_choices(model_config: Spec) -> type[KindConfig]:
   """The kind's config class; a ValueError naming model.embed.kind, model.embed.head,
-  model.embed.head_kind, model.embed.head_rank or model.dtype when one is not a valid choice
-  (no vocabulary needed: runs before the data)."""
+  model.embed.head_kind, model.embed.head_rank, model.embed.quant_bits,
+  model.embed.quant_group or model.dtype when one is not a valid choice (no vocabulary
+  needed: runs before the data; ModelArgs checks that quant_group divides the tables)."""
   embed = model_config.embed
   config_class = kind(embed.kind)
   if embed.head not in HEADS:
     raise ValueError(f'model.embed.head={embed.head!r} is unknown; allowed: {"|".join(HEADS)}.')
   _check_head(embed)
+  quantize.check_bits(embed.quant_bits, 'model.embed.quant_bits')
+  quantize.check_group(embed.quant_group, 'model.embed.quant_group')
+  if embed.quant_group and not embed.quant_bits:
+    raise ValueError(f'model.embed.quant_group={embed.quant_group} needs quantized tables: set '
+                     'model.embed.quant_bits=8 or 4, or quant_group=0.')
   if model_config.dtype not in DTYPES:
     raise ValueError(f'model.dtype={model_config.dtype!r} is unknown; allowed: '
                      f'{"|".join(DTYPES)}.')

@@ -64,6 +64,9 @@ class DenseConfig(base.KindConfig):
   def flops_per_token(self) -> dict[str, int]:
     return {'embedding': 0, 'tied_head': 2 * self.model_dim * self.vocab_size}
 
+  def table_shapes(self) -> dict[tuple, tuple[int, ...]]:
+    return {('W_VxD',): (self.vocab_size, self.model_dim)}
+
   def build(self, rngs: nnx.Rngs, *, dense_table: jax.typing.ArrayLike | None = None,
             token_counts: np.ndarray | None = None) -> DenseEmbedding:
     return DenseEmbedding(self.vocab_size, self.model_dim, dtype=self.dtype, rngs=rngs,

@@ -125,6 +125,10 @@ class SVDConfig(base.KindConfig):
     return {'embedding': 2 * self.rank * self.model_dim,
             'tied_head': 2 * self.model_dim * self.rank + 2 * self.rank * self.vocab_size}
 
+  def table_shapes(self) -> dict[tuple, tuple[int, ...]]:
+    return {('U_VxR',): (self.vocab_size, self.rank), ('s_R',): (self.rank,),
+            ('V_RxD',): (self.rank, self.model_dim)}
+
   def build(self, rngs: nnx.Rngs, *, dense_table: jax.typing.ArrayLike | None = None,
             token_counts: np.ndarray | None = None) -> SVDEmbedding:
     return SVDEmbedding(self.vocab_size, self.model_dim, self.rank,

@@ -285,6 +285,11 @@ class TTConfig(base.KindConfig):
     return {'embedding': 2 * self.model_dim * self.bonds[self.cut - 1],
             'tied_head': 2 * self.model_dim * self.vocab_size}
 
+  def table_shapes(self) -> dict[tuple, tuple[int, ...]]:
+    ranks = (1, *self.bonds, 1)
+    return {('G_RxVkxDkxR', k): (ranks[k], v, d, ranks[k + 1]) for k, (v, d) in enumerate(
+        zip(self.vocab_factors, self.dim_factors, strict=True))}
+
   def table_flops(self) -> int:
     """FLOPs per call (not per token) of making the tied head's table slices from the
     blocks, 2 V' D r_c (the block merges, smaller, not counted)."""
