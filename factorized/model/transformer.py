@@ -33,6 +33,11 @@ matrix. Choices, and why:
   - the config stops at `ModelArgs.from_config`, which validates every field (the
     embedding kind's own through `embeddings.embed_config`) before anything is built;
     modules take plain numbers;
+  - quantization-aware training (`model.embed.quant_bits` > 0): the lookup and the head
+    use the embedding's and the head's modules with their table matrices fake-quantized
+    (`quantize.quantized_module`, factorized/embeddings/quantize.py: values w' = q s,
+    straight-through gradients to the float32 parameters), whatever the kind; with
+    quant_bits = 0 they are the modules themselves, and nothing changes;
   - dropout is keyed per example: the caller passes one key per example
     (`dropout_keys_B`, the trainer derives it from the step and the example's index in
     the global batch) and each dropout site folds in its own number. An example's
@@ -53,6 +58,7 @@ import numpy as np
 from flax import nnx
 
 from factorized import embeddings
+from factorized.embeddings import quantize
 from factorized.spec import Spec
 
 ROPE_BASE = 10000.0
@@ -86,6 +92,8 @@ class ModelArgs:
   head_chunk_vocab: int = 0  # vocabulary rows per slice of a table head (loss.py; 0: auto)
   remat: bool = False  # recompute each block's activations in the backward pass
   head: embeddings.KindConfig | None = None  # an untied head's own kind (None: tied or DxV)
+  quant_bits: int = 0  # the tables' matrices fake-quantized to this many bits (0: float32)
+  quant_group: int = 0  # columns per scale (0: one scale per row)
 
   @classmethod
   def from_config(cls, model_config: Spec, vocab_size: int,
@@ -116,10 +124,28 @@ class ModelArgs:
     remat = model_config.remat
     if not isinstance(remat, bool):
       raise ValueError(f'model.remat={remat!r} must be True or False.')
-    return cls(embed=embed, vocab_size=int(vocab_size), **sizes,
+    args = cls(embed=embed, vocab_size=int(vocab_size), **sizes,
                dropout=float(model_config.dropout), positions=model_config.positions,
                dtype=model_config.dtype, max_len=int(max_len),
-               **{field: int(value) for field, value in chunks.items()}, remat=remat, head=head)
+               **{field: int(value) for field, value in chunks.items()}, remat=remat, head=head,
+               quant_bits=quantize.check_bits(model_config.embed.quant_bits,
+                                              'model.embed.quant_bits'),
+               quant_group=quantize.check_group(model_config.embed.quant_group,
+                                                'model.embed.quant_group'))
+    if args.quant_bits:  # a group of columns must divide every table's columns
+      quantize.check_group(args.quant_group, 'model.embed.quant_group', args.table_shapes())
+    return args
+
+  def table_shapes(self) -> dict[tuple, tuple[int, ...]]:
+    """{path: shape} of the model's vocabulary tables, paths from the model's Param state:
+    the embedding's (its kind's `table_shapes`) and the head's (an untied head's kind's, or
+    the untied DxV matrix, stored VxD)."""
+    shapes = {('embed', *path): shape for path, shape in self.embed.table_shapes().items()}
+    if self.head is not None:
+      shapes.update({('head', *path): shape for path, shape in self.head.table_shapes().items()})
+    elif not self.embed.tied:
+      shapes[('head', 'W_VxD')] = (self.vocab_size, self.model_dim)
+    return shapes
 
 
 @functools.lru_cache(maxsize=32)
@@ -198,6 +224,7 @@ class Block(nnx.Module):
 class UntiedHead(nnx.Module):
   """A separate DxV output matrix ~ N(0, 1/D), stored transposed (VxD: faster on CPU)."""
 
+  TABLE_PARAMS = ('W_VxD',)  # its table (quantize.py)
   LOGITS_TABLE = 'W_VxD'  # logits = project_to_vocab(x, W): model/loss.py slices its gradient
 
   def __init__(self, dim: int, vocab_size: int, dtype: jnp.dtype, *, rngs: nnx.Rngs):
@@ -280,13 +307,15 @@ class TransformerLM(nnx.Module):
     self.head_chunk_rows = args.head_chunk_rows  # factorized/model/loss.py
     self.head_chunk_vocab = args.head_chunk_vocab
     self.remat = args.remat
+    self.quant_bits, self.quant_group = args.quant_bits, args.quant_group
 
   def embed_tokens(self, ids_BxL: jax.Array) -> jax.Array:
     """The residual stream's input: 0.02 sqrt(D) embed(ids) (+ learned positions)."""
     length = ids_BxL.shape[1]
     if length > self.max_len:
       raise ValueError(f'Sequence length {length} exceeds max_len=data.seq_len={self.max_len}.')
-    x_BxLxD = self.embed(ids_BxL) * jnp.asarray(self.embed_scale, self.dtype)
+    embed = quantize.quantized_module(self.embed, self.quant_bits, self.quant_group)
+    x_BxLxD = embed(ids_BxL) * jnp.asarray(self.embed_scale, self.dtype)
     if self.positions_LxD is not None:
       x_BxLxD = x_BxLxD + self.positions_LxD[...][:length].astype(self.dtype)
     return x_BxLxD
@@ -305,8 +334,10 @@ class TransformerLM(nnx.Module):
 
   def head_module(self) -> nnx.Module:
     """What maps the final hidden states to logits through its `attend`: the embedding
-    (tied head) or the UntiedHead."""
-    return self.embed if self.head is None else self.head
+    (tied head) or the untied head, its table fake-quantized under quantization-aware
+    training."""
+    head = self.embed if self.head is None else self.head
+    return quantize.quantized_module(head, self.quant_bits, self.quant_group)
 
   def decode(self, x_BxLxD: jax.Array, *, dropout_keys_B: jax.Array | None = None) -> jax.Array:
     """Blocks, final LN and head on the embedded inputs: all logits_BxLxV, float32 (the
