@@ -1,4 +1,5 @@
-"""Parameter counts and FLOPs per token, from a config alone (no model build).
+"""Parameter counts, bytes of the vocabulary tables and FLOPs per token, from a config alone
+(no model build).
 
 Shapes: V vocabulary, D model width, M MLP width, L sequence length (`data.seq_len`),
 N layers. The embedding's own terms come from its kind (`param_counts` and
@@ -17,6 +18,13 @@ Parameter counts, split as training logs and summary.json report them:
                budget: it counts ALBERT's MLM head, whose V-sized output bias is a
                unigram prior the other kinds lack, and an untied head's D V.
 
+Bytes of the vocabulary tables as stored (`vocab_bytes`: embedding, output_head, vocab, the
+same split): float32, 4 per parameter, but with `model.embed.quant_bits` = b each table
+matrix (the shapes of the kind's `table_shapes`, and of an untied head) is b-bit integers,
+packed (int4: half a byte a value), plus a float32 scale per row or per
+`model.embed.quant_group` columns (factorized/embeddings/quantize.py, `array_bytes`); vectors
+and a head's other parameters stay float32.
+
 FLOPs convention: forward pass, per token, 2 FLOPs per multiply-add, matrix
 products only (gathers, norms, softmax, activations, biases and residual adds
 are not counted; they are O(D) per token). Attention counts Q K^T and A V over
@@ -31,6 +39,9 @@ whatever the batch (tt merges its cores into two blocks) is not per token and no
 
 from __future__ import annotations
 
+import math
+
+from factorized.embeddings import quantize
 from factorized.model import transformer as model_lib
 from factorized.spec import Spec
 
@@ -57,6 +68,23 @@ def param_counts(config: Spec, vocab_size: int) -> dict[str, int]:
   return {'embedding': embedding, 'output_head': output_head,
           'vocab': embedding + output_head, 'blocks': blocks,
           'non_embedding': non_embedding, 'total': embedding + output_head + non_embedding}
+
+
+def vocab_bytes(config: Spec, vocab_size: int) -> dict[str, int]:
+  """Bytes of the vocabulary tables as stored (see the module docstring): embedding,
+  output_head and vocab, their sum; 4 per parameter at model.embed.quant_bits = 0."""
+  args = model_lib.model_args(config, vocab_size)
+  counts, shapes = param_counts(config, vocab_size), args.table_shapes()
+
+  def stored(part: str, params: int) -> int:
+    tables = [shape for path, shape in shapes.items() if path[0] == part]
+    rest = params - sum(math.prod(shape) for shape in tables)  # float32: vectors, MLM head
+    return (sum(quantize.array_bytes(shape, args.quant_bits, args.quant_group)
+                for shape in tables) + quantize.FLOAT_BYTES * rest)
+
+  embedding = stored('embed', counts['embedding'])
+  output_head = stored('head', counts['output_head'])
+  return {'embedding': embedding, 'output_head': output_head, 'vocab': embedding + output_head}
 
 
 def flops_per_token(config: Spec, vocab_size: int) -> dict[str, int]:

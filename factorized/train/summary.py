@@ -32,11 +32,13 @@ def build_summary(
     vocab_size: int,
     **results: Any,
 ) -> dict[str, Any]:
-  """The summary of a run: config, sizes, costs, environment, plus `results`."""
+  """The summary of a run: config, sizes, costs (`params`, the vocabulary tables' `bytes`
+  as stored, `flops_per_token`), environment, plus `results`."""
   return {
       'config': config.to_dict(),
       'vocab_size': int(vocab_size),
       'params': costs.param_counts(config, vocab_size),
+      'bytes': costs.vocab_bytes(config, vocab_size),
       'flops_per_token': costs.flops_per_token(config, vocab_size),
       'devices': device_info(),
       'versions': package_versions(),
