@@ -17,6 +17,13 @@ parameters (--svd_bands: frequency ranks where bands end; posthoc_svd_freq_bands
 
   python eval.py --workdir=runs/sweep/dense --svd_ranks=8,16,32 --svd_weighting=frequency \
       [--svd_bands=1000,4000]
+
+Post-training quantization of any run (factorized/evaluation/posthoc_quant.py): every
+vocabulary table matrix (the dense W, each factor of every kind, an untied head) as int8 or
+int4 with a float32 scale per row (or per --quant_group columns), scored exactly; writes
+workdir/posthoc_quant_<split>.json:
+
+  python eval.py --workdir=runs/svd64 --quant_bits=8,4 [--quant_group=32]
 """
 
 import json
@@ -45,6 +52,10 @@ flags.DEFINE_enum('svd_weighting', 'uniform', ['uniform', 'frequency'], 'With --
 flags.DEFINE_list('svd_bands', [], 'With --svd_ranks: frequency ranks where bands of ids end, '
                   'e.g. 1000,4000; each band gets its own rank, frequent bands more, within '
                   'the parameters of the rank-R SVD (rows posthoc_svd[_freq]_bands).')
+flags.DEFINE_list('quant_bits', [], 'Post-training quantization: bit widths to quantize '
+                  'every vocabulary table of the run to, 8 and/or 4, e.g. 8,4 (no retraining).')
+flags.DEFINE_integer('quant_group', 0, 'With --quant_bits: one float32 scale per this many '
+                     'columns of a table (0: one per row).')
 flags.mark_flag_as_required('workdir')
 FLAGS = flags.FLAGS
 
@@ -57,17 +68,26 @@ def main(argv):
   import jax
 
   from factorized.analysis import report as sweep_report
-  from factorized.evaluation import posthoc
+  from factorized.evaluation import posthoc, posthoc_quant
   from factorized.evaluation import saved as eval_run
 
   if FLAGS.svd_finetune_steps and not FLAGS.svd_ranks:
     raise app.UsageError('--svd_finetune_steps needs --svd_ranks.')
   if (FLAGS.svd_bands or FLAGS.svd_weighting != 'uniform') and not FLAGS.svd_ranks:
     raise app.UsageError('--svd_weighting and --svd_bands need --svd_ranks.')
-  if FLAGS.stride is not None and FLAGS.svd_ranks:
-    raise app.UsageError('--stride applies to plain evaluation; drop it with --svd_ranks.')
+  if FLAGS.stride is not None and (FLAGS.svd_ranks or FLAGS.quant_bits):
+    raise app.UsageError('--stride applies to plain evaluation; drop it with --svd_ranks or '
+                         '--quant_bits.')
+  if FLAGS.quant_group and not FLAGS.quant_bits:
+    raise app.UsageError('--quant_group needs --quant_bits.')
+  if FLAGS.quant_bits and FLAGS.svd_ranks:
+    raise app.UsageError('--quant_bits and --svd_ranks are separate runs of eval.py: give one.')
   try:
-    if FLAGS.svd_ranks:
+    if FLAGS.quant_bits:
+      bits = posthoc_quant.parse_bits(FLAGS.quant_bits)
+      result = posthoc_quant.posthoc_quant(FLAGS.workdir, FLAGS.split, bits,
+                                           group=FLAGS.quant_group, checkpoint=FLAGS.checkpoint)
+    elif FLAGS.svd_ranks:
       ranks = posthoc.parse_ranks(FLAGS.svd_ranks)
       result = posthoc.posthoc_svd(FLAGS.workdir, FLAGS.split, ranks, checkpoint=FLAGS.checkpoint,
                                    finetune_steps=FLAGS.svd_finetune_steps,
