@@ -18,7 +18,6 @@ from typing import Any
 
 from factorized import files
 from factorized.config import migrate as migrate_lib
-from factorized.config.migrate import migrate  # noqa: F401 (factorized/analysis reads it here)
 from factorized.config.specs import CONFIG_FILE
 from factorized.spec import Spec
 
