@@ -159,7 +159,7 @@ def test_a_rerun_waits_for_points_still_queued_on_slurm_instead_of_resubmitting(
   monkeypatch.setattr(launcher, '_has_command', lambda name: True)
   for name in ('PYTHONPATH', 'TQDM_MININTERVAL'):  # a Launcher sets them for its jobs
     monkeypatch.setenv(name, os.environ.get(name, ''))
-  slurm = launcher.Launcher('slurm', tmp_path, common.launcher(), workers=2)
+  slurm = launcher.make_launcher('slurm', tmp_path, common.launcher(), workers=2)
   (tmp_path / launcher.SUBMITIT_DIR).mkdir(exist_ok=True)
   (tmp_path / launcher.SUBMITIT_DIR / launcher.JOBS_FILE).write_text(
       json.dumps({'dense': '41_0', 'svd_rank8': '41_1', 'albert_rank8': '41_2'}))
@@ -168,5 +168,14 @@ def test_a_rerun_waits_for_points_still_queued_on_slurm_instead_of_resubmitting(
   (waiting,) = slurm.queued_earlier(points)
   assert waiting.name == 'svd_rank8' and waiting.job.job_id == '41_1'
   assert waiting.job.paths.result_pickle.parent == tmp_path / launcher.SUBMITIT_DIR / '41_1'
-  assert launcher.Launcher('local', tmp_path, common.launcher(),
-                           workers=1).queued_earlier(points) == []
+  assert launcher.make_launcher('local', tmp_path, None,
+                                workers=1).queued_earlier(points) == []
+
+
+def test_a_launcher_that_cannot_run_names_the_flag_or_the_config_section_to_fix(tmp_path):
+  with pytest.raises(ValueError, match=r"--sweep_launcher='pbs' must be one of local, slurm"):
+    launcher.make_launcher('pbs', tmp_path, None, workers=1)
+  with pytest.raises(ValueError, match=r'--sweep_workers=0 must be >= 1'):
+    launcher.make_launcher('local', tmp_path, None, workers=0)
+  with pytest.raises(ValueError, match=r'the config has no `launcher` section'):
+    launcher.make_launcher('slurm', tmp_path, None, workers=1)

@@ -1,14 +1,15 @@
 r"""How a sweep's points run: submitit jobs, on this machine or on a SLURM cluster.
 
 Every point is one submitit job, `TrainPoint`, that trains the config the sweep saved in the
-point's workdir, so a point computes the same thing under either launcher:
+point's workdir, so a point computes the same thing under either launcher (two classes of
+one interface, `Launcher`: submit, poll, stop):
 
-  local  `submitit.LocalExecutor`: one process per point on this machine; the sweep keeps
-         `workers` of them running (no time limit).
-  slurm  `submitit.SlurmExecutor`: one job array of the points to run, at most `workers`
-         tasks running at once, each with the resources of the config's `launcher` section
-         (configs/common.py: partition, account, qos, time_min, cpus/GPUs per task, mem,
-         sbatch_extra).
+  local  `LocalLauncher`, `submitit.LocalExecutor`: one process per point on this machine;
+         the sweep keeps `workers` of them running (no time limit).
+  slurm  `SlurmLauncher`, `submitit.SlurmExecutor`: one job array of the points to run, at
+         most `workers` tasks running at once, each with the resources of the config's
+         `launcher` section (configs/common.py: partition, account, qos, time_min, cpus/GPUs
+         per task, mem, sbatch_extra).
 
 A job's output goes to its point's train.log; submitit's own files (pickled jobs, sbatch
 scripts, its logs) to `<sweep dir>/.submitit/`, and the array's job ids to
@@ -128,7 +129,7 @@ class Job:
 
 @dataclasses.dataclass
 class Outcome:
-  """How a job ended: 'done' (with its summary), 'interrupted' or 'failed' (with why)."""
+  """How a job ended: 'done' (with its summary) or 'failed' (with why)."""
 
   status: str
   summary: dict | None = None
@@ -188,69 +189,149 @@ def _refusal(error: Exception, launcher: Spec) -> ValueError:
 
 
 class Launcher:
-  """Submits points as submitit jobs and tells when each has ended; see the docstring."""
+  """Submits a sweep's points as submitit jobs and tells when each has ended.
 
-  def __init__(self, kind: str, sweep_dir: str | os.PathLike,
-               launcher_config: Spec, *, workers: int,
+  `LocalLauncher` and `SlurmLauncher` differ in how jobs are submitted, polled and stopped,
+  how many may be submitted at once (`room`), and whether the sweep waits for its jobs after
+  a stop (`waits_after_stop`); `make_launcher` picks one by name.
+  """
+
+  poll_s = 0.5  # how often the sweep polls its jobs
+  waits_after_stop = True  # after a stop, the sweep waits for its jobs to end
+
+  def __init__(self, sweep_dir: str | os.PathLike, *, workers: int,
                verbosity: int | None = None):
-    if kind not in LAUNCHERS:
-      raise ValueError(f'--sweep_launcher={kind!r} must be one of {", ".join(LAUNCHERS)}.')
     if workers < 1:
       raise ValueError(f'--sweep_workers={workers} must be >= 1.')
-    self.kind, self.workers, self.config = kind, workers, launcher_config
+    self.workers = workers
     self.root = pathlib.Path(sweep_dir)
     self.folder = self.root / SUBMITIT_DIR
     self.job_fn = TrainPoint(verbosity)
-    if kind == 'slurm':
-      params = slurm_parameters(launcher_config)  # checked before anything is submitted
-      if not _has_command('sbatch'):
-        raise ValueError('--sweep_launcher=slurm: sbatch is not on PATH (no SLURM client on '
-                         'this machine); use --sweep_launcher=local or run on a login node.')
-      self.executor = submitit.SlurmExecutor(folder=self.folder / '%j',
-                                             max_num_timeout=launcher_config.max_timeouts)
-      self.executor.update_parameters(
-          job_name=f'factorized-{self.root.resolve().name}', array_parallelism=workers,
-          stderr_to_stdout=True, **params)
-    else:
-      self.executor = submitit.LocalExecutor(folder=self.folder / '%j')
-      self.executor.update_parameters(timeout_min=_LOCAL_TIME_LIMIT_MIN)
-    _set_job_environment(workers if kind == 'local' else 1)
 
-  # ---- submitting -------------------------------------------------------------------------
   def submit(self, points: dict[str, pathlib.Path]) -> list[Job]:
-    """Submits these points (name -> workdir): locally one job, on SLURM one array."""
+    """Submits these points (name -> workdir)."""
     starts = {name: _size(workdir / LOG_FILE) for name, workdir in points.items()}
-    try:
-      if self.kind == 'local':
-        # Ctrl-C reaches the whole terminal's process group: the job's controller must not
-        # die of it (it would kill the job before its checkpoint); the job stops by itself.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-          jobs = [self.executor.submit(self.job_fn, str(w)) for w in points.values()]
-        finally:
-          signal.signal(signal.SIGINT, previous)
-      else:
-        with self.executor.batch():
-          jobs = [self.executor.submit(self.job_fn, str(w)) for w in points.values()]
-    except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as error:
-      raise _refusal(error, self.config) from None
-    submitted = [Job(name, points[name], job, starts[name])
-                 for name, job in zip(points, jobs, strict=True)]
-    if self.kind == 'slurm':
-      self._record(submitted)
-    return submitted
+    jobs = self._submit([str(workdir) for workdir in points.values()])
+    return [Job(name, points[name], job, starts[name])
+            for name, job in zip(points, jobs, strict=True)]
 
-  def _record(self, jobs: list[Job]) -> None:
-    path = self.folder / JOBS_FILE
-    record = json.loads(path.read_text()) if path.exists() else {}
-    record.update({job.name: job.job.job_id for job in jobs})
-    files.write_json_atomic(path, record)
+  def _submit(self, workdirs: list[str]) -> list[submitit.Job]:
+    raise NotImplementedError
+
+  def room(self, running: int) -> int:
+    """How many more points to submit while `running` of them run."""
+    raise NotImplementedError
 
   def queued_earlier(self, points: dict[str, pathlib.Path]) -> list[Job]:
-    """slurm: the jobs an earlier run of this sweep submitted that are still queued or
-    running (they are waited for, not submitted again); [] for the local launcher."""
+    """The jobs an earlier run of this sweep submitted that still run (to wait for, not
+    submit again)."""
+    del points
+    return []
+
+  def poll(self, jobs: list[Job]) -> dict[str, Outcome]:
+    """The jobs among `jobs` that have ended since they were submitted, by name."""
+    raise NotImplementedError
+
+  def stop(self, jobs: list[Job]) -> str:
+    """Stops the sweep's running `jobs`; what the user can do next."""
+    raise NotImplementedError
+
+
+class LocalLauncher(Launcher):
+  """One process per point on this machine (`submitit.LocalExecutor`, no time limit), the
+  sweep keeping `workers` of them running."""
+
+  def __init__(self, sweep_dir: str | os.PathLike, *, workers: int,
+               verbosity: int | None = None):
+    super().__init__(sweep_dir, workers=workers, verbosity=verbosity)
+    self.executor = submitit.LocalExecutor(folder=self.folder / '%j')
+    self.executor.update_parameters(timeout_min=_LOCAL_TIME_LIMIT_MIN)
+    _set_job_environment(local_jobs=workers)
+
+  def _submit(self, workdirs: list[str]) -> list[submitit.Job]:
+    # Ctrl-C reaches the whole terminal's process group: the job's controller must not die
+    # of it (it would kill the job before its checkpoint); the job stops by itself. The
+    # controller inherits the ignored SIGINT.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+      return [self.executor.submit(self.job_fn, workdir) for workdir in workdirs]
+    finally:
+      signal.signal(signal.SIGINT, previous)
+
+  def room(self, running: int) -> int:
+    return self.workers - running
+
+  def poll(self, jobs: list[Job]) -> dict[str, Outcome]:
+    return {job.name: _local_outcome(job) for job in jobs if job.job.done()}
+
+  def stop(self, jobs: list[Job]) -> str:
+    """SIGTERM to each running job's controller, which passes it to the job: the job
+    checkpoints and exits. (submitit's `cancel()` sends SIGINT, which the controller
+    ignores; a local job's id is its controller's process id.)"""
+    for job in jobs:
+      if not job.job.done():
+        os.kill(int(job.job.job_id), signal.SIGTERM)
+    return 'Run the same command again to resume.'
+
+
+def _local_outcome(job: Job) -> Outcome:
+  """An ended local job: its result, or, without one (stopped, killed, out of memory), the
+  end of its log."""
+  if job.job.paths.result_pickle.exists():
+    return _result_outcome(job)
+  return Outcome('failed', reason=f'ended without a result (submitit: {job.job.state})\n'
+                 f'{_log_tail(job)}')
+
+
+class SlurmLauncher(Launcher):
+  """One job array of the points to run (`submitit.SlurmExecutor`), at most `workers` tasks
+  running at once, each with the resources of the config's `launcher` section."""
+
+  poll_s = 5.0
+  waits_after_stop = False  # the jobs keep running on the cluster
+
+  def __init__(self, sweep_dir: str | os.PathLike, launcher_config: Spec | None, *,
+               workers: int, verbosity: int | None = None):
+    if launcher_config is None:
+      raise ValueError('--sweep_launcher=slurm: the config has no `launcher` section (SLURM '
+                       'resources); add `config.launcher = common.launcher()` from '
+                       'configs/common.py to the config file.')
+    super().__init__(sweep_dir, workers=workers, verbosity=verbosity)
+    self.config = launcher_config
+    params = slurm_parameters(launcher_config)  # checked before anything is submitted
+    if not _has_command('sbatch'):
+      raise ValueError('--sweep_launcher=slurm: sbatch is not on PATH (no SLURM client on '
+                       'this machine); use --sweep_launcher=local or run on a login node.')
+    self.executor = submitit.SlurmExecutor(folder=self.folder / '%j',
+                                           max_num_timeout=launcher_config.max_timeouts)
+    self.executor.update_parameters(
+        job_name=f'factorized-{self.root.resolve().name}', array_parallelism=workers,
+        stderr_to_stdout=True, **params)
+    _set_job_environment(local_jobs=1)
+
+  def submit(self, points: dict[str, pathlib.Path]) -> list[Job]:
+    """Submits these points as one array and records their job ids (jobs.json)."""
+    submitted = super().submit(points)
     path = self.folder / JOBS_FILE
-    if self.kind != 'slurm' or not path.exists():
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record.update({job.name: job.job.job_id for job in submitted})
+    files.write_json_atomic(path, record)
+    return submitted
+
+  def _submit(self, workdirs: list[str]) -> list[submitit.Job]:
+    try:
+      with self.executor.batch():
+        return [self.executor.submit(self.job_fn, workdir) for workdir in workdirs]
+    except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as error:
+      raise _refusal(error, self.config) from None
+
+  def room(self, running: int) -> int:
+    del running
+    return sys.maxsize  # all at once: the array runs `workers` of them at a time
+
+  def queued_earlier(self, points: dict[str, pathlib.Path]) -> list[Job]:
+    path = self.folder / JOBS_FILE
+    if not path.exists():
       return []
     record = json.loads(path.read_text())
     alive = _slurm_queue()
@@ -258,16 +339,10 @@ class Launcher:
                 _size(workdir / LOG_FILE))
             for name, workdir in points.items() if record.get(name) in alive]
 
-  # ---- waiting ----------------------------------------------------------------------------
   def poll(self, jobs: list[Job]) -> dict[str, Outcome]:
-    """The jobs among `jobs` that have ended since they were submitted, by name."""
-    ended = {}
-    queue = _slurm_queue() if self.kind == 'slurm' else set()
+    queue, ended = _slurm_queue(), {}
     for job in jobs:
-      if self.kind == 'local':
-        if job.job.done():
-          ended[job.name] = self._local_outcome(job)
-      elif job.job.paths.result_pickle.exists():
+      if job.job.paths.result_pickle.exists():
         ended[job.name] = _result_outcome(job)
       elif job.job.job_id in queue:
         job.gone_since = None
@@ -278,25 +353,22 @@ class Launcher:
                                   f'(cancelled, killed or out of memory?)\n{_log_tail(job)}')
     return ended
 
-  def _local_outcome(self, job: Job) -> Outcome:
-    if job.job.paths.result_pickle.exists():
-      return _result_outcome(job)
-    code = job.job._process.returncode if job.job._process is not None else None
-    if code == EXIT_INTERRUPTED:
-      return Outcome('interrupted')
-    status = (f'killed by {signal.Signals(-code).name}' if code is not None and code < 0
-              else f'exit {code}')
-    return Outcome('failed', reason=f'{status}\n{_log_tail(job)}')
-
   def stop(self, jobs: list[Job]) -> str:
-    """Stops the sweep's own jobs: local ones checkpoint and exit; SLURM ones keep running."""
-    if self.kind == 'slurm':
-      return ('The SLURM jobs keep running (squeue --me). Run the same command again to wait '
-              'for them, or add --sweep_report_only for the reports of what has finished.')
-    for job in jobs:
-      if job.job._process is not None and job.job._process.poll() is None:
-        job.job._process.send_signal(signal.SIGTERM)  # the controller passes it to the job
-    return 'Run the same command again to resume.'
+    """Leaves the jobs running on the cluster."""
+    del jobs
+    return ('The SLURM jobs keep running (squeue --me). Run the same command again to wait '
+            'for them, or add --sweep_report_only for the reports of what has finished.')
+
+
+def make_launcher(kind: str, sweep_dir: str | os.PathLike, launcher_config: Spec | None, *,
+                  workers: int, verbosity: int | None = None) -> Launcher:
+  """The launcher `kind` ('local' or 'slurm'); `launcher_config`: the config's `launcher`
+  section (None when it has none: only the local launcher runs without)."""
+  if kind == 'local':
+    return LocalLauncher(sweep_dir, workers=workers, verbosity=verbosity)
+  if kind == 'slurm':
+    return SlurmLauncher(sweep_dir, launcher_config, workers=workers, verbosity=verbosity)
+  raise ValueError(f'--sweep_launcher={kind!r} must be one of {", ".join(LAUNCHERS)}.')
 
 
 def _result_outcome(job: Job) -> Outcome:

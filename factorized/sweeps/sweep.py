@@ -22,6 +22,7 @@ sweep: the points are dicts of dotted config overrides applied on top of `--conf
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -139,6 +140,21 @@ def prepare_corpora(points: list[Point], echo: Callable[[str], None]) -> None:
          f'{corpus.splits["train"].size:,} train tokens ({corpus.cache_path})')
 
 
+@dataclasses.dataclass
+class SweepResult:
+  """What became of a sweep's points: its report and exit code read this."""
+
+  sweep_dir: str
+  points: int
+  done: list[str] = dataclasses.field(default_factory=list)
+  skipped: list[str] = dataclasses.field(default_factory=list)
+  failures: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> why
+  interrupted: list[str] = dataclasses.field(default_factory=list)
+  not_started: list[str] = dataclasses.field(default_factory=list)
+  still_running: list[str] = dataclasses.field(default_factory=list)  # on SLURM, after a stop
+  stop_signal: int | None = None
+
+
 def run_sweep(points: list[Point], sweep_dir: str, *, launcher: str = 'local',
               workers: int = 1, verbosity: int | None = None,
               progress_every_s: float = 60.0, poll_s: float | None = None) -> int:
@@ -148,109 +164,135 @@ def run_sweep(points: list[Point], sweep_dir: str, *, launcher: str = 'local',
   resume). The reports are rewritten in every case. Progress: a live view on a terminal,
   else a line every `progress_every_s` seconds (factorized/train/progress.py).
   """
-  echo = print
   root = pathlib.Path(sweep_dir)
   root.mkdir(parents=True, exist_ok=True)
-  todo: list[Point] = []
-  failures, interrupted, done, skipped = {}, [], [], []
+  result = SweepResult(sweep_dir, len(points))
+  todo = _unfinished(points, root, result)
+  if todo:
+    config = todo[0].config
+    launch = launcher_lib.make_launcher(
+        launcher, root, config.launcher if 'launcher' in config else None, workers=workers,
+        verbosity=verbosity)
+    prepare_corpora(todo, print)
+    view = progress_lib.SweepProgress(
+        {point.name: (root / point.name, point.config.train.num_steps) for point in todo},
+        every_s=progress_every_s)
+    with contextlib.closing(view), _StopSignals() as stop:
+      _Sweep(launch, root, todo, view, result).run(
+          stop, launch.poll_s if poll_s is None else poll_s)
+  return _report(result)
+
+
+def _unfinished(points: list[Point], root: pathlib.Path, result: SweepResult) -> list[Point]:
+  """The points to run, each workdir prepared; finished ones are skipped and refused ones
+  (another config in their workdir) failed, in `result`."""
+  todo = []
   for point in points:
-    if is_finished(point, sweep_dir):
-      skipped.append(point.name)
-      echo(f'{point.name}: finished earlier, skipped')
+    if is_finished(point, str(root)):
+      result.skipped.append(point.name)
+      print(f'{point.name}: finished earlier, skipped')
       continue
     try:  # The config check and config.json happen here, so the point trains exactly this.
       workdir_lib.prepare_workdir(root / point.name, point.config)
     except ValueError as error:
-      failures[point.name] = f'refused: {error}'
-      echo(f'{point.name}: FAILED: {error}')
+      result.failures[point.name] = f'refused: {error}'
+      print(f'{point.name}: FAILED: {error}')
       continue
     todo.append(point)
-  if todo:
-    launch = launcher_lib.Launcher(launcher, root, _launcher_config(todo[0], launcher),
-                                   workers=workers, verbosity=verbosity)
-    prepare_corpora(todo, echo)
-  view = progress_lib.SweepProgress(
-      {point.name: (root / point.name, point.config.train.num_steps) for point in todo},
-      every_s=progress_every_s)
-  echo = view.echo
-  total, started = len(todo), 0
-  running: list[launcher_lib.Job] = []
-  stop = {'signal': None}
+  return todo
 
-  def handle(signum, frame):
+
+class _StopSignals:
+  """SIGTERM and SIGINT, while the sweep waits for its points: the first one's number."""
+
+  def __enter__(self) -> _StopSignals:
+    self.signum = None
+    self._previous = {sig: signal.signal(sig, self._handle)
+                      for sig in (signal.SIGTERM, signal.SIGINT)}
+    return self
+
+  def _handle(self, signum, frame):
     del frame
-    stop['signal'] = signum
+    self.signum = signum
 
-  def start(batch: list[Point]) -> None:
-    nonlocal started
-    jobs = launch.submit({point.name: root / point.name for point in batch})
-    for job in jobs:
-      started += 1
-      echo(f'{job.name}: started ({started}/{total}), log in {job.workdir / LOG_FILE}')
-    running.extend(jobs)
-
-  previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    if todo and launcher == 'slurm':
-      waiting = launch.queued_earlier({point.name: root / point.name for point in todo})
-      for job in waiting:
-        echo(f'{job.name}: still queued or running from an earlier submission, waited for')
-      running.extend(waiting)
-      started = len(waiting)
-      names = {job.name for job in waiting}
-      batch, todo = [point for point in todo if point.name not in names], []
-      if batch:
-        start(batch)
-    poll_s = poll_s if poll_s is not None else (5.0 if launcher == 'slurm' else 0.5)
-    stopping = False
-    while running or (todo and stop['signal'] is None):
-      if stop['signal'] is not None and not stopping:
-        stopping = True
-        echo(f'{signal.Signals(stop["signal"]).name}: stopping the sweep. '
-             + launch.stop(running))
-        if launcher == 'slurm':
-          break
-      free = workers - len(running)
-      if todo and free > 0 and stop['signal'] is None:
-        batch, todo = todo[:free], todo[free:]
-        start(batch)
-      time.sleep(poll_s)
-      ended = launch.poll(running)
-      view.update([job.name for job in running if job.name not in ended], list(ended))
-      for name, outcome in ended.items():
-        job = next(job for job in running if job.name == name)
-        running.remove(job)
-        seconds = time.time() - job.start
-        if outcome.status == 'done':
-          done.append(name)
-          echo(f'{name}: finished in {seconds:.0f}s, valid ppl '
-               f'{outcome.summary["valid_ppl"]:.2f}, test ppl {outcome.summary["test_ppl"]:.2f}')
-        elif outcome.status == 'interrupted' or stop['signal'] is not None:
-          interrupted.append(name)
-          echo(f'{name}: interrupted after {seconds:.0f}s')
-        else:
-          failures[name] = outcome.reason
-          echo(f'{name}: FAILED after {seconds:.0f}s; see {job.workdir / LOG_FILE}')
-  finally:
-    view.close()
-    for sig, handler in previous.items():
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
-  echo = print
-  still_running = [job.name for job in running]
-  return _report(points, sweep_dir, echo, done=done, skipped=skipped, failures=failures,
-                 interrupted=interrupted, not_started=[point.name for point in todo],
-                 still_running=still_running, stop_signal=stop['signal'])
 
+class _Sweep:
+  """The points of a sweep as they are submitted, run and end, each end in `result`."""
 
-def _launcher_config(point: Point, launcher: str) -> Spec:
-  if 'launcher' in point.config:
-    return point.config.launcher
-  if launcher == 'slurm':
-    raise ValueError('--sweep_launcher=slurm: the config has no `launcher` section (SLURM '
-                     'resources); add `config.launcher = common.launcher()` from '
-                     'configs/common.py to the config file.')
-  return Spec()
+  def __init__(self, launch: launcher_lib.Launcher, root: pathlib.Path, todo: list[Point],
+               view: progress_lib.SweepProgress, result: SweepResult):
+    self.launch, self.root, self.todo, self.view, self.result = launch, root, todo, view, result
+    self.total, self.started = len(todo), 0
+    self.running: list[launcher_lib.Job] = []
+
+  def run(self, stop: _StopSignals, poll_s: float) -> None:
+    """Waits for the points queued earlier, then keeps starting points while there is room
+    and no stop, and collects the ended ones until none runs; on a stop, stops them."""
+    self.wait_for_earlier()
+    stopping = False
+    while self.running or (self.todo and stop.signum is None):
+      if stop.signum is not None and not stopping:
+        stopping = True
+        self.view.echo(f'{signal.Signals(stop.signum).name}: stopping the sweep. '
+                       + self.launch.stop(self.running))
+        if not self.launch.waits_after_stop:
+          break
+      if stop.signum is None:
+        self.start(self.launch.room(len(self.running)))
+      time.sleep(poll_s)
+      self.collect(stop)
+    self.result.not_started = [point.name for point in self.todo]
+    self.result.still_running = [job.name for job in self.running]
+    self.result.stop_signal = stop.signum
+
+  def workdirs(self, points: list[Point]) -> dict[str, pathlib.Path]:
+    return {point.name: self.root / point.name for point in points}
+
+  def wait_for_earlier(self) -> None:
+    """Takes the points an earlier run submitted that still run (SLURM) as started."""
+    waiting = self.launch.queued_earlier(self.workdirs(self.todo))
+    for job in waiting:
+      self.view.echo(f'{job.name}: still queued or running from an earlier submission, '
+                     'waited for')
+    names = {job.name for job in waiting}
+    self.todo = [point for point in self.todo if point.name not in names]
+    self.running.extend(waiting)
+    self.started = len(waiting)
+
+  def start(self, room: int) -> None:
+    """Submits up to `room` of the points not started yet."""
+    if not self.todo or room <= 0:
+      return
+    batch, self.todo = self.todo[:room], self.todo[room:]
+    for job in self.launch.submit(self.workdirs(batch)):
+      self.started += 1
+      self.view.echo(f'{job.name}: started ({self.started}/{self.total}), '
+                     f'log in {job.workdir / LOG_FILE}')
+      self.running.append(job)
+
+  def collect(self, stop: _StopSignals) -> None:
+    """Records the jobs that have ended: done, interrupted (after a stop) or failed."""
+    ended = self.launch.poll(self.running)
+    self.view.update([job.name for job in self.running if job.name not in ended], list(ended))
+    for name, outcome in ended.items():
+      job = next(job for job in self.running if job.name == name)
+      self.running.remove(job)
+      seconds = time.time() - job.start
+      if outcome.status == 'done':
+        self.result.done.append(name)
+        self.view.echo(f'{name}: finished in {seconds:.0f}s, valid ppl '
+                       f'{outcome.summary["valid_ppl"]:.2f}, test ppl '
+                       f'{outcome.summary["test_ppl"]:.2f}')
+      elif stop.signum is not None:
+        self.result.interrupted.append(name)
+        self.view.echo(f'{name}: interrupted after {seconds:.0f}s')
+      else:
+        self.result.failures[name] = outcome.reason
+        self.view.echo(f'{name}: FAILED after {seconds:.0f}s; see {job.workdir / LOG_FILE}')
 
 
 def write_reports(sweep_dir: str, echo: Callable[[str], None] = print) -> None:
@@ -262,22 +304,23 @@ def write_reports(sweep_dir: str, echo: Callable[[str], None] = print) -> None:
        f'{root / sweep_report.PNG_FILE}; TensorBoard: tensorboard --logdir={sweep_dir}')
 
 
-def _report(points: list[Point], sweep_dir: str, echo: Callable[[str], None], *, done,
-            skipped, failures, interrupted, not_started, still_running, stop_signal) -> int:
-  write_reports(sweep_dir, echo)
-  running = f', {len(still_running)} still running on SLURM' if still_running else ''
-  echo(f'{len(points)} points: {len(done)} trained now, {len(skipped)} finished earlier, '
-       f'{len(interrupted)} interrupted, {len(not_started)} not started, '
-       f'{len(failures)} failed{running}.')
-  if stop_signal is not None:
-    echo(f'Sweep stopped by {signal.Signals(stop_signal).name}: interrupted '
-         f'{interrupted or "none"}, not started {not_started or "none"}'
-         + (f', still running on SLURM {still_running}' if still_running else '')
-         + '. Run the same command again to resume.')
-  if failures:
-    echo(f'{len(failures)} of {len(points)} points failed:')
-    for name, reason in failures.items():
-      echo(f'  {name}: {reason}')
-  if stop_signal is not None:
+def _report(result: SweepResult) -> int:
+  """Rewrites the reports, prints what became of the points; the sweep's exit code."""
+  write_reports(result.sweep_dir)
+  still = result.still_running
+  running = f', {len(still)} still running on SLURM' if still else ''
+  print(f'{result.points} points: {len(result.done)} trained now, {len(result.skipped)} '
+        f'finished earlier, {len(result.interrupted)} interrupted, {len(result.not_started)} '
+        f'not started, {len(result.failures)} failed{running}.')
+  if result.stop_signal is not None:
+    print(f'Sweep stopped by {signal.Signals(result.stop_signal).name}: interrupted '
+          f'{result.interrupted or "none"}, not started {result.not_started or "none"}'
+          + (f', still running on SLURM {still}' if still else '')
+          + '. Run the same command again to resume.')
+  if result.failures:
+    print(f'{len(result.failures)} of {result.points} points failed:')
+    for name, reason in result.failures.items():
+      print(f'  {name}: {reason}')
+  if result.stop_signal is not None:
     return EXIT_INTERRUPTED
-  return 1 if failures else 0
+  return 1 if result.failures else 0
