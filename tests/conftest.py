@@ -133,11 +133,11 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def dense_embedding(runs):
-  """The tiny dense run's trained embedding (results.load_embedding)."""
-  from factorized.analysis import results
+  """The tiny dense run's trained embedding (readers.load_embedding)."""
+  from factorized.analysis import readers
 
   sweep, _, _ = runs
-  return results.load_embedding(sweep / 'dense')
+  return readers.load_embedding(sweep / 'dense')
 
 
 SUMMARY_CSV = """\

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import brown
-from factorized.analysis import interpret, results
+from factorized.analysis import interpret, readers
 from factorized.embeddings import spectrum
 from factorized.model import costs
 
@@ -61,7 +61,7 @@ def test_interpretation_tables(dense_embedding):
 def test_truncation_table(dense_embedding, fake_sweep):
   embedding = dense_embedding  # named 'dense', as the fake sweep's post-hoc run
   sv = embedding.singular_values()
-  table = interpret.truncation_table(embedding, [8, 4, 16], results.load_posthoc_svd(fake_sweep))
+  table = interpret.truncation_table(embedding, [8, 4, 16], readers.load_posthoc_svd(fake_sweep))
   assert list(table.index) == [4, 8, 16]
   np.testing.assert_allclose(table['energy'], spectrum.cumulative_energy(sv)[[3, 7, 15]])
   np.testing.assert_allclose(table['relative_error'], spectrum.reconstruction_error(sv, [4, 8, 16]))

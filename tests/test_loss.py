@@ -11,7 +11,7 @@ from configs import brown
 from factorized.model import loss
 from factorized.model.transformer import build_model
 from factorized.runtime import parallel
-from factorized.train import optim, rows, trainer
+from factorized.train import inplace, optim, trainer
 from factorized.train.step import make_train_step
 
 VOCAB = 60
@@ -211,11 +211,11 @@ def test_recomputed_blocks_free_the_activations_of_all_but_one_block():
 
 def test_a_table_heads_step_holds_the_table_gradient_once(monkeypatch):
   # dense, V=32,768, D=64: an 8 MiB table, 128 rows per chunk. Its gradient is summed in
-  # vocabulary slices (loss.py), over devices and clipped a slice at a time (rows.py), so
+  # vocabulary slices (loss.py), over devices and clipped a slice at a time (inplace.py), so
   # the step holds it once, and 1 MiB tiles. The plain loss holds the 8 MiB logits of
   # each 128-row chunk twice and more, on top.
-  monkeypatch.setattr(rows, 'SLICE_BYTES', 2**20)
-  monkeypatch.setattr(rows, 'LARGE_BYTES', 2**20)
+  monkeypatch.setattr(inplace, 'SLICE_BYTES', 2**20)
+  monkeypatch.setattr(inplace, 'LARGE_BYTES', 2**20)
   vocab, table_bytes = 32768, 32768 * 64 * 4
   config = make_config('dense', 'tied', 128)
   config.model.head_chunk_vocab = 2048  # 1 MiB tiles and slices

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from factorized.analysis import results
+from factorized.analysis import readers
 from factorized.embeddings import spectrum
 
 NOTEBOOKS = ('rank_analysis', 'embedding_svd')
@@ -92,20 +92,20 @@ def test_notebook_runs_top_to_bottom_on_a_sweep(name, sweep_dir, repo_root, monk
 def test_the_helpers_agree_with_the_sweep_files(sweep_dir):
   """What the notebooks show from a real sweep: summary.csv against the events, and the
   spectra of the factorized kinds (computed from factors) against their explicit tables."""
-  table = results.load_sweep_table(sweep_dir)
-  trained = results.trained_points(table).set_index('run')
+  table = readers.load_sweep_table(sweep_dir)
+  trained = readers.trained_points(table).set_index('run')
   assert sorted(trained.index) == ['albert_rank8', 'dense', 'svd_rank8']
-  events = results.final_scalars(results.load_scalars(sweep_dir),
+  events = readers.final_scalars(readers.load_scalars(sweep_dir),
                                   ['valid/ppl', 'test/ppl', 'spectrum/stable_rank'])
   for column in ('valid_ppl', 'test_ppl'):
     np.testing.assert_allclose(events.loc[trained.index, column.replace('_', '/')],
                                trained[column], rtol=1e-6)
-  posthoc = results.load_posthoc_svd(sweep_dir)
+  posthoc = readers.load_posthoc_svd(sweep_dir)
   rows = table[table['kind'] == 'posthoc_svd']
   assert list(posthoc['rank']) == list(rows['rank']) == [4, 8]
   np.testing.assert_allclose(posthoc['ppl'], rows['test_ppl'])
   for run, inner in (('svd_rank8', 8), ('albert_rank8', 9)):  # albert: [A 1], [P; b]
-    embedding = results.load_embedding(sweep_dir / run)
+    embedding = readers.load_embedding(sweep_dir / run)
     vocab, dim = embedding.vocab_size, embedding.model_dim
     assert [f.shape for f in embedding.factors] == [(vocab, inner), (inner, dim)]
     sv = embedding.singular_values()

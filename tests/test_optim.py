@@ -8,7 +8,7 @@ import pytest
 
 from configs import brown
 from factorized.config import specs
-from factorized.train import optim, rows
+from factorized.train import inplace, optim
 
 
 def test_schedule_warms_up_linearly_then_decays_to_the_floor():
@@ -135,8 +135,8 @@ def test_an_unknown_embed_decay_is_named():
 @pytest.mark.parametrize('max_norm', [0.5, 1e6])  # clips / does not
 def test_clipping_in_place_gives_optax_clipping_bitwise(max_norm, monkeypatch):
   # 103 rows of 7 float32 (2,884 bytes): sliced in 10-row slices, the last one partial.
-  monkeypatch.setattr(rows, 'LARGE_BYTES', 1024)
-  monkeypatch.setattr(rows, 'SLICE_BYTES', 300)
+  monkeypatch.setattr(inplace, 'LARGE_BYTES', 1024)
+  monkeypatch.setattr(inplace, 'SLICE_BYTES', 300)
   keys = jax.random.split(jax.random.key(0), 3)
   grads = {'table': jax.random.normal(keys[0], (103, 7)),
            'bias': jax.random.normal(keys[1], (5,)), 'scale': jax.random.normal(keys[2], ())}

@@ -10,7 +10,7 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
 from factorized import embeddings
-from factorized.analysis import interpret, plots, results
+from factorized.analysis import interpret, plots, readers
 from factorized.analysis import report as sweep_report
 from factorized.analysis import table as sweep_table
 from tests.test_sweep import fake_run
@@ -56,7 +56,7 @@ def _overlap(a, b) -> bool:
 
 
 def test_every_plot_draws(dense_embedding, fake_sweep, small_sweep):
-  table = results.load_sweep_table(fake_sweep)
+  table = readers.load_sweep_table(fake_sweep)
   small = _table(small_sweep)
   scalars = pd.DataFrame({'run': ['dense', 'dense', 'svd_rank4'], 'tag': ['train/loss'] * 3,
                           'step': [1, 2, 1], 'value': [3.0, 2.0, 3.5], 'wall_time': 0.0})
@@ -141,7 +141,7 @@ def test_the_split_out_figures_show_what_the_headline_leaves_out(small_sweep):
 
 
 def test_every_series_is_placed_by_vocab_params_and_every_kind_has_its_own_colour(fake_sweep):
-  table = results.load_sweep_table(fake_sweep)
+  table = readers.load_sweep_table(fake_sweep)
   (valid, test) = plots.plot_ppl(table, 'vocab_params').axes
   labels = test.get_legend_handles_labels()[1]
   assert {'dense', 'albert', 'svd', 'svd_untied', 'posthoc_svd', 'posthoc_svd_ft10',

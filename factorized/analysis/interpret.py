@@ -3,7 +3,7 @@ it and under its rank-R truncations, and what truncating it keeps and costs.
 
 Shapes: V vocabulary, D model width, K the number of singular values, R a truncation rank.
 
-W = U diag(s) Vt (its thin SVD, from the factors: results.TrainedEmbedding.svd), W_R its
+W = U diag(s) Vt (its thin SVD, from the factors: readers.TrainedEmbedding.svd), W_R its
 rank-R truncation (the best rank-R approximation, Eckart-Young). Rows of W_R are rows of
 U_R diag(s_R) times Vt_R, whose rows are orthonormal, so cosine similarities under W_R are
 those of U_R diag(s_R): no VxD matrix is formed for a factorized kind.
@@ -19,7 +19,7 @@ from jax.typing import ArrayLike
 
 from factorized import embeddings
 from factorized.analysis import table as sweep_table
-from factorized.analysis.results import TrainedEmbedding
+from factorized.analysis.readers import TrainedEmbedding
 from factorized.data import tokenizer as tokenizer_lib
 from factorized.embeddings import spectrum
 

@@ -1,8 +1,8 @@
-"""Figures of a sweep and of trained embeddings, drawn from what results.py, spectrum.py and
+"""Figures of a sweep and of trained embeddings, drawn from what readers.py, spectrum.py and
 interpret.py return.
 
 Every function returns a matplotlib Figure, closed in pyplot so that a notebook shows it
-once (as the cell's value). Sweep tables are results.load_sweep_table's: one curve per
+once (as the cell's value). Sweep tables are readers.load_sweep_table's: one curve per
 `series` (kind, `_untied` for untied heads), rank empty for kinds without one (dense),
 post-hoc rows of kind `posthoc_svd*`. Colours follow embeddings.KINDS (a new kind gets the
 next one), shades of green for post-hoc compression.
@@ -31,7 +31,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFo
 from matplotlib.transforms import Bbox
 
 from factorized import embeddings
-from factorized.analysis import results
+from factorized.analysis import readers
 from factorized.analysis import table as sweep_table
 from factorized.embeddings import spectrum
 
@@ -570,7 +570,7 @@ def png_bytes(figure: Figure) -> bytes:
 def plot_training_curves(scalars: pd.DataFrame, table: pd.DataFrame,
                          tag: str = 'train/loss') -> Figure:
   """`tag` against step, one panel per series of trained runs, one line per rank."""
-  trained = results.trained_points(table)
+  trained = readers.trained_points(table)
   fig, axes = _figure(trained['series'].nunique(), width=4.2)
   for ax, (series, rows) in zip(axes, trained.groupby('series', sort=False), strict=True):
     rows = rows.sort_values('rank')

@@ -1,6 +1,6 @@
 """A sweep's table: one row per run (and per post-hoc rank), read from the runs' summary.json
 and post-hoc JSON files, with its aggregate over seeds, its Pareto front and its tuned rows.
-report.py writes it out; results.py, plots.py and findings.py read it.
+report.py writes it out; readers.py, plots.py and findings.py read it.
 
 Per-group columns, one per frequency group of the test targets (the groups partition them):
   test_ppl@<band>          perplexity on a frequency band (rank of the type in train frequency)

@@ -23,7 +23,7 @@ import optax
 
 from factorized import embeddings
 from factorized.spec import Spec
-from factorized.train import rows
+from factorized.train import inplace
 
 
 def learning_rate_schedule(train_config: Spec) -> optax.Schedule:
@@ -66,7 +66,7 @@ def decay_mask(params, *, kind: str, embed_decay: str = 'table', head_kind: str 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   """optax.clip_by_global_norm(max_norm), element for element the same values (the same
   select between t and (t / norm) max_norm) and the same empty state, but each large leaf
-  clipped in place a slice of rows at a time (factorized/train/rows.py): under optax's, XLA
+  clipped in place a slice of rows at a time (factorized/train/inplace.py): under optax's, XLA
   keeps the clipped VxD table gradient beside the unclipped one, as both of Adam's
   moments read the two (tests/test_optim.py checks the values are optax's, bitwise)."""
 
@@ -78,7 +78,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     def clip(t):
       return jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * max_norm)
 
-    return jax.tree.map(lambda t: rows.update_rows(clip, t), updates), state
+    return jax.tree.map(lambda t: inplace.update_rows(clip, t), updates), state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 

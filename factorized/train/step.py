@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 from factorized import metrics as metrics_lib
 from factorized.model import loss as loss_lib
 from factorized.runtime.parallel import DATA_AXIS
-from factorized.train import rows
+from factorized.train import inplace
 
 
 @flax.struct.dataclass
@@ -130,10 +130,10 @@ def make_train_step(
       (grads, nll_sum), penalties = lax.scan(accumulate, zeros, micro_batches)
       penalty = penalties[0]
 
-    # Summed a slice of rows at a time in place (factorized/train/rows.py): one copy of the
+    # Summed a slice of rows at a time in place (factorized/train/inplace.py): one copy of the
     # table's gradient, not two.
     grads = jax.tree.map(
-        lambda g: rows.update_rows(functools.partial(lax.psum, axis_name=DATA_AXIS), g), grads)
+        lambda g: inplace.update_rows(functools.partial(lax.psum, axis_name=DATA_AXIS), g), grads)
     loss = lax.psum(nll_sum, DATA_AXIS) / total_tokens
     # The same value on every device, but computed from the varying view of the params.
     penalty = lax.pmean(penalty, DATA_AXIS)

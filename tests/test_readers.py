@@ -1,4 +1,5 @@
-"""results.py: events, summaries, sweep tables, post-hoc rows and trained embeddings."""
+"""factorized/analysis/readers.py: events, summaries, sweep tables, post-hoc rows and trained
+embeddings."""
 
 import json
 
@@ -6,47 +7,47 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factorized.analysis import results
+from factorized.analysis import readers
 from factorized.analysis import table as sweep_table
 
 
 def test_load_scalars_gives_the_numbers_written(runs):
   sweep, returned, written = runs
-  scalars = results.load_scalars(sweep)
-  assert list(scalars.columns) == list(results.SCALAR_COLUMNS)
+  scalars = readers.load_scalars(sweep)
+  assert list(scalars.columns) == list(readers.SCALAR_COLUMNS)
   assert list(scalars['run'].unique()) == ['dense']
   assert set(scalars['tag']) == set(written['tag'])
   for tag, expected in written.groupby('tag'):
-    series = results.scalar_series(scalars, 'dense', tag)
+    series = readers.scalar_series(scalars, 'dense', tag)
     assert list(series.index) == list(expected['step'])  # none dropped or down-sampled
     np.testing.assert_allclose(series.to_numpy(), expected['value'], rtol=1e-6)  # float32
-  summary = results.load_summary(sweep / 'dense')
+  summary = readers.load_summary(sweep / 'dense')
   assert summary == json.loads(json.dumps(returned))
-  valid = results.scalar_series(scalars, 'dense', 'valid/ppl')
+  valid = readers.scalar_series(scalars, 'dense', 'valid/ppl')
   np.testing.assert_allclose(valid.iloc[-1], summary['valid_ppl'], rtol=1e-6)
   assert valid.index[-1] == summary['steps']
-  np.testing.assert_allclose(results.scalar_series(scalars, 'dense', 'test/ppl').iloc[-1],
+  np.testing.assert_allclose(readers.scalar_series(scalars, 'dense', 'test/ppl').iloc[-1],
                              summary['test_ppl'], rtol=1e-6)
-  train_loss = results.scalar_series(scalars, 'dense', 'train/loss')
+  train_loss = readers.scalar_series(scalars, 'dense', 'train/loss')
   assert list(train_loss.index) == [2, 4, 6, 8, 10]
 
 
 def test_load_scalars_of_one_run_and_missing_runs(runs):
   sweep, _, _ = runs
-  one = results.load_scalars(sweep / 'dense')
+  one = readers.load_scalars(sweep / 'dense')
   assert set(one['run']) == {'.'}  # TensorBoard's name for the logdir itself
-  selected = results.load_scalars(sweep, runs=['dense'])
+  selected = readers.load_scalars(sweep, runs=['dense'])
   np.testing.assert_array_equal(one['value'], selected['value'])
   with pytest.raises(FileNotFoundError, match=r"runs \['nope'\].*\['dense'\]"):
-    results.load_scalars(sweep, runs=['nope'])
+    readers.load_scalars(sweep, runs=['nope'])
   with pytest.raises(KeyError, match="No scalar 'x/y' in run 'dense'"):
-    results.scalar_series(selected, 'dense', 'x/y')
-  last = results.final_scalars(selected, ['valid/ppl', 'nope'])
+    readers.scalar_series(selected, 'dense', 'x/y')
+  last = readers.final_scalars(selected, ['valid/ppl', 'nope'])
   valid = selected[selected['tag'] == 'valid/ppl']
   assert last.loc['dense', 'valid/ppl'] == valid['value'].iloc[-1]
   assert np.isnan(last.loc['dense', 'nope'])
   with pytest.raises(FileNotFoundError, match='has not finished'):
-    results.load_summary(sweep)
+    readers.load_summary(sweep)
 
 
 def test_trained_embedding_factors_and_their_svd(dense_embedding, runs):
@@ -73,7 +74,7 @@ def test_trained_embedding_factors_and_their_svd(dense_embedding, runs):
 
 
 def test_load_sweep_table_and_posthoc_svd(fake_sweep, tmp_path_factory):
-  table = results.load_sweep_table(fake_sweep)
+  table = readers.load_sweep_table(fake_sweep)
   # A summary.csv from before the step columns: its head and method columns filled in.
   assert list(table.columns) == [c for c in (*sweep_table.COLUMNS, 'series')
                                  if c not in ('steps', 'best_step')]
@@ -89,25 +90,25 @@ def test_load_sweep_table_and_posthoc_svd(fake_sweep, tmp_path_factory):
                                         'posthoc_svd']
   assert list(table['finetune_steps'][5:]) == [0, 0, 10, 10, 0]
   assert table['method'].iloc[-1] == 'posthoc_svd_freq'
-  assert list(results.trained_points(table)['run']) == [
+  assert list(readers.trained_points(table)['run']) == [
       'dense', 'albert_rank4', 'svd_rank4', 'svd_rank8', 'svd_rank4_untied']
-  posthoc = results.load_posthoc_svd(fake_sweep)
+  posthoc = readers.load_posthoc_svd(fake_sweep)
   assert posthoc.to_dict('list') == {
       'run': ['dense'] * 5, 'method': ['posthoc_svd'] * 4 + ['posthoc_svd_freq'],
       'split': ['test'] * 5, 'rank': [4, 8, 4, 8, 4], 'finetune_steps': [0, 0, 10, 10, 0],
       'ppl': [90.0, 70.0, 80.0, 65.0, 85.0], 'dense_ppl': [52.5] * 5}
   empty = tmp_path_factory.mktemp('empty')
-  assert results.load_posthoc_svd(empty).empty
+  assert readers.load_posthoc_svd(empty).empty
   with pytest.raises(FileNotFoundError, match='run the sweep first.*FACTORIZED_SWEEP_DIR'):
-    results.load_sweep_table(empty)
+    readers.load_sweep_table(empty)
 
 
 def test_repo_path_finds_the_repository_from_anywhere(repo_root, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  assert results.repo_path('configs/brown.py') == str(repo_root / 'configs/brown.py')
+  assert readers.repo_path('configs/brown.py') == str(repo_root / 'configs/brown.py')
   (tmp_path / 'here').mkdir()
-  assert results.repo_path('here') == 'here'
-  assert results.repo_path('/abs/x') == '/abs/x'
+  assert readers.repo_path('here') == 'here'
+  assert readers.repo_path('/abs/x') == '/abs/x'
 
 
 def _patch(run_dir, **fields):
