@@ -130,20 +130,20 @@ def _parse(arg: str | None) -> ml_collections.ConfigDict:
 def _axes(arg: ml_collections.ConfigDict, base: ml_collections.ConfigDict
           ) -> list[tuple[str, list]]:
   """[(dotted field, values typed as its default)] of `lrs=` and `axis=`."""
-  specs = [f'train.lr:{arg.lrs}'] if arg.lrs else []
-  specs += [spec for spec in arg.axis.split('/') if spec]
+  axis_texts = [f'train.lr:{arg.lrs}'] if arg.lrs else []
+  axis_texts += [axis_text for axis_text in arg.axis.split('/') if axis_text]
   axes = []
-  for spec in specs:
-    field, _, raw = spec.partition(':')
+  for axis_text in axis_texts:
+    field, _, raw = axis_text.partition(':')
     node = _field(base, field)
     if node is _MISSING:
-      raise ValueError(f'Config argument axis={spec!r}: {field!r} is not a config field '
+      raise ValueError(f'Config argument axis={axis_text!r}: {field!r} is not a config field '
                        '(e.g. axis=train.lr:1e-3+3e-3).')
     values = [value for value in raw.split('+') if value]
     if not values or isinstance(node, (ml_collections.ConfigDict, tuple, list)):
-      raise ValueError(f'Config argument axis={spec!r}: expected FIELD:V1+V2 over a number, '
+      raise ValueError(f'Config argument axis={axis_text!r}: expected FIELD:V1+V2 over a number, '
                        'string or bool field, e.g. axis=train.lr:1e-3+3e-3.')
-    axes.append((field, [_typed(value, node, spec) for value in values]))
+    axes.append((field, [_typed(value, node, axis_text) for value in values]))
   return axes
 
 
@@ -160,7 +160,7 @@ def _field(config: ml_collections.ConfigDict, field: str):
   return node
 
 
-def _typed(raw: str, default, spec: str):
+def _typed(raw: str, default, axis_text: str):
   """`raw` as the type of the field's `default`."""
   try:
     if isinstance(default, bool):
@@ -169,7 +169,7 @@ def _typed(raw: str, default, spec: str):
       return raw.lower() == 'true'
     return type(default)(raw) if isinstance(default, (int, float)) else raw
   except ValueError:
-    raise ValueError(f'Config argument axis={spec!r}: {raw!r} is not a '
+    raise ValueError(f'Config argument axis={axis_text!r}: {raw!r} is not a '
                      f'{type(default).__name__} like the field\'s default {default!r}.') from None
 
 

@@ -4,7 +4,7 @@ Shapes: B batch, L length, N = B L rows (tokens), C rows per chunk, D model widt
 V vocabulary.
 
 Every head maps the final hidden states to float32 logits through its `attend(x_NxD)` (the
-embedding's tied head, or model.py's UntiedHead), whatever the kind, or in parts
+embedding's tied head, or transformer.py's UntiedHead), whatever the kind, or in parts
 (`attend_parts`: tt's table slices, adaptive's bands, in a vocabulary order of the module's
 own, the targets mapped into it): `parts_nll` takes the log-sum-exp over the parts.
 The plain loss (`token_nll`, optax's integer-label cross-entropy on all BxLxV logits,
@@ -366,11 +366,11 @@ def model_nll_sum(model, inputs_BxL: jax.Array, targets_BxL: jax.Array,
                                                         dropout_keys_B)
   if chunk_rows >= targets_BxL.size:
     return _plain_nll(head, x_BxLxD, targets_BxL).sum()
-  spec, params, rest = _split_head(head, model.head_chunk_vocab)
+  head_plan, params, rest = _split_head(head, model.head_chunk_vocab)
   x_NxD, targets_N = x_BxLxD.reshape(-1, x_BxLxD.shape[-1]), targets_BxL.reshape(-1)
-  if spec.table:
-    return _table_nll_sum(spec, chunk_rows, jax.tree.leaves(params)[0], x_NxD, targets_N)
-  return _nll_sum(spec, chunk_rows, params, rest, x_NxD, targets_N)
+  if head_plan.table:
+    return _table_nll_sum(head_plan, chunk_rows, jax.tree.leaves(params)[0], x_NxD, targets_N)
+  return _nll_sum(head_plan, chunk_rows, params, rest, x_NxD, targets_N)
 
 
 TOKEN_STATS = ('nll', 'max_logit', 'target_logit')  # what model_token_stats gives per token
@@ -384,15 +384,15 @@ def model_token_stats(model, inputs_BxL: jax.Array, targets_BxL: jax.Array
   x_BxLxD, head, targets_BxL, chunk_rows = _head_inputs(model, inputs_BxL, targets_BxL, None)
   if chunk_rows >= targets_BxL.size:
     return _plain_stats(head, x_BxLxD, targets_BxL)
-  spec, params, rest = _split_head(head, model.head_chunk_vocab)
+  head_plan, params, rest = _split_head(head, model.head_chunk_vocab)
   x_NxD, targets_N = x_BxLxD.reshape(-1, x_BxLxD.shape[-1]), targets_BxL.reshape(-1)
-  if spec.table:
+  if head_plan.table:
     table_VxD = jax.tree.leaves(params)[0]
     _, (nll_N, _, (max_N, target_N)) = _over_rows(
-        lambda carry, chunk: (carry, _table_nll(spec, table_VxD, *chunk)), None, chunk_rows,
-        (x_NxD, targets_N))
+        lambda carry, chunk: (carry, _table_nll(head_plan, table_VxD, *chunk)), None,
+        chunk_rows, (x_NxD, targets_N))
   else:
-    nll_N, (max_N, target_N) = _walk(spec, chunk_rows, params, rest, x_NxD, targets_N,
+    nll_N, (max_N, target_N) = _walk(head_plan, chunk_rows, params, rest, x_NxD, targets_N,
                                      with_grads=False)
   return {name: value.reshape(targets_BxL.shape)
           for name, value in zip(TOKEN_STATS, (nll_N, max_N, target_N), strict=True)}
