@@ -75,9 +75,11 @@ def test_trained_embedding_factors_and_their_svd(dense_embedding, runs):
 
 def test_load_sweep_table_and_posthoc_svd(fake_sweep, tmp_path_factory):
   table = readers.load_sweep_table(fake_sweep)
-  # A summary.csv from before the step columns: its head and method columns filled in.
+  # A summary.csv from before the step and bytes columns: its head, method and bytes
+  # columns filled in (float32 tables: 4 bytes a parameter).
   assert list(table.columns) == [c for c in (*sweep_table.COLUMNS, 'series')
                                  if c not in ('steps', 'best_step')]
+  assert (table['vocab_bytes'] == 4 * table['vocab_params']).all()
   assert str(table['rank'].dtype) == 'Int64' and pd.isna(table.loc[0, 'rank'])
   # A summary.csv from before the head columns: a tied head is the input's, untied the DxV.
   assert list(table['head_kind'][:5]) == ['dense', 'albert', 'svd', 'svd', 'dense']

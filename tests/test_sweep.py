@@ -326,3 +326,14 @@ def test_tuned_rows_compare_the_values_on_the_seeds_they_share(tmp_path):
              lr=1.5e-3, seed=seed)
   chosen = sweep_table.tuned(sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0]))
   assert [(r.lr, r.seeds) for r in chosen.itertuples()] == [(3e-3, 3)]
+
+
+def test_a_row_carries_the_bytes_its_vocabulary_tables_take_as_stored(tmp_path):
+  fake_run(tmp_path, 'dense', 'dense', 0)
+  fake_run(tmp_path, 'svd_rank4', 'svd', 4)
+  quantized = json.loads((tmp_path / 'svd_rank4' / 'summary.json').read_text())
+  quantized['bytes'] = {'embedding': 2345, 'output_head': 0, 'vocab': 2345}  # e.g. int4
+  (tmp_path / 'svd_rank4' / 'summary.json').write_text(json.dumps(quantized))
+  rows = {row['run']: row for row in sweep_table.collect_rows(tmp_path)[0]}
+  assert rows['dense']['vocab_bytes'] == 4 * rows['dense']['vocab_params']  # float32
+  assert rows['svd_rank4']['vocab_bytes'] == 2345

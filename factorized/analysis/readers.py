@@ -1,6 +1,6 @@
 r"""Reading finished runs and sweeps: TensorBoard events and summaries into pandas, the
 sweep table and its post-hoc rows, and a trained embedding's factors (notebooks/ call these;
-spectrum.py, interpret.py and plots.py work on what they return).
+embeddings/spectrum.py, interpret.py and plots.py work on what they return).
 
 Shapes: V vocabulary, D model width, K an inner width of the factors.
 
@@ -94,7 +94,7 @@ def final_scalars(scalars: pd.DataFrame, tags: Sequence[str]) -> pd.DataFrame:
 
 
 def load_summary(workdir: str | os.PathLike) -> dict:
-  """A finished run's summary.json (see summary.py)."""
+  """A finished run's summary.json (see train/summary.py)."""
   path = os.path.join(workdir, summary_lib.SUMMARY_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist: the run in {workdir} has not finished '
@@ -121,7 +121,8 @@ def load_sweep_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     raise FileNotFoundError(
         f'{path} does not exist: run the sweep first (python train.py '
         f'--config=configs/rank_sweep.py --workdir={sweep_dir}), or set FACTORIZED_SWEEP_DIR.')
-  table = sweep_table.with_methods(sweep_table.with_heads(pd.read_csv(path)))
+  table = sweep_table.with_bytes(sweep_table.with_methods(sweep_table.with_heads(
+      pd.read_csv(path))))
   ints = {c: t for c, t in sweep_table.INT_COLUMNS.items() if c in table.columns}
   return sweep_table.with_series(table.astype(ints))
 

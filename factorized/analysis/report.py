@@ -7,7 +7,7 @@ against kind, rank, seed and parameter counts). `write_reports(sweep_dir)` reads
 posthoc_svd_freq, ...) directly below `sweep_dir` and (re)writes:
 
   summary.csv        one row per run (COLUMNS): kind, head, rank, seed, embedding, vocab
-                     and total parameters (costs.py: `vocab` = every parameter the
+                     and total parameters (model/costs.py: `vocab` = every parameter the
                      embedding choice adds, the budget kinds are compared on), valid ppl
                      (the last evaluation, as in HParams), test ppl (the best checkpoint by
                      valid ppl), tokens/s, then test ppl per frequency band
@@ -59,7 +59,7 @@ from factorized.analysis.table import (
   BAND_PREFIX,
   COLUMNS,
   CSV_FILE,
-  PARAMS,
+  SIZES,
   SWEEP_RUN,
   TUNED,
   aggregate,
@@ -86,7 +86,7 @@ POSTHOC_PNG_FILE = 'posthoc_vs_scratch_ppl_vs_rank.png'  # written when a dense 
 def _format(column: str, value) -> str:
   if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
     return '-'
-  if column in PARAMS:
+  if column in SIZES:
     return f'{int(value):,}'
   if 'ppl' in column:
     return f'{value:.2f}' if is_number(value) else str(value)

@@ -38,7 +38,8 @@ CSV_FILE, AGGREGATE_FILE = 'summary.csv', 'aggregate.csv'
 # best_step: the step of best valid perplexity (a trained run's summary.json).
 COLUMNS = ('run', 'kind', 'head', 'rank', 'head_kind', 'head_rank', 'seed', 'method',
            'finetune_steps', 'steps', 'best_step', 'embedding_params', 'vocab_params',
-           'total_params', 'valid_ppl', 'best_valid_ppl', 'test_ppl', 'tokens_per_s')
+           'total_params', 'vocab_bytes', 'valid_ppl', 'best_valid_ppl', 'test_ppl',
+           'tokens_per_s')
 TRAINED, FINETUNED = 'trained', 'finetuned'  # the methods that are no post-hoc compression
 # Config fields that never make a swept column: what COLUMNS already say, and fields that
 # do not change what is computed.
@@ -51,6 +52,10 @@ GROUP = ('kind', 'head', 'rank', 'head_kind', 'head_rank')
 # What a row's kind and method make of it (the same for every seed of a point).
 DERIVATION = ('method', 'finetune_steps', 'steps')
 PARAMS = ('embedding_params', 'vocab_params', 'total_params')
+# ... and the bytes its vocabulary tables take as stored (summary.json `bytes.vocab`; float32
+# tables, every point before quantization existed and every post-hoc SVD row: 4 per parameter).
+SIZES = (*PARAMS, 'vocab_bytes')
+FLOAT32_BYTES = 4
 BAND_PREFIX = 'test_ppl@'
 CLASS_PREFIX = 'test_class_ppl@'
 SHARE_PREFIX = {BAND_PREFIX: 'test_share@', CLASS_PREFIX: 'test_class_share@'}
@@ -103,6 +108,8 @@ def _summary_row(run: str, summary: dict) -> dict[str, Any]:
       'embedding_params': params['embedding'],
       'vocab_params': params.get('vocab', params['embedding'] + params['output_head']),
       'total_params': params['total'],
+      'vocab_bytes': summary.get('bytes', {}).get('vocab', FLOAT32_BYTES * params.get(
+          'vocab', params['embedding'] + params['output_head'])),
       'valid_ppl': summary.get('valid_ppl'), 'best_valid_ppl': summary.get('best_valid_ppl'),
       'test_ppl': summary.get('test_ppl'), 'tokens_per_s': summary.get('tokens_per_s'),
   }
@@ -201,6 +208,7 @@ def _posthoc_rows(run: str, run_dir: pathlib.Path, seed: int | None) -> list[dic
             'best_step': None, 'embedding_params': params['embedding'],
             'vocab_params': params.get('vocab', params['embedding']),
             'total_params': params['total'],
+            'vocab_bytes': FLOAT32_BYTES * params.get('vocab', params['embedding']),
             'valid_ppl': None, 'best_valid_ppl': None, 'test_ppl': None,
             'tokens_per_s': None})
         row[f'{split}_ppl'] = ppl
@@ -412,6 +420,17 @@ def with_heads(table: pd.DataFrame) -> pd.DataFrame:
   return table
 
 
+def with_bytes(table: pd.DataFrame) -> pd.DataFrame:
+  """`table` with vocab_bytes, filled in for a summary.csv written before it existed: every
+  table then was float32, FLOAT32_BYTES per vocabulary parameter."""
+  if 'vocab_bytes' in table or 'vocab_params' not in table:
+    return table
+  table = table.copy()
+  table.insert(list(table.columns).index('total_params') + 1, 'vocab_bytes',
+               FLOAT32_BYTES * table['vocab_params'])
+  return table
+
+
 def with_methods(table: pd.DataFrame) -> pd.DataFrame:
   """`table` with method and finetune_steps, filled in for a summary.csv written before
   they existed, when the kind spelled them: `posthoc_svd_ft10` is posthoc_svd fine-tuned 10
@@ -460,7 +479,7 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
   metrics = metric_columns(table)
   keys = [*GROUP, *(c for c in DERIVATION if c in table.columns), *swept_columns(table)]
   groups = table.groupby(keys, dropna=False, sort=False)
-  out = groups[list(PARAMS)].first()
+  out = groups[[c for c in SIZES if c in table.columns]].first()  # an older CSV: no bytes
   out.insert(0, 'seeds', groups.size())
   numeric = table[keys + metrics].astype({m: float for m in metrics})
   stats = numeric.groupby(keys, dropna=False, sort=False)[metrics].agg(['mean', 'std'])
