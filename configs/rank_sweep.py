@@ -5,9 +5,8 @@ otherwise: then it is configs/brown.py's); `get_sweep(arg)` lists the points as
 dicts of config overrides: the dense baseline, then `albert` and `svd` (or the `kinds=`
 given, any of factorized.embeddings.KINDS) at ranks 8, 16, 32, 64, 128 and 256, keeping the
 ranks <= model.model_dim (128 here, 32 with runlocal, 512 with gpu) for every kind that has a
-rank. What the rank is differs by kind: E for albert, R for svd, the first (most frequent)
-band's width for adaptive, the TT-rank for tt; kinds are compared on vocabulary parameters
-(summary.md and ppl_vs_vocab_params.png place every point on that one axis). Each kind
+rank. What the rank is differs by kind (docs/kinds.md); kinds are compared on vocabulary
+parameters (summary.md and ppl_vs_vocab_params.png place every point on that one axis). Each kind
 keeps its own config fields at their defaults (adaptive's bands, tt's factors: see
 factorized/embeddings/<kind>.py). Everything else is identical across points. train.py
 runs each point in its own sub-workdir named after its overrides (dense, albert_rank8, ...,
@@ -25,7 +24,7 @@ Arguments (after the colon, comma-separated):
   head_ranks=16+32+64     the head kinds' ranks (capped at D; default: the input's rank), so
                           that input rank x head rank is one command:
                           head=untied,kinds=svd,ranks=16+32,head_kinds=svd,head_ranks=16+32;
-  kinds=dense+albert+svd  which kinds to run ('+'-separated, of dense|albert|svd|adaptive|tt);
+  kinds=dense+albert+svd  which kinds to run ('+'-separated, of factorized.embeddings.KINDS);
   ranks=8+16+32+64+128+256  the ranks of every kind that has one, before the cap at D;
   seeds=0+1+2             run every point at each seed (sub-workdirs get `_seed<S>`; the
                           reports give mean and standard deviation over seeds); without
@@ -42,7 +41,8 @@ Arguments (after the colon, comma-separated):
                           few minutes on a 2-core CPU;
   gpu                     brown.py's accelerator-sized model.
 An svd rank must also be <= the vocabulary size (with Brown's ~18k words it always is), and
-a TT-rank below its largest cut size (tt.py; for Brown's vocabulary and D it is above D).
+a TT-rank below its largest cut size (factorized/embeddings/tt.py; for Brown's vocabulary
+and D it is above D).
 
 Launch commands:
 

@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import importlib
 import importlib.util
+import io
 import json
 import math
 import os
@@ -22,6 +23,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tokenize
 
 import pytest
 
@@ -241,11 +243,13 @@ def test_a_shown_command_names_what_exists(command):
       assert defines_flag(name, sources), f'{where}: no flag --{name} in {command.argv[1]}'
 
 
+PATH = re.compile(r'(?<![\w/.$-])(?:factorized|configs|tests|benchmarks|notebooks|results|docs|'
+                  r'\.ci)/[\w./-]*')
+
+
 def repo_paths(text: str) -> set[str]:
   """Paths into this repository that `text` names (up to a placeholder such as <kind>)."""
-  found = re.findall(r'(?<![\w/.$-])((?:factorized|configs|tests|benchmarks|notebooks|results|'
-                     r'docs|\.ci)/[\w./-]*)', text)
-  return {p.rstrip('.') for p in found}
+  return {p.rstrip('.') for p in PATH.findall(text)}
 
 
 @pytest.mark.parametrize('doc', DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -267,6 +271,85 @@ def test_paths_modules_and_links_in_the_text_exist(doc):
       headings = re.findall(r'^#+\s+(.*?)\s*$', resolved.read_text(), re.M)
       slugs = {re.sub(r'[^\w\- ]', '', h.lower()).replace(' ', '-') for h in headings}
       assert anchor in slugs, f'{doc.name}: link {target}: no such heading in {path or doc.name}'
+
+
+# The Python sources' own text: docstrings and comments.
+
+SOURCES = sorted({*(ROOT / 'factorized').rglob('*.py'), *(ROOT / 'configs').glob('*.py'),
+                  ROOT / 'train.py', ROOT / 'eval.py', *(ROOT / 'benchmarks').glob('*.py')})
+# A Python file or notebook named on its own or under folders (`pipeline.py`, `train/optim.py`);
+# a placeholder in angle brackets (`<kind>.py`) is no file.
+PYTHON_FILE = re.compile(r'(?<![\w/.$<>-])(?:[\w-]+/)*[\w-]+\.(?:py|ipynb)(?![\w<>])')
+MODULE = re.compile(r'(?<![\w.])factorized(?:\.[A-Za-z_]\w*)+')
+
+
+def docstrings_and_comments(path: pathlib.Path) -> list[tuple[int, str]]:
+  """(line, text) of every comment and module, class or function docstring of `path`."""
+  source = path.read_text()
+  found = [(token.start[0], token.string)
+           for token in tokenize.generate_tokens(io.StringIO(source).readline)
+           if token.type == tokenize.COMMENT]
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+      docstring = ast.get_docstring(node, clean=False)
+      if docstring is not None:
+        found.append((node.body[0].lineno, docstring))
+  return sorted(found)
+
+
+def names_a_file(name: str, source: pathlib.Path) -> bool:
+  """Whether `name`, as written in `source`, is a file or folder of the repository: a path
+  from its root, from the package (`model/loss.py`) or from `source`'s own folder."""
+  return any((base / name).exists() for base in (ROOT, ROOT / 'factorized', source.parent))
+
+
+def names_a_module(name: str) -> bool:
+  """Whether dotted `name` is a module of the package or a name defined in one."""
+  parts = name.split('.')
+  for cut in range(len(parts), 0, -1):
+    module = '.'.join(parts[:cut])
+    try:
+      found = importlib.util.find_spec(module)
+    except ModuleNotFoundError:
+      found = None
+    if found is None:
+      continue
+    node = importlib.import_module(module) if cut < len(parts) else None
+    for attribute in parts[cut:]:
+      if not hasattr(node, attribute):
+        return False
+      node = getattr(node, attribute)
+    return True
+  return False
+
+
+def test_the_source_text_reader_finds_files_and_modules(tmp_path):
+  source = tmp_path / 'example.py'
+  source.write_text('"""See pipeline.py, model/loss.py and factorized.train.step."""\n'
+                    'def f():\n  """Per `factorized/embeddings/<kind>.py`."""\n'
+                    '  return 1  # a comment naming configs/brown.py\n')
+  texts = ' '.join(text for _, text in docstrings_and_comments(source))
+  assert set(PYTHON_FILE.findall(texts)) == {'pipeline.py', 'model/loss.py', 'configs/brown.py'}
+  assert MODULE.findall(texts) == ['factorized.train.step']
+  assert names_a_file('model/loss.py', source) and names_a_file('configs/brown.py', source)
+  assert not names_a_file('pipeline.py', source)  # factorized/data/pipeline.py: say data/
+  assert names_a_file('pipeline.py', ROOT / 'factorized' / 'data' / 'tokenizer.py')
+  assert names_a_module('factorized.embeddings.KINDS')
+  assert not names_a_module('factorized.embeddings.NOPE')
+  assert not names_a_module('factorized.nope')
+
+
+@pytest.mark.parametrize('source', SOURCES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_docstrings_and_comments_name_files_and_modules_that_exist(source):
+  missing = []
+  for line, text in docstrings_and_comments(source):
+    for match in [*PATH.finditer(text), *PYTHON_FILE.finditer(text), *MODULE.finditer(text)]:
+      name = match.group(0).rstrip('.')
+      exists = (names_a_module(name) if match.re is MODULE else names_a_file(name, source))
+      if not exists:
+        missing.append(f'line {line + text.count(chr(10), 0, match.start())}: {name}')
+  assert not missing, (f'{source.relative_to(ROOT)} names what does not exist (write a path '
+                       f'from the repository root, the package or its own folder): {missing}')
 
 
 # The runlocal commands, run.

@@ -1,5 +1,5 @@
-"""Figures of a sweep and of trained embeddings, drawn from what readers.py, spectrum.py and
-interpret.py return.
+"""Figures of a sweep and of trained embeddings, drawn from what readers.py,
+embeddings/spectrum.py and interpret.py return.
 
 Every function returns a matplotlib Figure, closed in pyplot so that a notebook shows it
 once (as the cell's value). Sweep tables are readers.load_sweep_table's: one curve per
@@ -216,7 +216,7 @@ def plot_ppl(table: pd.DataFrame, x: str = 'vocab_params',
              splits: Sequence[str] = ('valid', 'test')) -> Figure:
   """Every series (trained, untied and post-hoc) against `x`, one panel per split: mean over
   seeds with one-standard-deviation bars, the legend to the right of the panels. x =
-  'vocab_params' (every parameter the embedding choice adds, costs.py) puts every kind on
+  'vocab_params' (every parameter the embedding choice adds, model/costs.py) puts every kind on
   one axis, whatever its rank means; x = 'rank' draws kinds without a rank as horizontal
   lines. The reports draw plot_headline; this is the notebook's view of everything."""
   groups = sweep_table.aggregate(table)

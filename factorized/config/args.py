@@ -1,4 +1,4 @@
-"""Parsing of the `cfg.py:key=value,flag` argument that configs take.
+"""Parsing of the `<config>.py:key=value,flag` argument that configs take.
 
 `python train.py --config=configs/brown.py:kind=svd,rank=64,runlocal` hands the
 string after the colon to `get_config(arg)`; `parse_arg` turns it into a

@@ -25,7 +25,7 @@ _NOISY_PATHS = (f'{pathlib.Path("orbax")}/', f'{pathlib.Path("jax")}/_src/')
 
 
 class _ConfigFileParser(flags.ArgumentParser):
-  """The parser of `--config=path.py[:arg]`: executes the file once, returns its locked
+  """The parser of `--config=<file>.py[:arg]`: executes the file once, returns its locked
   `get_config(arg)` and keeps the module, so that get_sweep() and error messages read that
   module instead of executing the file again."""
 
@@ -43,7 +43,7 @@ class _ConfigFileParser(flags.ArgumentParser):
 
 
 def _get_config(module, argument: str) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of the config file's module, for `--config=path.py[:arg]` (no
+  """`get_config(arg)` of the config file's module, for `--config=<file>.py[:arg]` (no
   argument without a colon, as config_flags calls it)."""
   _, colon, arg = argument.partition(':')
   return module.get_config(*([arg] if colon else []))
@@ -60,7 +60,7 @@ def load_module(path: str):
 
 
 def define_config_flag(name: str = 'config') -> None:
-  """`--config=path.py[:arg]` with `--config.<field>=...` overrides (ml_collections'
+  """`--config=<file>.py[:arg]` with `--config.<field>=...` overrides (ml_collections'
   config_flags), the file executed once; `config_module()` gives the module it ran."""
   config_flags.DEFINE_config_file(
       name, None, 'Config file, optionally with an argument: configs/brown.py:kind=svd,rank=64',

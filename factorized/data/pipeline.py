@@ -2,7 +2,7 @@
 
 `prepare_corpus(config.data)` gives a `Corpus`: the three splits as 1-D int32 token arrays
 (an <eos> after every sentence or line), the tokenizer and per-split word counts. Where the
-text comes from, and the exact Brown protocol, is in `corpora.py`; the tokenizers are in
+text comes from, and the exact Brown protocol, is in `corpora/`; the tokenizers are in
 `tokenizer.py`.
 
 Cache: tokenised splits live in <cache>/corpora/<corpus>-<tokenizer>-<key>/ (train.npy,

@@ -31,14 +31,15 @@ reports.
 
 Initialisation, every kind (sigma^2 = 1/D): the lookup has per-coordinate variance sigma^2
 and, for unit-variance x (the final LayerNorm's output), the tied logits have variance
-D sigma^2 = 1, at every rank. The untied head (model.py) is a DxV matrix ~ N(0, 1/D): the
-same logit scale. model.py scales x by 0.02 sqrt(D) before the blocks (see there why).
+D sigma^2 = 1, at every rank. The untied head (model/transformer.py's UntiedHead) is a DxV
+matrix ~ N(0, 1/D): the same logit scale. The model scales x by 0.02 sqrt(D) before the
+blocks (model/transformer.py says why).
 
-Weight decay (optim.py, `train.embed_decay`): each module names its table's parameters
+Weight decay (train/optim.py, `train.embed_decay`): each module names its table's parameters
 (`TABLE_PARAMS`: attribute names, or (attribute, index) paths into an nnx.List) and the
 ones whose decoupled decay shrinks the whole table by the same factor (1 - lr wd) as decay
 shrinks a dense W (`TABLE_DECAY`). Parameters a tied head adds (ALBERT's MLM head) are not
-the table's and follow optim.py's general rule.
+the table's and follow train/optim.py's general rule.
 
 A module whose tied logits are `project_to_vocab(x, T)` with T (VxD) its only parameter
 may name T in `LOGITS_TABLE` (dense does): the chunked loss then walks the vocabulary in
@@ -48,7 +49,7 @@ A module whose head computes its logits in parts (tt: slices of the table; adapt
 frequency bands) may define `attend_parts(x_BxLxD) -> [logits_BxLxV_p, ...]`, consecutive
 ranges of a vocabulary order of its own, and, where that order is not the ids' order,
 `ordered_ids(ids) -> positions` of the ids in it. The loss then takes the log-sum-exp over
-the parts and the target's logit from its part (loss.py's `parts_nll`): the same NLL,
+the parts and the target's logit from its part (model/loss.py's `parts_nll`): the same NLL,
 without concatenating the parts into BxLxV logits or putting them back in id order (a
 gather, and a scatter in the backward pass), which would cost more than the head itself.
 """

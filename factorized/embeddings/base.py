@@ -70,7 +70,7 @@ class KindConfig(abc.ABC):
   vocab_size: int
   model_dim: int
   dtype: str  # the compute dtype's name
-  tied: bool  # the output head is `attend` (else model.py's untied DxV matrix)
+  tied: bool  # the output head is `attend` (else model/transformer.py's UntiedHead)
   lookup: bool = True  # False: an untied head's own instance, built for its `attend` alone
 
   @classmethod

@@ -38,8 +38,8 @@ SLICE_BYTES, 8 MiB):
 its backward pass recomputes each slice's logits, multiplies their gradient by the
 cotangent and adds the slice's table gradient into the one VxD sum in place. The head's
 FLOPs are 4/3 of the plain loss's (the logits twice); its memory is the table gradient
-once plus CxS tiles (with step.py's in-place psum and optim.py's in-place clipping, the
-compiled dense step at V=131,072 holds 22% of one BxLxV buffer, against 41% before).
+once plus CxS tiles (with train/step.py's in-place psum and train/optim.py's in-place
+clipping, the compiled dense step at V=131,072 holds 22% of one BxLxV buffer).
 
 Chunking changes only the order of float32 sums (tests/test_loss.py: the chunked loss and
 its gradients equal the plain ones within 1e-5, for every kind and both heads, with

@@ -224,7 +224,7 @@ class Block(nnx.Module):
 class UntiedHead(nnx.Module):
   """A separate DxV output matrix ~ N(0, 1/D), stored transposed (VxD: faster on CPU)."""
 
-  TABLE_PARAMS = ('W_VxD',)  # its table (quantize.py)
+  TABLE_PARAMS = ('W_VxD',)  # its table (embeddings/quantize.py)
   LOGITS_TABLE = 'W_VxD'  # logits = project_to_vocab(x, W): model/loss.py slices its gradient
 
   def __init__(self, dim: int, vocab_size: int, dtype: jnp.dtype, *, rngs: nnx.Rngs):

@@ -56,7 +56,7 @@ class Point:
 
 
 def load_sweep(module, config_filename: str) -> list[dict] | None:
-  """`get_sweep(arg)` of the config file's `module` (as --config=`path.py[:arg]` executed
+  """`get_sweep(arg)` of the config file's `module` (as --config=`<file>.py[:arg]` executed
   it); None if it has none."""
   _, _, arg = config_filename.partition(':')
   get_sweep = getattr(module, 'get_sweep', None)

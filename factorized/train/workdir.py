@@ -1,7 +1,7 @@
 """A run's working directory: its saved config, and atomic JSON files in it.
 
 Layout: config.json (the resolved config, written on the first start), tokenizer.json and
-train_counts.npy (data.py), checkpoints/ (orbax), TensorBoard events, summary.json and
+train_counts.npy (data/pipeline.py), checkpoints/ (orbax), TensorBoard events, summary.json and
 eval_<split>.json.
 
 A saved config compares with a new one field by field; a field it lacks (saved before the

@@ -12,7 +12,7 @@ its own `data.*` fields and a `source(data_config, cache_root) -> Source` regist
   wikitext  WikiText-2/-103 (tokens, or raw text with BPE)        wikitext.py
 
 Every corpus is handed on as a `Source`: three `Split`s that yield batches of lines, and a
-JSON-able fingerprint of the text (checksums) that keys the tokenisation cache (data.py).
+JSON-able fingerprint of the text (checksums) that keys the tokenisation cache (data/pipeline.py).
 """
 
 from __future__ import annotations

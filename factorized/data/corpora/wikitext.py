@@ -10,7 +10,7 @@ for WikiText-103: `data.min_freq` must be <= 1 and `data.vocab_size` 0, else the
 refused naming the field); valid and test words outside it become `<unk>`. The published
 WikiText-2 files hold 2,088,628 / 217,646 / 245,569 tokens with `<eos>`. The raw variant
 with `bpe` trains its merges on the train split; its word-level perplexity divides the
-same total NLL by the word count (data.py).
+same total NLL by the word count (data/pipeline.py).
 """
 
 from __future__ import annotations
