@@ -93,6 +93,7 @@ import reference_step  # noqa: E402
 
 from configs import brown  # noqa: E402
 from factorized import embeddings  # noqa: E402
+from factorized.config import build  # noqa: E402
 from factorized.config import specs as config_specs  # noqa: E402
 from factorized.model import costs, loss  # noqa: E402
 from factorized.runtime import parallel  # noqa: E402
@@ -232,9 +233,10 @@ def project_bench(args: argparse.Namespace, kind: str, rank: int, mesh) -> Bench
   """The project's train and eval steps, built as trainer.build_run builds them."""
   config = make_config(args, kind, rank)
   zipf_counts = args.vocab_size * 100 // np.arange(1, args.vocab_size + 1)
-  parts, state = trainer.init_state(config, args.vocab_size, mesh, token_counts=zipf_counts)
-  optimizer = optim.make_optimizer(config)
-  train = make_train_step(parts, optimizer, optim.learning_rate_schedule(config.train), mesh)
+  run_args = build.build_args(config, args.vocab_size)
+  parts, state = trainer.init_state(run_args, mesh, token_counts=zipf_counts)
+  optimizer = optim.make_optimizer(run_args.train, run_args.model)
+  train = make_train_step(parts, optimizer, optim.learning_rate_schedule(run_args.train), mesh)
   evaluate_step = make_eval_step(parts, mesh)
   host_batch = synthetic_batch(args)
   batch = parallel.global_batch(host_batch, mesh)
@@ -482,7 +484,8 @@ def benchmark(args: argparse.Namespace) -> list[dict]:
   rows = []
   for bench in benches:
     config = bench.config
-    flops = costs.flops_per_token(config, bench.vocab_size)
+    model_args = build.model_args(config, bench.vocab_size)
+    flops = costs.flops_per_token(model_args)
     median = statistics.median(bench.step_s)
     tokens_per_s = tokens / median
     train_flops = 3 * flops['total']
@@ -493,7 +496,7 @@ def benchmark(args: argparse.Namespace) -> list[dict]:
         'num_layers': args.num_layers, 'num_heads': args.num_heads, 'mlp_dim': args.mlp_dim,
         'seq_len': args.seq_len, 'batch_size': args.batch_size, 'dtype': config.model.dtype,
         'dropout': float(config.model.dropout),
-        'params': costs.param_counts(config, bench.vocab_size)['total'],
+        'params': costs.param_counts(model_args)['total'],
         'steps': len(bench.step_s),
         'step_ms_median': median * 1e3, 'step_ms_min': min(bench.step_s) * 1e3,
         'step_ms_max': max(bench.step_s) * 1e3, 'tokens_per_s': tokens_per_s,

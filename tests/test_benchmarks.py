@@ -15,6 +15,7 @@ from flax import nnx
 
 from configs import brown
 from factorized import embeddings
+from factorized.config import build
 from factorized.model import transformer as model_lib
 
 TINY = ['--vocab_size=300', '--model_dim=32', '--num_layers=1', '--num_heads=2',
@@ -134,7 +135,7 @@ def test_reference_is_the_projects_dense_model(repo_root):
   config = brown.get_config('runlocal')
   config.model.dropout = 0.0
   vocab_size = 300
-  model = model_lib.build_model(config, vocab_size, rngs=nnx.Rngs(params=0))
+  model = model_lib.TransformerLM(build.model_args(config, vocab_size), rngs=nnx.Rngs(params=0))
   p = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   blocks = [{
       'ln1_scale_D': b['attn_norm']['scale'], 'ln1_bias_D': b['attn_norm']['bias'],

@@ -11,6 +11,7 @@ from flax import nnx
 
 from configs import brown
 from factorized import embeddings
+from factorized.config import build
 from factorized.model import costs
 from factorized.model import transformer as model_lib
 
@@ -29,8 +30,8 @@ def make_config(kind, rank, head='tied', albert_head='mlm', positions='rope', di
 
 
 def build_model(config, vocab_size, *, rngs):
-  return model_lib.build_model(config, vocab_size, rngs=rngs,
-                               token_counts=np.arange(vocab_size, 0, -1))
+  return model_lib.TransformerLM(build.model_args(config, vocab_size), rngs=rngs,
+                                 token_counts=np.arange(vocab_size, 0, -1))
 
 
 def adaptive_terms(vocab, dim, rank, cutoffs=CUTOFFS, factor=4):
@@ -87,7 +88,7 @@ CASES = [  # (kind, rank, head, albert_head, positions, vocab, dim, num_layers)
 def test_param_counts_agree_with_the_built_model(kind, rank, head, albert_head, positions,
                                                  vocab, dim, num_layers):
   config = make_config(kind, rank, head, albert_head, positions, dim, num_layers)
-  counts = costs.param_counts(config, vocab)
+  counts = costs.param_counts(build.model_args(config, vocab))
   built = counts_of_built_model(build_model(config, vocab, rngs=nnx.Rngs(0)))
   assert counts['embedding'] == built['embedding']
   assert counts['output_head'] == built['output_head']
@@ -117,7 +118,7 @@ def test_vocab_params_count_everything_the_embedding_choice_adds(kind, head, alb
     head_only = 0
   config = make_config(kind, rank, head, albert_head, band_cutoffs=CUTOFFS,
                        tt_vocab_factors=TT_VOCAB, tt_dim_factors=TT_DIM)
-  assert costs.param_counts(config, vocab)['vocab'] == inputs + head_only
+  assert costs.param_counts(build.model_args(config, vocab))['vocab'] == inputs + head_only
 
 
 def test_param_counts_follow_the_formulas():
@@ -126,15 +127,16 @@ def test_param_counts_follow_the_formulas():
                         'svd': vocab * rank + rank + rank * dim}
   per_block = 4 * dim + 4 * dim * dim + 4 * dim + 2 * dim * mlp_dim + mlp_dim + dim
   for kind, embedding in expected_embedding.items():
-    tied = costs.param_counts(make_config(kind, rank), vocab)
-    untied = costs.param_counts(make_config(kind, rank, head='untied'), vocab)
+    tied = costs.param_counts(build.model_args(make_config(kind, rank), vocab))
+    untied = costs.param_counts(build.model_args(make_config(kind, rank, head='untied'), vocab))
     assert tied['embedding'] == untied['embedding'] == embedding
     assert tied['blocks'] == per_block
     assert tied['non_embedding'] == per_block + 2 * dim
     mlm = dim * rank + rank + 2 * rank + vocab if kind == 'albert' else 0
     assert tied['output_head'] == mlm
     assert untied['output_head'] == dim * vocab
-  transpose = costs.param_counts(make_config('albert', rank, albert_head='transpose'), vocab)
+  transpose = costs.param_counts(
+      build.model_args(make_config('albert', rank, albert_head='transpose'), vocab))
   assert transpose['output_head'] == 0
 
 
@@ -150,10 +152,11 @@ def test_flops_per_token_follow_the_convention():
   }
   embed = {'band_cutoffs': CUTOFFS, 'tt_vocab_factors': TT_VOCAB, 'tt_dim_factors': TT_DIM}
   for kind, (embedding, head) in expected.items():
-    flops = costs.flops_per_token(make_config(kind, rank, **embed), vocab)
+    flops = costs.flops_per_token(build.model_args(make_config(kind, rank, **embed), vocab))
     assert flops == {'embedding': embedding, 'output_head': head, 'blocks': blocks,
                      'total': embedding + head + blocks}, kind
-    untied = costs.flops_per_token(make_config(kind, rank, head='untied', **embed), vocab)
+    untied = costs.flops_per_token(
+        build.model_args(make_config(kind, rank, head='untied', **embed), vocab))
     assert untied['output_head'] == 2 * dim * vocab
 
 
@@ -170,7 +173,7 @@ def test_flops_per_token_are_close_to_xla_cost_analysis(kind, head):
   analysis = forward.lower(state, ids_BxL).compile().cost_analysis()
   analysis = analysis[0] if isinstance(analysis, list) else analysis
   xla_per_token = analysis['flops'] / ids_BxL.size
-  ours = costs.flops_per_token(config, vocab)['total']
+  ours = costs.flops_per_token(build.model_args(config, vocab))['total']
   if kind == 'tt':
     ours += embeddings.embed_config(config.model, vocab).table_flops() / ids_BxL.size
   assert ours <= xla_per_token <= 1.1 * ours, (ours, xla_per_token)
@@ -178,6 +181,6 @@ def test_flops_per_token_are_close_to_xla_cost_analysis(kind, head):
 
 def test_costs_validate_the_config():
   with pytest.raises(ValueError, match='model.embed.rank=40'):
-    costs.param_counts(make_config('svd', 40), 1000)
+    costs.param_counts(build.model_args(make_config('svd', 40), 1000))
   with pytest.raises(ValueError, match="model.embed.kind='lora'"):
-    costs.flops_per_token(make_config('lora', 8), 1000)
+    costs.flops_per_token(build.model_args(make_config('lora', 8), 1000))

@@ -10,7 +10,7 @@ from flax import nnx
 
 from configs import brown, rank_sweep
 from factorized import embeddings
-from factorized.config import specs
+from factorized.config import build, specs
 from factorized.model import costs
 from factorized.model import loss as loss_lib
 from factorized.runtime import parallel
@@ -81,7 +81,8 @@ def test_counts_are_the_input_plus_the_head_and_match_the_built_model(head_kind)
   def count(module):
     return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
-  params, flops = costs.param_counts(spec, vocab), costs.flops_per_token(spec, vocab)
+  args = build.model_args(spec, vocab)
+  params, flops = costs.param_counts(args), costs.flops_per_token(args)
   assert params['total'] == count(model)
   assert params['embedding'] == count(model.embed)
   assert params['output_head'] == count(model.head)
@@ -188,8 +189,8 @@ def test_an_svd_head_trains_the_same_on_one_and_four_devices_and_resumes_bitwise
         config, workdir, mesh=parallel.make_mesh(jax.devices()[:devices]))
     results[devices] = summary, final_params(workdir, devices)
   (one, params_one), (four, params_four) = results[1], results[4]
-  assert one['params']['output_head'] == costs.param_counts(config, one['vocab_size'])[
-      'output_head']
+  assert one['params']['output_head'] == costs.param_counts(
+      build.model_args(config, one['vocab_size']))['output_head']
   np.testing.assert_allclose(four['valid_ppl'], one['valid_ppl'], rtol=1e-5)
   for a, b in zip(params_one, params_four, strict=True):
     np.testing.assert_allclose(b, a, atol=1e-5)

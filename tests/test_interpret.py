@@ -5,6 +5,7 @@ import pytest
 
 from configs import brown
 from factorized.analysis import interpret, readers
+from factorized.config import build
 from factorized.embeddings import spectrum
 from factorized.model import costs
 
@@ -77,5 +78,5 @@ def test_svd_parameter_cost_matches_costs_py():
   cost = interpret.svd_parameter_cost(vocab, dim, [4, 8])
   for _, row in cost.iterrows():
     config.model.embed.rank = int(row['rank'])
-    assert row['svd_params'] == costs.param_counts(config, vocab)['embedding']
+    assert row['svd_params'] == costs.param_counts(build.model_args(config, vocab))['embedding']
     assert row['dense_params'] == vocab * dim

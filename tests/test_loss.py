@@ -8,8 +8,9 @@ import pytest
 from flax import nnx
 
 from configs import brown
+from factorized.config import build, specs
 from factorized.model import loss
-from factorized.model.transformer import build_model
+from factorized.model.transformer import TransformerLM
 from factorized.runtime import parallel
 from factorized.train import inplace, optim, trainer
 from factorized.train.step import make_train_step
@@ -25,6 +26,10 @@ HEADS = [  # (kind, head, embed overrides): every kind's tied head, and the unti
     ('tt', 'tied', {}),
     ('svd', 'untied', {}),
 ]
+
+
+def build_model(config, vocab_size, *, rngs, **kwargs):
+  return TransformerLM(build.model_args(config, vocab_size), rngs=rngs, **kwargs)
 
 
 def make_config(kind, head, chunk_rows, **embed_overrides):
@@ -171,9 +176,10 @@ def test_a_bad_chunk_size_names_the_field():
 def compiled_temp_bytes(config, vocab, batch_size, seq_len):
   config.data.seq_len, config.train.batch_size = seq_len, batch_size
   mesh = parallel.make_mesh(jax.devices()[:1])
-  parts, state = trainer.init_state(config, vocab, mesh)
-  step = make_train_step(parts, optim.make_optimizer(config),
-                         optim.learning_rate_schedule(config.train), mesh)
+  args = build.build_args(specs.from_config(config), vocab)
+  parts, state = trainer.init_state(args, mesh)
+  step = make_train_step(parts, optim.make_optimizer(args.train, args.model),
+                         optim.learning_rate_schedule(args.train), mesh)
   ids = np.zeros((batch_size, seq_len), np.int32)
   batch_ = parallel.global_batch({'inputs': ids, 'targets': ids}, mesh)
   return step.lower(state, batch_).compile().memory_analysis().temp_size_in_bytes

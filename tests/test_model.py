@@ -9,6 +9,7 @@ from flax import nnx
 
 from configs import brown
 from factorized import embeddings
+from factorized.config import build
 from factorized.model import transformer as model_lib
 from factorized.model.transformer import ModelArgs
 
@@ -29,12 +30,13 @@ def small_model(kind: str, vocab_size: int) -> dict:
 
 
 def build_model(config, vocab_size, *, rngs, ids_BxL=None):
-  """model_lib.build_model with train counts (adaptive's frequency order) that rank the ids of
+  """The model of `config` with train counts (adaptive's frequency order) that rank the ids of
   `ids_BxL` first, so that every band has a token in the batch."""
   counts = np.arange(vocab_size, 0, -1)
   if ids_BxL is not None:
     counts = counts + vocab_size * np.bincount(np.asarray(ids_BxL).ravel(), minlength=vocab_size)
-  return model_lib.build_model(config, vocab_size, rngs=rngs, token_counts=counts)
+  return model_lib.TransformerLM(build.model_args(config, vocab_size), rngs=rngs,
+                                 token_counts=counts)
 
 
 def make_config(kind='dense', rank=8, dim=32, seq_len=8, **embed_overrides):

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from configs import brown
-from factorized.config import specs
+from factorized.config import build, specs
 from factorized.train import inplace, optim
 
 
@@ -31,7 +31,7 @@ def test_bad_train_fields_are_named(field, value, pattern):
   cfg = brown.get_config('runlocal').train
   cfg[field] = value
   with pytest.raises(ValueError, match=pattern):
-    specs.validate_train_config(cfg)
+    build.TrainArgs.from_section(cfg)
 
 
 def model_params(kind, rank=8, head='tied', penalty=0.0):
@@ -42,8 +42,8 @@ def model_params(kind, rank=8, head='tied', penalty=0.0):
 
   config = brown.get_config(f'runlocal,kind={kind},rank={rank},head={head}')
   config.model.embed.ortho_penalty = penalty
-  model = model_lib.build_model(config, 300, rngs=nnx.Rngs(params=0),
-                                token_counts=np.arange(300, 0, -1))
+  model = model_lib.TransformerLM(build.model_args(config, 300), rngs=nnx.Rngs(params=0),
+                                  token_counts=np.arange(300, 0, -1))
   return config, model, nnx.state(model, nnx.Param)
 
 
@@ -106,7 +106,8 @@ def test_zero_gradient_steps_shrink_every_kinds_table_alike(mode):
     config, model, params = model_params(kind, max(rank, 1))
     config.train.update(embed_decay=mode, lr=3e-3, weight_decay=0.1, warmup_steps=0,
                         num_steps=1000, min_lr_ratio=1.0)
-    optimizer = optim.make_optimizer(config)
+    args = build.build_args(specs.from_config(config), 300)
+    optimizer = optim.make_optimizer(args.train, args.model)
     before = table_norm(model)
 
     nnx.update(model, zero_gradient_steps(optimizer, params, 1000))
@@ -129,7 +130,7 @@ def test_an_unknown_embed_decay_is_named():
   cfg.embed_decay = 'rows'
   with pytest.raises(ValueError, match=r"train\.embed_decay='rows' is unknown; allowed: "
                                        r'table\|factors\|none'):
-    specs.validate_train_config(cfg)
+    build.TrainArgs.from_section(cfg)
 
 
 @pytest.mark.parametrize('max_norm', [0.5, 1e6])  # clips / does not

@@ -15,6 +15,7 @@ from flax import nnx
 from configs import brown
 from factorized import embeddings
 from factorized.config import specs
+from factorized.config.build import model_args
 from factorized.embeddings import quantize
 from factorized.evaluation import posthoc_quant
 from factorized.evaluation import saved as eval_run
@@ -41,8 +42,8 @@ def model_config(kind, head='tied', head_kind='dense', bits=0, group=0, rank=8):
 
 
 def build(config):
-  return model_lib.build_model(specs.from_config(config), VOCAB, rngs=nnx.Rngs(0),
-                               token_counts=skewed_counts(VOCAB))
+  return model_lib.TransformerLM(model_args(specs.from_config(config), VOCAB),
+                                 rngs=nnx.Rngs(0), token_counts=skewed_counts(VOCAB))
 
 
 @pytest.mark.parametrize('bits', [8, 4])
@@ -149,16 +150,16 @@ def test_the_bytes_of_every_kind_are_those_of_its_stored_arrays(kind, head, head
     config.model.embed.band_widths = (8, 4, 4)
   spec = specs.from_config(config)
   model = build(config)
-  expected = costs.vocab_bytes(spec, VOCAB)
+  expected = costs.vocab_bytes(model_args(spec, VOCAB))
   assert stored_bytes(model, bits, group) == {k: expected[k] for k in ('embedding',
                                                                        'output_head')}
   assert expected['vocab'] == expected['embedding'] + expected['output_head']
-  params = costs.param_counts(spec, VOCAB)
+  params = costs.param_counts(model_args(spec, VOCAB))
   if not bits:
     assert expected == {k: 4 * params[k] for k in ('embedding', 'output_head', 'vocab')}
   held = {(name, *path): shape for name in ('embed', 'head') if getattr(model, name)
           for path, shape in table_params(getattr(model, name)).items()}
-  assert model_lib.model_args(spec, VOCAB).table_shapes() == held  # the kinds' formulas
+  assert model_args(spec, VOCAB).table_shapes() == held  # the kinds' formulas
 
 
 def table_params(module) -> dict[tuple, tuple[int, ...]]:
@@ -170,10 +171,12 @@ def table_params(module) -> dict[tuple, tuple[int, ...]]:
 
 
 def test_int8_dense_tables_take_about_a_quarter_of_their_float_bytes():
-  float_bytes = costs.vocab_bytes(specs.from_config(model_config('dense')), VOCAB)['vocab']
-  int8 = costs.vocab_bytes(specs.from_config(model_config('dense', bits=8)), VOCAB)['vocab']
-  int4 = costs.vocab_bytes(specs.from_config(model_config('dense', bits=4, group=8)),
-                           VOCAB)['vocab']
+  def vocab_bytes(config):
+    return costs.vocab_bytes(model_args(specs.from_config(config), VOCAB))['vocab']
+
+  float_bytes = vocab_bytes(model_config('dense'))
+  int8 = vocab_bytes(model_config('dense', bits=8))
+  int4 = vocab_bytes(model_config('dense', bits=4, group=8))
   dim = 32  # runlocal's model_dim: V D values, V scales (int8) or V D / 8 (int4, groups of 8)
   assert (float_bytes, int8, int4) == (4 * VOCAB * dim, VOCAB * dim + 4 * VOCAB,
                                        VOCAB * dim // 2 + 4 * VOCAB * dim // 8)
@@ -197,7 +200,7 @@ def test_a_bad_quant_field_is_refused_before_the_data_in_one_line(fields, messag
 def test_a_group_that_does_not_divide_a_table_is_refused_before_the_model_is_built():
   config = model_config('svd', bits=4, group=3)  # R = 8 and D = 32 columns
   with pytest.raises(ValueError) as error:
-    model_lib.model_args(specs.from_config(config), VOCAB)
+    model_args(specs.from_config(config), VOCAB)
   assert str(error.value) == (
       'model.embed.quant_group=3 does not divide the 8 columns of the table embed.U_VxR '
       "(97, 8): use a divisor of every table's columns ([1, 2, 4, 8]), or 0 (one scale per "
@@ -225,7 +228,7 @@ def test_a_qat_run_trains_restores_and_scores_its_stored_integers_and_scales(
   summary = trainer.train_and_evaluate(spec, str(tmp_path), mesh=one)
   losses = [value for _, value in scalar_series(tmp_path, 'train/loss')]
   assert losses[-1] < losses[0] - 0.3
-  assert summary['bytes'] == costs.vocab_bytes(spec, summary['vocab_size'])
+  assert summary['bytes'] == costs.vocab_bytes(model_args(spec, summary['vocab_size']))
   assert summary['bytes']['vocab'] < 4 * summary['params']['vocab'] / 3
   run, step = eval_run.restore_run(str(tmp_path), 'best', mesh=one)
   assert step == summary['best_step']
@@ -293,7 +296,7 @@ def test_eval_cli_quantizes_a_trained_run_and_writes_ppl_and_bytes(tiny_config, 
   vocab = summary['vocab_size']
   for bits in (8, 4):
     config = posthoc_quant.quant_config(spec, bits, 4)
-    assert written['bytes_by_bits'][str(bits)] == costs.vocab_bytes(config, vocab)
+    assert written['bytes_by_bits'][str(bits)] == costs.vocab_bytes(model_args(config, vocab))
     assert set(written['bands_ppl_by_bits'][str(bits)]) == set(summary['test_bands'])
   assert written['bytes_by_bits']['4']['vocab'] < written['bytes_by_bits']['8']['vocab'] < (
       summary['bytes']['vocab'])

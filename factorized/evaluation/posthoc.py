@@ -56,7 +56,7 @@ import numpy as np
 from flax import nnx
 
 from factorized import files, frequency
-from factorized.config import specs
+from factorized.config import build, specs
 from factorized.evaluation import saved as eval_run
 from factorized.model import costs
 from factorized.runtime import parallel
@@ -130,7 +130,7 @@ def compression(config: Spec, W_VxD: np.ndarray, rank: int, *,
     return svd, W_VxD if weights_V is None else weighted_truncation(W_VxD, weights_V, rank), None
   weights_V = np.ones(len(W_VxD)) if weights_V is None else weights_V
   rows = band_rows(order_V, bands)
-  budget = costs.param_counts(svd, len(W_VxD))['embedding']
+  budget = costs.param_counts(build.model_args(svd, len(W_VxD)))['embedding']
   ranks = band_ranks(W_VxD, weights_V, rows, budget)
   table_VxD = np.empty(np.shape(W_VxD))
   for ids, band_rank in zip(rows, ranks, strict=True):
@@ -165,7 +165,7 @@ def finetune_config(config: Spec, steps: int) -> Spec:
   config = config.replace(**{'train.lr': config.train.lr * config.train.min_lr_ratio,
                              'train.num_steps': int(steps),
                              'train.warmup_steps': int(steps) // 10})
-  specs.validate_train_config(config.train)
+  build.TrainArgs.from_section(config.train)  # validates the schedule
   return config
 
 
@@ -174,23 +174,23 @@ def run_from_dense(dense: trainer.Run, config: Spec,
   """The Run of `config` (the dense run's sizes; kind dense, svd or adaptive) initialised from
   `dense`: its table (or `table_VxD`: copied, or truncated as the kind does) and its other
   parameters; fresh optimizer."""
-  if dense.config.model.embed.kind != 'dense':
+  if dense.args.model.embed.name != 'dense':
     raise ValueError(f'Post-hoc SVD needs a dense run; this one has model.embed.kind='
-                     f'{dense.config.model.embed.kind!r}.')
+                     f'{dense.args.model.embed.name!r}.')
   # Host copies: the new state owns its buffers (train steps donate them).
   dense_params = jax.device_get(nnx.to_pure_dict(dense.state.params))
   if table_VxD is not None:
     dense_params['embed'] = {'W_VxD': table_VxD}
-  optimizer = optim.make_optimizer(config)
-  parts, state = trainer.init_state(config, dense.corpus.vocab_size, dense.mesh,
-                                    dense_params=dense_params, token_counts=dense.token_counts,
-                                    optimizer=optimizer)
-  return trainer.Run(config, dense.corpus, dense.mesh, parts, state, dense.token_counts,
+  args = build.build_args(config, dense.corpus.vocab_size)
+  optimizer = optim.make_optimizer(args.train, args.model)
+  parts, state = trainer.init_state(args, dense.mesh, dense_params=dense_params,
+                                    token_counts=dense.token_counts, optimizer=optimizer)
+  return trainer.Run(config, args, dense.corpus, dense.mesh, parts, state, dense.token_counts,
                      optimizer)
 
 
 def finetune(run: trainer.Run, *, data_step: int, rows_per_step: int) -> trainer.TrainState:
-  """`run.config.train.num_steps` train steps on `run` from the data position after
+  """`run.args.train.num_steps` train steps on `run` from the data position after
   `data_step` steps of `rows_per_step` rows; returns the final state (run.state is donated)."""
   batches = run.train_batches()
   rows = data_step * rows_per_step
@@ -198,7 +198,7 @@ def finetune(run: trainer.Run, *, data_step: int, rows_per_step: int) -> trainer
                      'index': rows % batches.rows_per_epoch})
   train_step = run.train_step()
   state, metrics = run.state, None
-  for _ in range(run.config.train.num_steps):
+  for _ in range(run.args.train.num_steps):
     state, metrics = train_step(state, parallel.global_batch(next(batches), run.mesh))
   loss = float(jax.device_get(metrics['loss']))
   if not math.isfinite(loss):
@@ -207,8 +207,8 @@ def finetune(run: trainer.Run, *, data_step: int, rows_per_step: int) -> trainer
   return state
 
 
-def _budget(config: Spec, vocab_size: int) -> dict[str, int]:
-  counts = costs.param_counts(config, vocab_size)
+def _budget(run: trainer.Run) -> dict[str, int]:
+  counts = costs.param_counts(run.args.model)
   return {name: counts[name] for name in ('embedding', 'vocab', 'total')}
 
 
@@ -247,24 +247,24 @@ def posthoc_svd(workdir: str, split: str = 'test', ranks: list[int] | tuple[int,
   if saved.model.embed.kind != 'dense':
     raise ValueError(f'--svd_ranks compresses a dense run; {workdir} has model.embed.kind='
                      f'{saved.model.embed.kind!r} (train one with configs/brown.py:kind=dense).')
-  dense, step = eval_run.restore_run(workdir, checkpoint, mesh=mesh)
+  dense, step = eval_run.restore_run(workdir, checkpoint, mesh=mesh, config=saved)
   vocab_size = dense.corpus.vocab_size
-  ranks = _check_ranks([int(r) for r in ranks], min(vocab_size, dense.config.model.model_dim))
+  ranks = _check_ranks([int(r) for r in ranks], min(vocab_size, dense.args.model.model_dim))
   bands = parse_bands([str(b) for b in bands], vocab_size) if bands else ()
   method = method_name(weighting, bands)
   table_VxD = np.asarray(jax.device_get(dense.state.params['embed']['W_VxD'][...]))
   weights_V = dense.token_counts if weighting == 'frequency' else None
   order_V = frequency.frequency_order(dense.token_counts)
   tuned = finetune_config(dense.config, finetune_steps) if finetune_steps else None
-  rows_per_step = dense.config.train.batch_size
-  head = dense.config.model.embed.head
+  rows_per_step = dense.args.train.batch_size
+  head = 'tied' if dense.args.model.embed.tied else 'untied'
   result = {
       'method': method, 'weighting': weighting, 'bands': list(bands),
       'split': split, 'step': step, 'checkpoint': checkpoint, 'head': head,
       'replaced': ('input embedding and tied output head' if head == 'tied'
                    else 'input embedding only (the untied output head is kept)'),
       'dense_ppl': dense.evaluator(split)(dense.state.params)['ppl'],
-      'dense_params': _budget(dense.config, vocab_size),
+      'dense_params': _budget(dense),
       'ppl_by_rank': {}, 'params_by_rank': {},
   }
   if finetune_steps:
@@ -279,7 +279,7 @@ def posthoc_svd(workdir: str, split: str = 'test', ranks: list[int] | tuple[int,
                                                   weights_V=weights_V, order_V=order_V,
                                                   bands=bands)
     run = run_from_dense(dense, config, None if compressed_VxD is table_VxD else compressed_VxD)
-    result['params_by_rank'][str(rank)] = _budget(run.config, vocab_size)
+    result['params_by_rank'][str(rank)] = _budget(run)
     if bands:
       result.setdefault('band_ranks_by_rank', {})[str(rank)] = ranks_b
     evaluator = run.evaluator(split)

@@ -32,7 +32,7 @@ from factorized import files
 from factorized.embeddings import quantize
 from factorized.evaluation import saved as eval_run
 from factorized.model import costs
-from factorized.model import transformer as model_lib
+from factorized.model.transformer import ModelArgs
 from factorized.runtime import parallel
 from factorized.spec import Spec
 from factorized.train import trainer
@@ -63,6 +63,12 @@ def quant_config(config: Spec, bits: int, group: int) -> Spec:
                            'model.embed.quant_group': int(group)})
 
 
+def quant_model(args: ModelArgs, bits: int, group: int) -> ModelArgs:
+  """`args` with its tables quantized to `bits`, a scale per `group` columns (0: per row);
+  `group` checked against the tables already (quantize.check_group)."""
+  return dataclasses.replace(args, quant_bits=int(bits), quant_group=int(group))
+
+
 def quantized_params(model: nnx.Module, bits: int, group: int = 0) -> nnx.State:
   """The model's parameters with every table matrix of its embedding and head replaced by
   w' = q s (quantize.quantized_module's values: what training with these bits computes)."""
@@ -77,12 +83,12 @@ def quantized_params(model: nnx.Module, bits: int, group: int = 0) -> nnx.State:
 def plain_run(run: trainer.Run) -> trainer.Run:
   """`run` computing with its parameters as they are: a run trained with quantization gets
   the model of its config without it (same parameters, fake quantization off)."""
-  if not run.config.model.embed.quant_bits:
+  if not run.args.model.quant_bits:
     return run
-  config = quant_config(run.config, 0, 0)
-  parts, _ = trainer.init_state(config, run.corpus.vocab_size, run.mesh,
-                                token_counts=run.token_counts, optimizer=run.optimizer)
-  return dataclasses.replace(run, config=config, parts=parts)
+  args = dataclasses.replace(run.args, model=quant_model(run.args.model, 0, 0))
+  parts, _ = trainer.init_state(args, run.mesh, token_counts=run.token_counts,
+                                optimizer=run.optimizer)
+  return dataclasses.replace(run, config=quant_config(run.config, 0, 0), args=args, parts=parts)
 
 
 def _group_ppl(result: dict) -> dict:
@@ -102,17 +108,16 @@ def posthoc_quant(workdir: str, split: str = 'test', bits: list[int] | tuple[int
   bits = parse_bits([str(b) for b in bits])
   quantize.check_group(group, '--quant_group')
   run, step = eval_run.restore_run(workdir, checkpoint, mesh=mesh)
-  vocab_size = run.corpus.vocab_size
-  shapes = model_lib.model_args(run.config, vocab_size).table_shapes()
-  group = quantize.check_group(group, '--quant_group', shapes)
+  model = run.args.model
+  group = quantize.check_group(group, '--quant_group', model.table_shapes())
   trained = run.evaluator(split)(run.state.params)
   plain = plain_run(run)
   evaluator = plain.evaluator(split)
   replicated = parallel.replicated(run.mesh)
   result = {'method': METHOD, 'split': split, 'step': step, 'checkpoint': checkpoint,
-            'group': group, 'trained_quant_bits': int(run.config.model.embed.quant_bits),
+            'group': group, 'trained_quant_bits': model.quant_bits,
             'trained_ppl': trained['ppl'],
-            'trained_bytes': costs.vocab_bytes(run.config, vocab_size),
+            'trained_bytes': costs.vocab_bytes(model),
             **{f'trained_{name}_ppl': value for name, value in _group_ppl(trained).items()},
             'ppl_by_bits': {}, 'bytes_by_bits': {},
             **{f'{name}_ppl_by_bits': {} for name in (*GROUPINGS, 'frequent')}}
@@ -122,8 +127,7 @@ def posthoc_quant(workdir: str, split: str = 'test', bits: list[int] | tuple[int
                      out_shardings=replicated)(run.state.params)
     scored = evaluator(params)
     result['ppl_by_bits'][str(width)] = scored['ppl']
-    result['bytes_by_bits'][str(width)] = costs.vocab_bytes(
-        quant_config(run.config, width, group), vocab_size)
+    result['bytes_by_bits'][str(width)] = costs.vocab_bytes(quant_model(model, width, group))
     for name, value in _group_ppl(scored).items():
       result[f'{name}_ppl_by_bits'][str(width)] = value
     log.info('%s of %s, int%d (group %d): %s ppl %.3f (as trained %.3f).', METHOD, workdir,

@@ -9,9 +9,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from factorized import files
-from factorized.config import specs
+from factorized.config import build, specs
 from factorized.data import pipeline as data_lib
 from factorized.runtime import compile_cache, parallel
+from factorized.spec import Spec
 from factorized.train import checkpointing, trainer
 
 EVAL_FILE = 'eval_{split}.json'
@@ -38,13 +39,14 @@ def _checkpoint_step(checkpointer: checkpointing.Checkpointer, checkpoint: str,
   raise ValueError(f'--checkpoint={checkpoint!r}: expected latest, best or a step number.')
 
 
-def restore_run(workdir: str, checkpoint: str = 'latest', *,
-                mesh: Mesh | None = None) -> tuple[trainer.Run, int]:
-  """The run saved in `workdir` with the params of `checkpoint` (latest | best | a step).
+def restore_run(workdir: str, checkpoint: str = 'latest', *, mesh: Mesh | None = None,
+                config: Spec | None = None) -> tuple[trainer.Run, int]:
+  """The run saved in `workdir` with the params of `checkpoint` (latest | best | a step);
+  `config`: its saved Spec, when the caller has loaded it already.
 
   Returns the Run (its state restored) and the restored step.
   """
-  config = specs.load_saved(workdir)
+  config = specs.load_saved(workdir) if config is None else config
   compile_cache.enable(config.data)
   checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
   try:
@@ -67,7 +69,8 @@ def restore_model(workdir: str, checkpoint: str = 'latest', *,
   checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
   try:
     step = _checkpoint_step(checkpointer, checkpoint, workdir)
-    parts, state = trainer.init_state(config, counts.size, mesh, token_counts=counts)
+    parts, state = trainer.init_state(build.build_args(config, counts.size), mesh,
+                                      token_counts=counts)
     state, _ = checkpointer.restore(state, step=step)
   finally:
     checkpointer.close()
@@ -83,7 +86,7 @@ def evaluate_workdir(workdir: str, split: str = 'test', checkpoint: str = 'best'
   config = specs.load_saved(workdir)
   data_lib.num_eval_batches(1, seq_len=config.data.seq_len, global_batch_size=1,
                             stride=stride)  # a bad --stride fails now, before the restore
-  run, step = restore_run(workdir, checkpoint, mesh=mesh)
+  run, step = restore_run(workdir, checkpoint, mesh=mesh, config=config)
   result = run.evaluator(split, stride=stride)(run.state.params)
   result = {'split': split, 'step': step, 'checkpoint': checkpoint,
             f'{split}_ppl': result['ppl'], **result}

@@ -1,5 +1,5 @@
-"""Parameter counts, bytes of the vocabulary tables and FLOPs per token, from a config alone
-(no model build).
+"""Parameter counts, bytes of the vocabulary tables and FLOPs per token, from a run's
+ModelArgs alone (no model build).
 
 Shapes: V vocabulary, D model width, M MLP width, L sequence length (`data.seq_len`),
 N layers. The embedding's own terms come from its kind (`param_counts` and
@@ -42,13 +42,11 @@ from __future__ import annotations
 import math
 
 from factorized.embeddings import quantize
-from factorized.model import transformer as model_lib
-from factorized.spec import Spec
+from factorized.model.transformer import ModelArgs
 
 
-def param_counts(config: Spec, vocab_size: int) -> dict[str, int]:
+def param_counts(args: ModelArgs) -> dict[str, int]:
   """Parameters per component: embedding, output_head, vocab, blocks, non_embedding, total."""
-  args = model_lib.model_args(config, vocab_size)
   dim, mlp_dim, vocab = args.model_dim, args.mlp_dim, args.vocab_size
   kind = args.embed.param_counts()
   embedding = kind['embedding']
@@ -70,11 +68,10 @@ def param_counts(config: Spec, vocab_size: int) -> dict[str, int]:
           'non_embedding': non_embedding, 'total': embedding + output_head + non_embedding}
 
 
-def vocab_bytes(config: Spec, vocab_size: int) -> dict[str, int]:
+def vocab_bytes(args: ModelArgs) -> dict[str, int]:
   """Bytes of the vocabulary tables as stored (see the module docstring): embedding,
   output_head and vocab, their sum; 4 per parameter at model.embed.quant_bits = 0."""
-  args = model_lib.model_args(config, vocab_size)
-  counts, shapes = param_counts(config, vocab_size), args.table_shapes()
+  counts, shapes = param_counts(args), args.table_shapes()
 
   def stored(part: str, params: int) -> int:
     tables = [shape for path, shape in shapes.items() if path[0] == part]
@@ -87,9 +84,8 @@ def vocab_bytes(config: Spec, vocab_size: int) -> dict[str, int]:
   return {'embedding': embedding, 'output_head': output_head, 'vocab': embedding + output_head}
 
 
-def flops_per_token(config: Spec, vocab_size: int) -> dict[str, int]:
+def flops_per_token(args: ModelArgs) -> dict[str, int]:
   """Forward matmul FLOPs per token (2 per multiply-add): embedding, output_head, blocks, total."""
-  args = model_lib.model_args(config, vocab_size)
   dim, mlp_dim, length = args.model_dim, args.mlp_dim, args.max_len
   kind = args.embed.flops_per_token()
   embedding = kind['embedding']

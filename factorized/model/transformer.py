@@ -30,9 +30,9 @@ matrix. Choices, and why:
     head each draw from a stream of their own, split off the model's `params` stream
     before anything else is drawn, so at one seed every other parameter (blocks,
     positions, final norm) is bitwise the same whatever the kind, rank or head;
-  - the config stops at `ModelArgs.from_config`, which validates every field (the
-    embedding kind's own through `embeddings.embed_config`) before anything is built;
-    modules take plain numbers;
+  - the config stops at `ModelArgs.from_config` (called once per run, by
+    factorized/config/build.py), which validates every field (the embedding kind's own
+    through `embeddings.embed_config`) before anything is built; modules take plain numbers;
   - quantization-aware training (`model.embed.quant_bits` > 0): the lookup and the head
     use the embedding's and the head's modules with their table matrices fake-quantized
     (`quantize.quantized_module`, factorized/embeddings/quantize.py: values w' = q s,
@@ -356,15 +356,3 @@ class TransformerLM(nnx.Module):
       penalty = penalty + self.head.penalty()
     return penalty
 
-
-def model_args(config: Spec, vocab_size: int) -> ModelArgs:
-  """The validated ModelArgs of a full config (max_len = data.seq_len)."""
-  return ModelArgs.from_config(config.model, vocab_size, config.data.seq_len)
-
-
-def build_model(config: Spec, vocab_size: int, *, rngs: nnx.Rngs,
-                dense_table: jax.typing.ArrayLike | None = None,
-                token_counts: np.ndarray | None = None) -> TransformerLM:
-  """The TransformerLM of a full config, validated before anything is built."""
-  return TransformerLM(model_args(config, vocab_size), rngs=rngs, dense_table=dense_table,
-                       token_counts=token_counts)

@@ -22,11 +22,12 @@ import jax.numpy as jnp
 import optax
 
 from factorized import embeddings
-from factorized.spec import Spec
+from factorized.config.build import TrainArgs
+from factorized.model.transformer import ModelArgs
 from factorized.train import inplace
 
 
-def learning_rate_schedule(train_config: Spec) -> optax.Schedule:
+def learning_rate_schedule(train_config: TrainArgs) -> optax.Schedule:
   """Linear warm-up from 0 to `lr`, then cosine decay to `lr * min_lr_ratio`."""
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0,
@@ -83,24 +84,19 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
-def _head_kind(embed: Spec) -> str | None:
-  """The kind of an untied head of its own (model.embed.head_kind), else None."""
-  return embed.head_kind if embed.head == 'untied' and embed.head_kind != 'dense' else None
-
-
-def make_optimizer(config: Spec) -> optax.GradientTransformation:
-  """Global-norm clipping followed by AdamW under the warm-up/cosine schedule (config.train),
-  decaying the parameters that `decay_mask` picks for config.model's embedding kind."""
-  train_config = config.train
+def make_optimizer(train: TrainArgs, model: ModelArgs) -> optax.GradientTransformation:
+  """Global-norm clipping followed by AdamW under the warm-up/cosine schedule (`train`),
+  decaying the parameters that `decay_mask` picks for the model's embedding kind (and an
+  untied head's own kind)."""
   return optax.chain(
-      clip_by_global_norm(train_config.grad_clip),
+      clip_by_global_norm(train.grad_clip),
       optax.adamw(
-          learning_rate=learning_rate_schedule(train_config),
-          b1=train_config.b1,
-          b2=train_config.b2,
-          weight_decay=train_config.weight_decay,
-          mask=functools.partial(decay_mask, kind=config.model.embed.kind,
-                                 embed_decay=train_config.embed_decay,
-                                 head_kind=_head_kind(config.model.embed)),
+          learning_rate=learning_rate_schedule(train),
+          b1=train.b1,
+          b2=train.b2,
+          weight_decay=train.weight_decay,
+          mask=functools.partial(decay_mask, kind=model.embed.name,
+                                 embed_decay=train.embed_decay,
+                                 head_kind=None if model.head is None else model.head.name),
       ),
   )

@@ -9,8 +9,8 @@ from typing import Any
 import jax
 
 from factorized import files
+from factorized.config.build import RunArgs
 from factorized.model import costs
-from factorized.spec import Spec
 
 SUMMARY_FILE = 'summary.json'
 _VERSIONED = ('jax', 'flax', 'optax', 'orbax-checkpoint')
@@ -28,18 +28,19 @@ def device_info() -> dict[str, Any]:
 
 
 def build_summary(
-    config: Spec,
-    vocab_size: int,
+    args: RunArgs,
+    config: dict[str, Any],
     **results: Any,
 ) -> dict[str, Any]:
-  """The summary of a run: config, sizes, costs (`params`, the vocabulary tables' `bytes`
-  as stored, `flops_per_token`), environment, plus `results`."""
+  """The summary of a run: its saved `config` (config.json's dict), sizes and costs from its
+  `args` (`params`, the vocabulary tables' `bytes` as stored, `flops_per_token`),
+  environment, plus `results`."""
   return {
-      'config': config.to_dict(),
-      'vocab_size': int(vocab_size),
-      'params': costs.param_counts(config, vocab_size),
-      'bytes': costs.vocab_bytes(config, vocab_size),
-      'flops_per_token': costs.flops_per_token(config, vocab_size),
+      'config': config,
+      'vocab_size': args.model.vocab_size,
+      'params': costs.param_counts(args.model),
+      'bytes': costs.vocab_bytes(args.model),
+      'flops_per_token': costs.flops_per_token(args.model),
       'devices': device_info(),
       'versions': package_versions(),
       **results,

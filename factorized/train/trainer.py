@@ -24,8 +24,8 @@ import tqdm
 from flax import nnx
 from jax.sharding import Mesh
 
-from factorized import embeddings
 from factorized import metrics as metrics_lib
+from factorized.config.build import RunArgs, build_args
 from factorized.data import pipeline as data_lib
 from factorized.embeddings import spectrum
 from factorized.model import costs
@@ -58,9 +58,12 @@ class NonFiniteLoss(FloatingPointError):
 
 @dataclasses.dataclass
 class Run:
-  """What a run is built from, shared by training, eval.py and post-hoc compression."""
+  """What a run is built from, shared by training, eval.py and post-hoc compression: its
+  Spec (saved as config.json and in summary.json) and the typed arguments built from it
+  once (`args`), which everything below reads."""
 
   config: Spec
+  args: RunArgs
   corpus: data_lib.Corpus
   mesh: Mesh
   parts: ModelParts
@@ -73,16 +76,15 @@ class Run:
     (default data.seq_len), with every metric per frequency band (eval.band_edges) and per
     frequency class (eval.count_edges), and on the frequent types' tokens together
     (eval.frequent_count)."""
-    groups = {'bands': data_lib.frequency_bands(self.token_counts, self.config.eval.band_edges),
-              'classes': data_lib.frequency_classes(self.token_counts,
-                                                    self.config.eval.count_edges)}
+    args = self.args
+    groups = {'bands': data_lib.frequency_bands(self.token_counts, args.eval.band_edges),
+              'classes': data_lib.frequency_classes(self.token_counts, args.eval.count_edges)}
     return Evaluator(
         self.parts, self.mesh, self.corpus.splits[split],
-        seq_len=self.config.data.seq_len,
-        batch_size=self.config.train.eval_batch_size,
-        num_words=self.corpus.words[split] if self.config.data.tokenizer == 'bpe' else None,
-        groups=groups, pooled={'frequent': ('classes', data_lib.frequent_classes(
-            self.config.eval.count_edges, self.config.eval.frequent_count))},
+        seq_len=args.data.seq_len,
+        batch_size=args.train.eval_batch_size,
+        num_words=self.corpus.words[split] if args.data.tokenizer == 'bpe' else None,
+        groups=groups, pooled={'frequent': ('classes', args.eval.frequent_classes())},
         stride=stride)
 
   def model(self, params: nnx.State | None = None) -> nnx.Module:
@@ -90,18 +92,18 @@ class Run:
     return self.parts.merge(self.state.params if params is None else params)
 
   def train_batches(self) -> data_lib.TrainBatches:
-    """This process's train batches of the config (from the start: set_state moves them)."""
+    """This process's train batches of the run (from the start: set_state moves them)."""
     return data_lib.TrainBatches(
-        self.corpus.splits['train'], seq_len=self.config.data.seq_len,
-        global_batch_size=self.config.train.batch_size, seed=self.config.seed,
+        self.corpus.splits['train'], seq_len=self.args.data.seq_len,
+        global_batch_size=self.args.train.batch_size, seed=self.args.seed,
         process_index=jax.process_index(), process_count=jax.process_count())
 
   def train_step(self):
-    """The jitted train step of the config: `(state, batch) -> (state, metrics)`."""
-    train_config = self.config.train
+    """The jitted train step of the run: `(state, batch) -> (state, metrics)`."""
+    train = self.args.train
     return make_train_step(
-        self.parts, self.optimizer, optim.learning_rate_schedule(train_config),
-        self.mesh, grad_accum_steps=train_config.grad_accum_steps)
+        self.parts, self.optimizer, optim.learning_rate_schedule(train),
+        self.mesh, grad_accum_steps=train.grad_accum_steps)
 
 
 def _require_spec(config) -> None:
@@ -116,8 +118,9 @@ def build_run(
     config: Spec, workdir: str, *, mesh: Mesh | None = None
 ) -> Run:
   """Prepares the corpus and creates a fresh replicated state. `config` is validated
-  (factorized/config/specs.py) but for what needs the vocabulary size, checked here before
-  the model is built or anything is compiled.
+  (factorized/config/specs.py) but for what needs the vocabulary size: the run's arguments
+  are built here, once (factorized/config/build.py), before the model is built or anything
+  is compiled.
   """
   _require_spec(config)
   mesh = parallel.make_mesh() if mesh is None else mesh
@@ -126,15 +129,14 @@ def build_run(
   parallel.check_batch_size(config.train.eval_batch_size, mesh, field='train.eval_batch_size')
   corpus = parallel.primary_first(
       lambda: data_lib.prepare_corpus(config.data, run_dir=workdir), 'prepare_corpus')
-  model_lib.model_args(config, corpus.vocab_size)  # validates config.model
+  args = build_args(config, corpus.vocab_size)
   token_counts = data_lib.load_train_counts(workdir)
-  optimizer = optim.make_optimizer(config)
-  parts, state = init_state(config, corpus.vocab_size, mesh, token_counts=token_counts,
-                            optimizer=optimizer)
-  return Run(config, corpus, mesh, parts, state, token_counts, optimizer)
+  optimizer = optim.make_optimizer(args.train, args.model)
+  parts, state = init_state(args, mesh, token_counts=token_counts, optimizer=optimizer)
+  return Run(config, args, corpus, mesh, parts, state, token_counts, optimizer)
 
 
-def init_state(config: Spec, vocab_size: int, mesh: Mesh, *,
+def init_state(args: RunArgs, mesh: Mesh, *,
                dense_params: dict | None = None, token_counts: np.ndarray | None = None,
                optimizer: optax.GradientTransformation | None = None
                ) -> tuple[ModelParts, TrainState]:
@@ -151,8 +153,8 @@ def init_state(config: Spec, vocab_size: int, mesh: Mesh, *,
   dense_table = None if dense_params is None else dense_params['embed']['W_VxD']
 
   def create():
-    model = model_lib.build_model(config, vocab_size, rngs=nnx.Rngs(params=config.seed),
-                                  dense_table=dense_table, token_counts=token_counts)
+    model = model_lib.TransformerLM(args.model, rngs=nnx.Rngs(params=args.seed),
+                                    dense_table=dense_table, token_counts=token_counts)
     graphdef, params, consts = nnx.split(model, nnx.Param, ...)
     if dense_params is not None:
       pure = nnx.to_pure_dict(params)
@@ -166,11 +168,12 @@ def init_state(config: Spec, vocab_size: int, mesh: Mesh, *,
   graphdef, _, _ = nnx.eval_shape(create)
   replicated = parallel.replicated(mesh)
   params, consts = jax.jit(lambda: create()[1:], out_shardings=replicated)()
-  optimizer = optim.make_optimizer(config) if optimizer is None else optimizer
+  if optimizer is None:
+    optimizer = optim.make_optimizer(args.train, args.model)
   state = jax.jit(
       lambda p: TrainState(
           step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p),
-          rng=jax.random.key_data(jax.random.key(config.seed))),
+          rng=jax.random.key_data(jax.random.key(args.seed))),
       out_shardings=replicated)(params)
   return ModelParts(graphdef, consts), state
 
@@ -271,7 +274,7 @@ def train_and_evaluate(
     resuming = parallel.primary_first(
         lambda: workdir_lib.prepare_workdir(workdir, config), 'prepare_workdir')
     run = build_run(config, workdir, mesh=mesh)
-    checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    checkpointer = checkpointing.Checkpointer(workdir, keep=run.args.train.keep_checkpoints)
     writer = MetricWriter(workdir)
     try:
       return _fit(run, workdir, checkpointer, writer, resuming, stop)
@@ -291,7 +294,7 @@ def _fit(run: Run, workdir: str, checkpointer: checkpointing.Checkpointer,
     state, progress = _restore(state, checkpointer, batches, workdir)
   train_step = run.train_step()
   loop = _Loop(run, workdir, checkpointer, writer, batches, progress, int(state.step))
-  num_steps = run.config.train.num_steps
+  num_steps = run.args.train.num_steps
   pending = None  # (step, device metrics) of the step dispatched before this one
   with loop.bar:
     for step in range(int(state.step) + 1, num_steps + 1):
@@ -327,12 +330,12 @@ class _Loop:
                writer: MetricWriter, batches: data_lib.TrainBatches, progress: dict,
                start_step: int):
     self.run, self.workdir, self.checkpointer, self.writer = run, workdir, checkpointer, writer
-    self.train, self.batches = run.config.train, batches
+    self.train, self.batches = run.args.train, batches
     self.progress = {'elapsed_s': 0.0, 'best_valid_ppl': math.inf, 'valid_ppl': math.nan,
                      **progress}
     self.valid_eval, self.test_eval = run.evaluator('valid'), run.evaluator('test')
-    _describe(writer, run.config, run.corpus.vocab_size)
-    self.tokens_per_step = self.train.batch_size * run.config.data.seq_len
+    _describe(writer, run.args)
+    self.tokens_per_step = self.train.batch_size * run.args.data.seq_len
     self.last_metrics = {'loss': self.progress.get('train_loss', math.nan)}  # resumed at its end
     self.throughput = _Throughput(start_step, self.tokens_per_step)
     self.elapsed_before = self.progress['elapsed_s']
@@ -452,17 +455,18 @@ def _eval_scalars(split: str, result: dict) -> dict[str, float]:
           **metric_scalars(split, result), **group_scalars(split, result)}
 
 
-def _describe(writer: MetricWriter, config: Spec, vocab_size: int) -> None:
+def _describe(writer: MetricWriter, args: RunArgs) -> None:
   """The run's HParams (its kind, ranks and sizes) and its parameter counts as a table."""
-  counts = costs.param_counts(config, vocab_size)
-  embed = config.model.embed
-  own_head = embed.head == 'untied' and embed.head_kind != 'dense'
-  writer.hparams({'kind': embed.kind, 'rank': embed.rank if embeddings.ranked(embed.kind) else 0,
-                  'head': embed.head, 'head_kind': embed.head_kind if own_head else '',
-                  'head_rank': (embed.head_rank or embed.rank) if own_head else 0,
+  model = args.model
+  counts = costs.param_counts(model)
+  rank = model.embed.rank if model.embed.rank_label else 0
+  writer.hparams({'kind': model.embed.name, 'rank': rank,
+                  'head': 'tied' if model.embed.tied else 'untied',
+                  'head_kind': '' if model.head is None else model.head.name,
+                  'head_rank': 0 if model.head is None else model.head.rank,
                   'embedding_params': counts['embedding'], 'vocab_params': counts['vocab'],
-                  'total_params': counts['total'], 'model_dim': config.model.model_dim,
-                  'embed_decay': config.train.embed_decay, 'seed': config.seed})
+                  'total_params': counts['total'], 'model_dim': model.model_dim,
+                  'embed_decay': args.train.embed_decay, 'seed': args.seed})
   writer.text('params', '| parameters | count |\n|---|---:|\n' + ''.join(
       f'| {name} | {value:,} |\n' for name, value in counts.items()))
 
@@ -471,16 +475,16 @@ def _summary(run: Run, progress: dict, test: dict, *, best_step: int | None, ste
              train_loss: float, tokens_per_s: float | None) -> dict:
   """summary.json of a finished run: the last and best validation (from `progress`), the
   test split at the best step, per band, class and frequent types, and the costs."""
-  config = run.config
+  args = run.args
   return summary_lib.build_summary(
-      config, run.corpus.vocab_size,
+      args, run.config.to_dict(),
       valid_ppl=progress['valid_ppl'], best_valid_ppl=progress['best_valid_ppl'],
       best_step=best_step, test_ppl=test['ppl'], test_word_ppl=test.get('word_ppl'),
       valid_bands=progress.get('valid_bands'), test_bands=test['bands'],
       valid_classes=progress.get('valid_classes'), test_classes=test['classes'],
       valid_frequent=progress.get('valid_frequent'), test_frequent=test['frequent'],
       train_loss=train_loss, steps=steps,
-      tokens_seen=steps * config.train.batch_size * config.data.seq_len,
+      tokens_seen=steps * args.train.batch_size * args.data.seq_len,
       wall_time_s=progress['elapsed_s'], tokens_per_s=tokens_per_s,
       **{f'valid_{key}': value for key, value in progress.get('valid_metrics', {}).items()},
       **{f'test_{key}': value for key, value in extra_metrics(test).items()})
