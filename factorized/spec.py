@@ -1,9 +1,10 @@
 """Spec: a run's configuration as a frozen tree of plain values.
 
 `factorized.config.specs.from_config` makes one from a config file's ConfigDict, once per
-start, after migrating and validating it; everything below the entry points reads Specs
-(`spec.model.embed.rank`, `spec.train.lr`, ...) and never changes them: a variant is a new
-Spec (`spec.replace(**{'model.embed.kind': 'svd'})`).
+start, after migrating and validating it. Sweeps, workdirs (config.json) and summaries keep
+the Spec; a run turns it into typed arguments once (factorized/config/build.py, `RunArgs`),
+which the model, costs, optimizer, summary and evaluators read. A Spec never changes: a
+variant is a new Spec (`spec.replace(**{'model.embed.kind': 'svd'})`).
 """
 
 from __future__ import annotations
