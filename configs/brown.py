@@ -1,9 +1,9 @@
 r"""A small decoder-only Transformer LM on the Brown corpus (Bengio et al. 2003 protocol).
 
-Arguments (after the colon): kind=dense|albert|svd|adaptive|tt (factorized/embeddings/),
-rank=R (E for albert, R for svd, the first band's width for adaptive, the TT-rank for tt;
-ignored by dense), head=tied|untied, runlocal (shrink everything: trains in seconds, for
-tests and smoke runs), gpu (a larger model for accelerators).
+Arguments (after the colon): kind=K, any of factorized.embeddings.KINDS (one file each in
+factorized/embeddings/), rank=R (what R is depends on the kind: docs/kinds.md; ignored by
+dense), head=tied|untied, runlocal (shrink everything: trains in seconds, for tests and
+smoke runs), gpu (a larger model for accelerators).
 
 Launch commands:
 

@@ -2,14 +2,14 @@ r"""A small decoder-only Transformer LM on any corpus: the model, training and e
 every experiment shares. configs/brown.py is this config on Brown; configs/rank_sweep.py
 sweeps it.
 
-Arguments (after the colon): corpus=brown|text|hf|ptb|wikitext (factorized/data/corpora/; the
-corpus's own data.* fields are set on the command line, e.g. --config.data.path=...),
-kind=dense|albert|svd|adaptive|tt (factorized/embeddings/), rank=R (E for albert, R for
-svd, the first band's width for adaptive, the TT-rank for tt; ignored by dense),
-head=tied|untied, head_kind=K and head_rank=R (an untied head of its own kind and rank: an
-svd head is a rank-R softmax; dense, the default, is a full DxV matrix), runlocal (shrink
-everything: trains in seconds, for tests and smoke runs; the vocabulary of a corpus whose
-protocol fixes it is left alone), gpu (a larger model for accelerators).
+Arguments (after the colon): corpus=C, any of factorized.data.corpora.CORPORA (one file each
+in factorized/data/corpora/; the corpus's own data.* fields are set on the command line,
+e.g. --config.data.path=...), kind=K, any of factorized.embeddings.KINDS (one file each in
+factorized/embeddings/), rank=R (what R is depends on the kind: docs/kinds.md; ignored by
+dense), head=tied|untied, head_kind=K and head_rank=R (an untied head of its own kind and
+rank: an svd head is a rank-R softmax; dense, the default, is a full DxV matrix), runlocal
+(shrink everything: trains in seconds, for tests and smoke runs; the vocabulary of a corpus
+whose protocol fixes it is left alone), gpu (a larger model for accelerators).
 
   # Penn Treebank, Mikolov's files in /data/ptb (the published vocabulary of 10,000):
   python train.py --config=configs/lm.py:corpus=ptb,kind=svd,rank=32 \

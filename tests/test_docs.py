@@ -27,7 +27,8 @@ import tokenize
 
 import pytest
 
-from factorized import embeddings
+from factorized import embeddings, metrics
+from factorized.data import corpora
 from tests.conftest import TEST_XLA_FLAGS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -350,6 +351,70 @@ def test_docstrings_and_comments_name_files_and_modules_that_exist(source):
         missing.append(f'line {line + text.count(chr(10), 0, match.start())}: {name}')
   assert not missing, (f'{source.relative_to(ROOT)} names what does not exist (write a path '
                        f'from the repository root, the package or its own folder): {missing}')
+
+
+# Hand-kept lists of the plug-ins, against their registries.
+
+
+def registries() -> dict[str, tuple[str, ...]]:
+  """Every registered plug-in by registry: kinds in table order, corpora, metrics."""
+  return {'kind': embeddings.KINDS, 'corpus': corpora.CORPORA,
+          'metric': tuple(metric.name for metric in metrics.metrics())}
+
+
+def table_column(text: str, heading: str) -> list[str]:
+  """The first column (`name`) of the first Markdown table whose first heading is `heading`."""
+  match = re.search(rf'^\| *{heading} *\|.*\n\|[-:| ]+\|\n((?:\|.*\n?)*)', text, re.M)
+  assert match, f'no table headed `{heading}`'
+  return re.findall(r'^\| *`?(\w+)`? *\|', match[1], re.M)
+
+
+@pytest.mark.parametrize('doc', ['README.md', 'docs/kinds.md'])
+def test_a_kind_table_lists_every_registered_kind_in_order(doc):
+  listed = table_column((ROOT / doc).read_text(), 'kind')
+  assert listed == list(embeddings.KINDS), (
+      f'{doc}: its kind table lists {listed}; the registered kinds are {embeddings.KINDS}: '
+      'give every kind a row, in factorized.embeddings.KINDS order')
+
+
+@pytest.mark.parametrize('package, registry', [
+    ('factorized/embeddings', 'kind'), ('factorized/data/corpora', 'corpus'),
+    ('factorized/metrics', 'metric')])
+def test_a_plugin_packages_docstring_lists_every_registered_plugin(package, registry):
+  """Its table (a line `  <name>  what it is  <name>.py` per plug-in) names each once."""
+  docstring = ast.get_docstring(ast.parse((ROOT / package / '__init__.py').read_text()))
+  listed = re.findall(r'^  ([a-z]\w*)  ', docstring, re.M)
+  files = re.findall(r'\s(\w+)\.py$', docstring, re.M)
+  names = registries()[registry]
+  where = f'{package}/__init__.py docstring'
+  assert sorted(listed) == sorted(names), f'{where} lists {listed}, registered: {names}'
+  assert files == listed, f'{where}: each row ends with its file: {files} != {listed}'
+  if registry == 'kind':
+    assert listed == list(names), f'{where}: not in factorized.embeddings.KINDS order'
+
+
+def one_of_lists(text: str) -> list[str]:
+  """`a|b|c` choices in `text` (the way a docstring writes one of several values)."""
+  return re.findall(r'(?<![\w|])[a-z]\w*(?:\|[a-z]\w*)+(?![\w|])', text)
+
+
+def test_a_one_of_list_of_plugins_names_every_one():
+  """A `dense|albert|svd` written in the docs or a docstring goes stale when a kind is
+  added: name the registry instead (factorized.embeddings.KINDS)."""
+  texts = {path.relative_to(ROOT).as_posix(): path.read_text()
+           for path in (*DOCS, ROOT / 'benchmarks' / 'README.md')}
+  for source in SOURCES:
+    texts[source.relative_to(ROOT).as_posix()] = '\n'.join(
+        text for _, text in docstrings_and_comments(source))
+  stale = []
+  for where, text in texts.items():
+    for choices in one_of_lists(text):
+      items = choices.split('|')
+      for registry, names in registries().items():
+        if len(set(items) & set(names)) >= 2 and sorted(items) != sorted(names):
+          stale.append(f'{where}: {choices} (registered {registry}s: {"|".join(names)})')
+  assert not stale, stale
+  assert one_of_lists('kind=dense|svd, head=tied|untied') == ['dense|svd', 'tied|untied']
 
 
 # The runlocal commands, run.

@@ -270,7 +270,7 @@ BAD_CONFIGS = [  # (kind, rank, field override, words the message must contain)
     ('svd', 17, {}, ['model.embed.rank=17', 'min(vocab_size, model_dim)=16']),
     ('svd', 11, {'vocab': 10}, ['model.embed.rank=11', 'min(vocab_size, model_dim)=10']),
     ('albert', 17, {}, ['model.embed.rank=17', 'model_dim=16']),
-    ('tucker', 4, {}, ["model.embed.kind='tucker'", 'dense|albert|svd|adaptive|tt']),
+    ('tucker', 4, {}, ["model.embed.kind='tucker'", '|'.join(embeddings.KINDS)]),
     ('svd', 4, {'head': 'shared'}, ["model.embed.head='shared'", 'tied|untied']),
     ('albert', 4, {'albert_head': 'x'}, ["model.embed.albert_head='x'", 'mlm|transpose']),
     ('adaptive', 17, {}, ['model.embed.rank=17', 'model_dim=16']),

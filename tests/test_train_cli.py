@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from configs import brown
+from factorized import embeddings
 from factorized.config import specs
 from factorized.runtime import parallel
 from factorized.train import trainer
@@ -170,7 +171,7 @@ def test_four_devices_on_a_busy_machine_evaluate_and_checkpoint_without_aborting
 @pytest.mark.parametrize('config,workdir_is_file,message', [
     ('configs/rank_sweep.py:runlocal,kinds=foo', False,
      "error: --config=configs/rank_sweep.py:runlocal,kinds=foo: Config argument kinds='foo': "
-     'expected a +-separated subset of dense+albert+svd+adaptive+tt.'),
+     f'expected a +-separated subset of {"+".join(embeddings.KINDS)}.'),
     ('configs/nonexistent.py', False,
      'error: --config=configs/nonexistent.py: no config file configs/nonexistent.py; give one '
      'of configs/brown.py, configs/lm.py, configs/rank_sweep.py.'),
@@ -179,7 +180,7 @@ def test_four_devices_on_a_busy_machine_evaluate_and_checkpoint_without_aborting
      'creates it when missing).'),
     # Refused before the corpus is read: no data directory is needed to be told.
     ('configs/brown.py:runlocal,kind=foo', False,
-     "error: model.embed.kind='foo' is unknown; allowed: dense|albert|svd|adaptive|tt."),
+     f"error: model.embed.kind='foo' is unknown; allowed: {'|'.join(embeddings.KINDS)}."),
 ])
 def test_a_bad_config_file_argument_or_workdir_is_one_line_and_exit_code_2(
     config, workdir_is_file, message, tmp_path, repo_root):

@@ -7,8 +7,10 @@ initialisation (the module docstring), its `nnx.Module`, and a `KindConfig` subc
 (base.py) registered with `@register`, which validates the kind's config fields (rank
 limits and its own `model.embed.*` fields, declared in `fields`), counts its parameters and
 FLOPs, and builds the module from plain numbers. Every module of this package is imported
-here, so adding a kind is adding its file (and its tests); `KINDS` lists the registered
-kinds in table order, for the sweep config, benchmarks, plots and reports.
+here, so adding a kind is adding its file (and its tests) and its line below;
+`KINDS` lists the registered kinds in table order, for the sweep config, benchmarks, plots
+and reports (tests/test_docs.py checks the lines below, README.md's and docs/kinds.md's
+tables against it).
 
   dense     W: VxD                                          dense.py
   albert    A: VxE, P: ExD, b: D (ALBERT, Lan et al. 2020)   albert.py

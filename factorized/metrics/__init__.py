@@ -6,7 +6,7 @@ BxL) to a float32 BxL value, registered with `@register(name, report=...)`. The 
 sums every registered metric's values over the split's tokens (and over each frequency
 band's) and `report(total, tokens)` turns a sum into the named numbers every consumer reads
 (eval JSON, summary.json, TensorBoard, summary.csv): adding a metric is adding its file
-(and its test).
+(and its test) and its line below (tests/test_docs.py checks the lines against `metrics()`).
 
   nll       the token NLL: loss (mean) and ppl = exp(loss)       nll.py
   accuracy  next-token top-1 accuracy                            accuracy.py

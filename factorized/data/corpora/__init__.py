@@ -1,9 +1,9 @@
 r"""Corpora as plug-ins: where the text comes from, as train / valid / test lines.
 
 A corpus is one module of this package, named after it, picked by `data.corpus`; adding a
-corpus is adding its file (and its tests). Each holds its protocol (the module docstring),
-its own `data.*` fields and a `source(data_config, cache_root) -> Source` registered with
-`base.register`:
+corpus is adding its file (and its tests) and its line below (tests/test_docs.py checks the
+lines against `CORPORA`). Each holds its protocol (the module docstring), its own `data.*`
+fields and a `source(data_config, cache_root) -> Source` registered with `base.register`:
 
   brown     Bengio et al. 2003's Brown protocol (the default)     brown.py
   text      the user's UTF-8 files, one <eos> a line              text.py
