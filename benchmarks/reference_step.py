@@ -161,7 +161,7 @@ def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 
 
 def add_shape_flags(parser: argparse.ArgumentParser) -> None:
   """The model-shape flags of both benchmark scripts (defaults: V=16,384, D=256, 4 layers,
-  4 heads, MLP 4 D, seq_len 128, batch 16: the shape of benchmarks/README.md's Performance)."""
+  4 heads, MLP 4 D, seq_len 128, batch 16: benchmarks/README.md's benchmark shape)."""
   parser.add_argument('--vocab_size', type=int, default=16384)
   parser.add_argument('--model_dim', type=int, default=256)
   parser.add_argument('--num_layers', type=int, default=4)
