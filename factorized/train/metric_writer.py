@@ -30,10 +30,13 @@ class MetricWriter:
     self._session_end = None
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
-    """Writes each finite value under its tag at `step`."""
+    """Writes each finite value under its tag at `step` (None, a group without tokens such as
+    the frequent types of a tiny corpus, is skipped)."""
     if self._writer is None:
       return
     for tag, value in values.items():
+      if value is None:
+        continue
       value = float(value)
       if math.isfinite(value):
         self._writer.add_scalar(tag, value, global_step=int(step))
