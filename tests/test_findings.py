@@ -366,3 +366,25 @@ def test_the_thresholds_noise_bands_and_improving_points_are_read(sweep_dir):
   assert 'Still improving at their last step (best valid perplexity at the final evaluation)' \
          ': 11 of 12 points' in text and 'svd_rank8_seed0' not in text.split('Still')[1]
   assert 'Machine: a test box. 12 trained points' in text
+
+
+def test_the_headline_says_first_whether_any_factorization_beats_dense(tmp_path):
+  for seed, test in enumerate((100.0, 102.0, 104.0)):
+    fake_run(tmp_path, f'dense_seed{seed}', 'dense', 16, test=test, seed=seed,
+             bands=bands(test))
+  first = headline.render_headline(tmp_path).split('\n')[2]
+  assert first == ('No factorized point has finished under this protocol yet; the table '
+                   'holds dense alone.')
+  # svd: within seed noise; albert: worse. No factorization beats dense.
+  fake_run(tmp_path, 'svd_rank16_seed0', 'svd', 16, test=101.0, bands=bands(101.0))
+  fake_run(tmp_path, 'albert_rank16_seed0', 'albert', 16, test=160.0, bands=bands(160.0))
+  first = headline.render_headline(tmp_path).split('\n')[2]
+  assert first.startswith('**No factorization beats dense** at this budget (Holm-adjusted')
+  verdict_free(first)
+  # tt far lower, all of it from the rare band: it beats dense on all tokens, not on the
+  # frequent types, and the sentence says where the gain sits.
+  fake_run(tmp_path, 'tt_rank8_seed0', 'tt', 8, test=60.0, bands=bands(60.0, -1.5))
+  first = headline.render_headline(tmp_path).split('\n')[2]
+  assert first.startswith('**Lower test perplexity than dense beyond seed noise at this budget: '
+                          'tt 8**')
+  assert 'on the frequent types, none does, so what they gain sits in the rarer tokens' in first

@@ -63,6 +63,38 @@ def _versus_adjusted(page: Points, row: pd.Series, base: pd.Series, metric: str,
   return gap_text(row[f'{metric}_mean'] / base[f'{metric}_mean'] - 1, tests[(index, metric)])
 
 
+def first_sentence(page: Points, pairs: list[tuple[pd.Series, pd.Series]], tests: dict,
+                   offset: int, where: str) -> str:
+  """The headline's first sentence: which kinds, if any, have a lower perplexity than the
+  reference beyond seed noise (Holm-adjusted), on all tokens and on the frequent types; "no
+  factorization beats" it when none does on all tokens."""
+  name = page.folder.reference
+  if not pairs:
+    return (f'No factorized point has finished under this protocol yet; the table holds '
+            f'{name} alone.')
+
+  def lower(metric: str) -> list[str]:
+    found = []
+    for index, (row, base) in enumerate(pairs, offset):
+      test = tests.get((index, metric))
+      if test is not None and test.real and row[f'{metric}_mean'] < base[f'{metric}_mean']:
+        found.append(point_label(row))
+    return found
+
+  overall = lower(TESTED)
+  frequent = lower(page.frequent) if page.frequent else []
+  there = ('on the frequent types, ' + (', '.join(frequent) if frequent else 'none does')
+           if page.frequent else '')
+  if not overall:
+    return (f'**No factorization beats {name}** {where} (Holm-adjusted t-tests on test '
+            'perplexity)' + (f'; {there}' if there else '') + '.')
+  carried = (', so what they gain sits in the rarer tokens' if page.frequent
+             and not set(overall) & set(frequent) else '')
+  return (f'**Lower test perplexity than {name} beyond seed noise {where}: '
+          f'{", ".join(overall)}** (Holm-adjusted t-tests)' + (f'; {there}' if there else '')
+          + f'{carried}. Where each gap comes from is below.')
+
+
 def _headline_reading(page: Points, pairs: list[tuple[pd.Series, pd.Series]], tests: dict,
                       offset: int, where: str) -> list[str]:
   """The bullets for a set of (point, reference) pairs: the frequent-type verdicts first,
@@ -127,7 +159,9 @@ def render_headline(sweep_dir: str | pathlib.Path) -> str:
       page.base[c].iloc[0]) else f'{c} {page.base[c].iloc[0]}'
       for c in sweep_table.swept_columns(page.base))
   budget = folder.budget * reference['vocab_params']
-  lines = [folder.begin, '',
+  first = (first_sentence(page, tuned_pairs, tests, len(grid), 'at its tuned configuration')
+           if tuned_pairs else first_sentence(page, grid, tests, 0, 'at this budget'))
+  lines = [folder.begin, '', first, '',
            f'![test perplexity against vocabulary parameters]({root}/ppl_vs_vocab_params.png)',
            '', f'{"On " + folder.corpus + ", each" if folder.corpus else "Each"} kind at its '
            f'point nearest {folder.budget:.0%} of {name}\'s vocabulary '
