@@ -13,7 +13,7 @@ from factorized import embeddings
 from factorized.analysis import interpret, plots, readers
 from factorized.analysis import report as sweep_report
 from factorized.analysis import table as sweep_table
-from tests.test_sweep import fake_run
+from tests.test_sweep import fake_run, quant_sweep
 
 DENSE_TESTS = (100.0, 102.0, 104.0)  # dense's three seeds: mean 102, sd 2
 
@@ -155,3 +155,24 @@ def test_every_series_is_placed_by_vocab_params_and_every_kind_has_its_own_colou
   assert len(set(colours)) == len(colours)
   assert plots.KIND_COLORS['posthoc_svd_freq'] != plots.KIND_COLORS['posthoc_svd']
   assert plots.rank_label().startswith('rank (E for albert, R for svd')
+
+
+def test_the_bytes_front_draws_one_point_per_row_and_the_front_as_steps(tmp_path):
+  quant_sweep(tmp_path)
+  table = _table(tmp_path)
+  points = sweep_table.bytes_rows(table)
+  (ax,) = plots.plot_bytes_front(table).axes
+  drawn = [c.lines[0] for c in ax.containers if isinstance(c, ErrorbarContainer)]
+  assert sum(len(line.get_xdata()) for line in drawn) == len(points) == 5
+  labels = ax.get_legend_handles_labels()[1]
+  assert {'dense float32', 'dense int8 post-training', 'dense int4 post-training',
+          'svd float32', 'svd int8 QAT', 'Pareto front'} <= set(labels)
+  front = next(line for line in ax.get_lines() if line.get_label() == 'Pareto front')
+  np.testing.assert_array_equal(front.get_xdata(), [8600, 34000, 66000, 256000])
+  assert (ax.get_xscale(), ax.get_yscale()) == ('log', 'log')
+  assert len(ax.patches) == 0 and 'dense' in labels  # one dense seed: a line, no band
+  # One byte size: nothing to compare, no figure.
+  single = tmp_path / 'single'
+  fake_run(single, 'dense', 'dense', 16)
+  sweep_report.write_reports(single)
+  assert not (single / sweep_report.BYTES_PNG_FILE).exists()

@@ -285,7 +285,7 @@ def test_tuned_rows_choose_by_valid_perplexity_never_by_test(tmp_path):
   assert '| dense | tied | - | 0.003 | 0.0015+0.003+0.006 |  | 50.00 | 45.00 |' in report
   assert (tmp_path / sweep_report.TUNING_PNG_FILE).read_bytes()[:4] == b'\x89PNG'
   # The plots and the by-vocab-params table show the grid's own rate (the most common).
-  by_params = report.split('By vocabulary parameters')[1].split('Tuned')[0]
+  by_params = report.split('By vocabulary parameters')[1].split('By vocabulary bytes')[0]
   assert by_params.count('| dense |') == 1 and '| 80.00 |' not in by_params
 
 
@@ -337,3 +337,66 @@ def test_a_row_carries_the_bytes_its_vocabulary_tables_take_as_stored(tmp_path):
   rows = {row['run']: row for row in sweep_table.collect_rows(tmp_path)[0]}
   assert rows['dense']['vocab_bytes'] == 4 * rows['dense']['vocab_params']  # float32
   assert rows['svd_rank4']['vocab_bytes'] == 2345
+
+
+def quant_sweep(root):
+  """dense and svd 8 in float32, svd 8 trained with int8 tables (model.embed.quant_bits
+  swept: a column), and dense quantized after training to int8 and int4 (posthoc_quant)."""
+  fake_run(root, 'dense', 'dense', 16, valid=40.0, test=45.0)
+  fake_run(root, 'svd_rank8', 'svd', 8, valid=70.0, test=75.0)
+  fake_run(root, 'svd_rank8_quant_bits8', 'svd', 8, valid=69.0, test=74.0)
+  for run, bits in (('dense', 0), ('svd_rank8', 0), ('svd_rank8_quant_bits8', 8)):
+    summary = json.loads((root / run / 'summary.json').read_text())
+    summary['config']['model']['embed']['quant_bits'] = bits
+    if bits:
+      summary['bytes'] = {'embedding': 8600, 'output_head': 0, 'vocab': 8600}
+    (root / run / 'summary.json').write_text(json.dumps(summary))
+  quantized = {'8': {'embedding': 66000, 'output_head': 0, 'vocab': 66000},
+               '4': {'embedding': 34000, 'output_head': 0, 'vocab': 34000}}
+  for split, ppl in (('valid', {'8': 41.0, '4': 60.0}), ('test', {'8': 46.0, '4': 65.0})):
+    result = {'method': 'posthoc_quant', 'split': split, 'step': 1500, 'group': 0,
+              'trained_quant_bits': 0, 'ppl_by_bits': ppl, 'bytes_by_bits': quantized}
+    (root / 'dense' / f'posthoc_quant_{split}.json').write_text(json.dumps(result))
+
+
+def test_a_post_training_quantization_is_a_row_per_width_beside_its_run(tmp_path):
+  quant_sweep(tmp_path)
+  rows = sweep_table.collect_rows(tmp_path)[0]
+  assert [(r['run'], r['kind'], r['method'], r['quant_bits']) for r in rows] == [
+      ('dense', 'dense', 'trained', 0), ('dense', 'dense', 'posthoc_quant', 8),
+      ('dense', 'dense', 'posthoc_quant', 4), ('svd_rank8', 'svd', 'trained', 0),
+      ('svd_rank8_quant_bits8', 'svd', 'trained', 8)]
+  dense, int8, int4 = rows[:3]
+  assert (int8['vocab_bytes'], int4['vocab_bytes']) == (66000, 34000)
+  assert int8['vocab_params'] == int4['vocab_params'] == dense['vocab_params'] == 64000
+  assert (int8['valid_ppl'], int8['best_valid_ppl'], int8['test_ppl']) == (41.0, 41.0, 46.0)
+  assert int4['steps'] == dense['steps'] == 1500 and int4['seed'] == 0
+  table = sweep_table.rows_table(rows)
+  assert list(table['series'])[:3] == ['dense', 'dense_posthoc_int8', 'dense_posthoc_int4']
+  # The grid's own rows (the by-params table, the headline) are the float32 trained ones.
+  assert list(sweep_table.base_rows(table)['run']) == ['dense', 'dense', 'dense', 'svd_rank8']
+  headline = sweep_report.plots.headline_rows(table)
+  assert list(zip(headline['kind'], headline['method'], strict=True)) == [
+      ('dense', 'trained'), ('svd', 'trained')]
+
+
+def test_the_bytes_front_keeps_exactly_the_undominated_rows_of_every_precision(tmp_path):
+  quant_sweep(tmp_path)
+  report = sweep_report.write_reports(tmp_path)
+  table = sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0])
+  points = sweep_table.bytes_rows(table)
+  assert sorted(points['vocab_bytes']) == [8600, 34000, 34080, 66000, 256000]
+  front = sweep_table.pareto_front(points, 'vocab_bytes', 'test_ppl_mean')
+  # svd 8 in float32 (34,080 bytes, 75) is beaten by dense int4 (34,000, 65): off the front.
+  assert list(zip(front['vocab_bytes'], front['test_ppl_mean'], strict=True)) == [
+      (8600, 74.0), (34000, 65.0), (66000, 46.0), (256000, 45.0)]
+  by_bytes = report.split('By vocabulary bytes')[1].split('Every run:')[0]
+  assert '| 8,600 | svd | tied | 8 | int8 QAT | 74.00 | yes |' in by_bytes
+  assert '| 34,000 | dense | tied | - | int4 post-training | 65.00 | yes |' in by_bytes
+  assert '| 34,080 | svd | tied | 8 | float32 | 75.00 |  |' in by_bytes
+  per_run = list(csv.DictReader((tmp_path / 'summary.csv').open()))
+  assert list(per_run[0])[:len(sweep_table.COLUMNS)] == list(sweep_table.COLUMNS)
+  assert [(r['method'], r['quant_bits'], r['vocab_bytes']) for r in per_run[:3]] == [
+      ('trained', '0', '256000'), ('posthoc_quant', '8', '66000'),
+      ('posthoc_quant', '4', '34000')]
+  assert (tmp_path / sweep_report.BYTES_PNG_FILE).read_bytes()[:4] == b'\x89PNG'

@@ -10,8 +10,10 @@ next one), shades of green for post-hoc compression.
 A sweep's report (report.py) draws one question a figure: plot_headline (test perplexity
 against vocabulary parameters, one line per kind at the grid's settings, dense as a band),
 then what it leaves out, each on its own: plot_band_ppl (per frequency band), plot_head_map
-(untied heads), plot_posthoc (post-hoc SVD against training from scratch) and plot_tuning
-(the learning-rate curves). plot_ppl draws every series at once: the notebooks' overview.
+(untied heads), plot_posthoc (post-hoc SVD against training from scratch), plot_tuning
+(the learning-rate curves) and plot_bytes_front (test perplexity against the bytes the
+vocabulary tables take, every precision: the memory-perplexity front). plot_ppl draws every
+series at once: the notebooks' overview.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ _POSTHOC = {sweep_table.POSTHOC_METHOD: ('tab:green', 'Greens'),
 KIND_STYLES = {**{kind: _PALETTE[i % len(_PALETTE)] for i, kind in enumerate(embeddings.KINDS)},
                **_POSTHOC}
 KIND_COLORS = {kind: color for kind, (color, _) in KIND_STYLES.items()}
-AXES = {'rank': 'rank', 'vocab_params': 'vocab params'}
+AXES = {'rank': 'rank', 'vocab_params': 'vocab params', 'vocab_bytes': 'vocab bytes'}
+# A point's marker on the bytes front: how its tables are stored (table.precision).
+PRECISION_MARKERS = {'float32': 'o', 'QAT': '^', 'post-training': 's'}
 REFERENCE = 'dense'  # drawn as a band (mean ± sd): the perplexity the factorizations chase
 SCRATCH = 'svd'  # what post-hoc SVD is compared with: the same factorization, trained
 # The y axis of a perplexity panel stops at this multiple of dense's: a worse point is marked
@@ -232,11 +236,18 @@ def plot_ppl(table: pd.DataFrame, x: str = 'vocab_params',
   return fig
 
 
+def _trained(table: pd.DataFrame) -> pd.DataFrame:
+  """The rows of runs trained from scratch (a post-training quantization row keeps its
+  parent's kind)."""
+  return table[table['kind'].isin(embeddings.KINDS) & (table['method'] == sweep_table.TRAINED)]
+
+
 def headline_rows(table: pd.DataFrame) -> pd.DataFrame:
   """The aggregate rows a headline panel draws: tied heads of the trained kinds
   (embeddings.KINDS) at the grid's own settings (table.base_rows), mean and sd over seeds."""
   groups = sweep_table.aggregate(sweep_table.base_rows(table))
-  return groups[groups['kind'].isin(embeddings.KINDS) & (groups['head'] == 'tied')]
+  return groups[groups['kind'].isin(embeddings.KINDS) & (groups['head'] == 'tied')
+                & (groups['method'] == sweep_table.TRAINED)]
 
 
 def tuned_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -411,7 +422,7 @@ def posthoc_rows(table: pd.DataFrame) -> pd.DataFrame:
   groups = sweep_table.aggregate(sweep_table.base_rows(table))
   trained = groups['method'] == sweep_table.TRAINED
   finetuned = groups['method'] == sweep_table.FINETUNED
-  posthoc = ~trained & ~finetuned
+  posthoc = ~trained & ~finetuned & (groups['method'] != sweep_table.POSTHOC_QUANT)
   if not posthoc.any():
     return groups.iloc[:0]
   scratch = trained & groups['kind'].isin([REFERENCE, SCRATCH]) & (groups['head'] == 'tied')
@@ -446,10 +457,7 @@ def plot_posthoc(table: pd.DataFrame, split: str = 'test') -> Figure:
     ax.set_title('no post-hoc rows in these summaries')
   else:
     _log_axis(ax, 'rank', ranked['rank'])
-    ax.set_yscale('log')
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    _log_y(ax)
     ax.set_title(f'post-hoc SVD of the trained {REFERENCE} table against {SCRATCH} from '
                  'scratch', fontsize=10)
   ax.set(xlabel='rank R (every line has the same vocab params at one R)',
@@ -459,10 +467,61 @@ def plot_posthoc(table: pd.DataFrame, split: str = 'test') -> Figure:
   return fig
 
 
+def _log_y(ax) -> None:
+  """A log perplexity axis written as plain numbers (100, 150, 200, ...)."""
+  ax.set_yscale('log')
+  ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+  ax.yaxis.set_major_formatter(ScalarFormatter())
+  ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_bytes_front(table: pd.DataFrame, split: str = 'test') -> Figure:
+  """`split` perplexity against the bytes the vocabulary tables take (log x): every trained
+  kind at every precision (table.bytes_rows: float32, QAT, post-training int8/int4), a colour
+  per kind and a marker per precision (PRECISION_MARKERS), one point per row, the Pareto front
+  across all of them as a step line, REFERENCE (dense) float32 as a band. A log y axis: int4
+  after training can cost several times dense's perplexity."""
+  column, x = f'{split}_ppl', 'vocab_bytes'
+  groups = sweep_table.bytes_rows(table)
+  groups = groups[np.isfinite(groups[f'{column}_mean'].astype(float))]
+  groups = groups.assign(precision=[sweep_table.precision(row) for _, row in groups.iterrows()],
+                         head_text=[sweep_table.head_label(row) for _, row in groups.iterrows()])
+  fig, (ax,) = _figure(1, width=6.8, height=4.6)
+  for _, row in groups[(groups['kind'] == REFERENCE) & (groups['precision'] == 'float32')
+                       & (groups['head'] == 'tied')].iterrows():
+    _band(ax, row, column)
+  labels = []
+  for (kind, head, stored), rows in groups.groupby(['kind', 'head_text', 'precision'],
+                                                   sort=False):
+    color = KIND_COLORS.get(kind)
+    name = ' '.join(part for part in (kind, '' if head == 'tied' else head, stored) if part)
+    _error_bars(ax, rows.sort_values(x), x, column, color=color, label=name, zorder=3, ms=5,
+                marker=PRECISION_MARKERS[stored.split()[-1]],
+                ls='-' if stored == 'float32' else ':')
+    labels += [{'x': row[x], 'y': row[f'{column}_mean'], 'color': color,
+                'text': None if pd.isna(row['rank']) else str(int(row['rank']))}
+               for _, row in rows.iterrows()]
+  front = sweep_table.pareto_front(groups, x, f'{column}_mean')
+  ax.step(front[x], front[f'{column}_mean'], where='post', color='gray', lw=1,
+          label='Pareto front', zorder=2)
+  if groups.empty:
+    ax.set_title('no trained rows in these summaries')
+  else:
+    _log_axis(ax, x, groups[x])
+    _log_y(ax)
+    ax.margins(x=0.08)  # room for the labels of the outermost points
+    ax.set_title(f'{split} perplexity against vocabulary bytes, every precision', fontsize=10)
+  ax.set(xlabel=f'{AXES[x]} (log)', ylabel=f'{split} perplexity (log)')
+  ax.grid(alpha=0.3)
+  _legend(fig, [ax])
+  _place_labels(fig, [(ax, pd.DataFrame(labels, columns=['x', 'y', 'color', 'text']))])
+  return fig
+
+
 def plot_tuning(table: pd.DataFrame, field: str = sweep_table.TUNED) -> Figure:
   """Best valid perplexity (mean over seeds, std bars) against a swept `field` (train.lr),
   one curve per kind, head and rank tried at several values; the tuned value circled."""
-  groups = sweep_table.aggregate(table[table['kind'].isin(embeddings.KINDS)])
+  groups = sweep_table.aggregate(_trained(table))
   chosen = sweep_table.tuned(table)
   fig, (ax,) = _figure(1, width=7.0, height=4.0)
   # A curve's points agree with its tuned row on everything but `field` (kind, head, rank
@@ -494,7 +553,7 @@ def plot_tuning(table: pd.DataFrame, field: str = sweep_table.TUNED) -> Figure:
 
 def head_maps(table: pd.DataFrame) -> pd.DataFrame:
   """The aggregate rows that a head map draws: untied heads of their own kind."""
-  return _own_heads(sweep_table.aggregate(table[table['kind'].isin(embeddings.KINDS)]))
+  return _own_heads(sweep_table.aggregate(_trained(table)))
 
 
 def _own_heads(groups: pd.DataFrame) -> pd.DataFrame:
@@ -522,7 +581,7 @@ def plot_head_map(table: pd.DataFrame, metric: str = 'test_ppl') -> Figure:
   kind and untied head kind, the input kind's tied points ('tied') and untied dense head
   ('D×V') as extra rows; one colour scale for every panel, each cell labelled with its value
   and vocabulary parameters."""
-  groups = sweep_table.aggregate(table[table['kind'].isin(embeddings.KINDS)])
+  groups = sweep_table.aggregate(_trained(table))
   maps = _own_heads(groups)
   pairs = list(dict.fromkeys(zip(maps['kind'], maps['head_kind'], strict=True)))
   panels = [_head_cells(groups, kind, head_kind) for kind, head_kind in pairs]

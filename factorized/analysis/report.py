@@ -4,7 +4,8 @@ A sweep directory is one TensorBoard logdir whose runs are the points (each carr
 hyper-parameters: the HParams dashboard shows hparams/valid_ppl and hparams/test_ppl
 against kind, rank, seed and parameter counts). `write_reports(sweep_dir)` reads every
 `<run>/summary.json` and `<run>/<method>_<split>.json` (post-hoc compression: posthoc_svd,
-posthoc_svd_freq, ...) directly below `sweep_dir` and (re)writes:
+posthoc_svd_freq, ...; post-training quantization: posthoc_quant) directly below `sweep_dir`
+and (re)writes:
 
   summary.csv        one row per run (COLUMNS): kind, head, rank, seed, embedding, vocab
                      and total parameters (model/costs.py: `vocab` = every parameter the
@@ -14,14 +15,18 @@ posthoc_svd_freq, ...) directly below `sweep_dir` and (re)writes:
                      (`test_ppl@<band>`); plus rows of kind <method> (posthoc_svd,
                      posthoc_svd_freq, ...; `<method>_ft<N>` and `dense_ft<N>` after N
                      fine-tuning steps) per rank for a dense run compressed by eval.py
-                     --svd_ranks; rows sorted by head, kind (embeddings.KINDS order, post-hoc
-                     last), rank and seed;
+                     --svd_ranks; rows of method posthoc_quant (the run's kind and rank,
+                     quant_bits, vocab_bytes as quantized) per bit width of a run quantized by
+                     eval.py --quant_bits, beside it; rows sorted by head, kind
+                     (embeddings.KINDS order, post-hoc last), rank and seed;
   aggregate.csv      one row per (kind, head, rank) over seeds: `seeds` (the count), the
                      parameter counts, and mean and sample standard deviation (empty for one
                      seed) of valid, test and band perplexities;
   summary.md         the aggregate table; every point by vocabulary parameters (all kinds on
                      one axis, whatever their rank means, with the Pareto front marked);
-                     then the per-run table;
+                     every trained point at every precision by vocabulary bytes (float32,
+                     QAT, post-training int8/int4; its Pareto front marked); then the per-run
+                     table;
   ppl_vs_vocab_params.png  the headline (plots.plot_headline): test ppl against vocab
                      params, one line per kind (tied head, the grid's settings; each kind
                      at its tuned lr hollow), dense as a band; ppl_vs_rank.png the same
@@ -29,7 +34,9 @@ posthoc_svd_freq, ...) directly below `sweep_dir` and (re)writes:
                      valid_ppl_vs_lr.png (where lr was swept), head_rank_map.png (where
                      untied heads of their own kind ran: input rank x head rank) and
                      posthoc_vs_scratch_ppl_vs_rank.png (where a dense run was compressed:
-                     post-hoc SVD against svd from scratch). Bars: sd over seeds;
+                     post-hoc SVD against svd from scratch); ppl_vs_vocab_bytes.png (where
+                     rows take two byte sizes or more: test ppl against vocab bytes, every
+                     precision, the Pareto front across them). Bars: sd over seeds;
   sweep/             a TensorBoard run of scalars for the Scalars tab (means over seeds):
                      ppl_vs_rank/<series> (test ppl, step = rank),
                      valid_ppl_vs_rank/<series>, ppl_vs_vocab_params/<series> and
@@ -64,11 +71,13 @@ from factorized.analysis.table import (
   TUNED,
   aggregate,
   base_rows,
+  bytes_rows,
   collect_rows,
   head_label,
   is_number,
   metric_columns,
   pareto_front,
+  precision,
   rows_table,
   run_dirs,
   swept_columns,
@@ -81,6 +90,7 @@ PNG_FILES = (PNG_FILE, 'ppl_vs_rank.png', 'band_ppl_vs_vocab_params.png')
 TUNING_PNG_FILE = 'valid_ppl_vs_lr.png'  # written when train.lr is swept
 HEAD_MAP_FILE = 'head_rank_map.png'  # written when untied heads of their own kind ran
 POSTHOC_PNG_FILE = 'posthoc_vs_scratch_ppl_vs_rank.png'  # written when a dense run was compressed
+BYTES_PNG_FILE = 'ppl_vs_vocab_bytes.png'  # written when the rows take two byte sizes or more
 
 
 def _format(column: str, value) -> str:
@@ -110,22 +120,25 @@ def _mean_std(row: pd.Series, metric: str) -> str:
   return f'{mean:.2f} ± {std:.2f}' if is_number(std) else f'{mean:.2f}'
 
 
-def _by_vocab_params(groups: pd.DataFrame) -> list[str]:
-  """Every (kind, head, rank) by vocab parameters, test ppl mean ± std, Pareto front marked."""
-  points = groups.astype({'test_ppl_mean': float}).sort_values('vocab_params', kind='stable')
-  front = set(pareto_front(points, 'vocab_params', 'test_ppl_mean').index)
-  lines = ['| vocab params | kind | head | rank | test ppl | Pareto front |',
-           '|---|---|---|---|---|---|']
+def _by_size(groups: pd.DataFrame, size: str, precisions: bool = False) -> list[str]:
+  """Every point of `groups` by `size` (vocab_params or vocab_bytes), test ppl mean ± std,
+  the Pareto front marked; `precisions`: with how each stores its tables (table.precision)."""
+  points = groups.astype({'test_ppl_mean': float}).sort_values(size, kind='stable')
+  front = set(pareto_front(points, size, 'test_ppl_mean').index)
+  header = [size.replace('_', ' '), 'kind', 'head', 'rank',
+            *(['precision'] if precisions else []), 'test ppl', 'Pareto front']
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for index, row in points.iterrows():
-    lines.append(f'| {_format("vocab_params", row["vocab_params"])} | {row["kind"]} | '
-                 f'{head_label(row)} | {_format("rank", row["rank"])} | '
-                 f'{_mean_std(row, "test_ppl")} | {"yes" if index in front else ""} |')
+    cells = [_format(size, row[size]), row['kind'], head_label(row), _format('rank', row['rank']),
+             *([precision(row)] if precisions else []), _mean_std(row, 'test_ppl'),
+             'yes' if index in front else '']
+    lines.append('| ' + ' | '.join(cells) + ' |')
   return lines
 
 
 def markdown_report(table: pd.DataFrame, unfinished: list[str]) -> str:
-  """summary.md: the aggregate over seeds (mean ± std), every point by vocab parameters,
-  then every run."""
+  """summary.md: the aggregate over seeds (mean ± std), every point by vocab parameters
+  and, at every precision, by vocab bytes, then every run."""
   groups = aggregate(table)
   bands = [c for c in metric_columns(table) if c.startswith(BAND_PREFIX)]
   swept = swept_columns(groups)
@@ -141,7 +154,13 @@ def markdown_report(table: pd.DataFrame, unfinished: list[str]) -> str:
              *[_mean_std(row, m) for m in ('valid_ppl', 'test_ppl', *bands)]]
     lines.append('| ' + ' | '.join(cells) + ' |')
   lines += ['', 'By vocabulary parameters (every kind on one axis; the Pareto front: no point '
-            'is both smaller and better):', '', *_by_vocab_params(aggregate(base_rows(table)))]
+            'is both smaller and better):', '',
+            *_by_size(aggregate(base_rows(table)), 'vocab_params')]
+  by_bytes = bytes_rows(table)
+  if not by_bytes.empty:
+    lines += ['', 'By vocabulary bytes (every trained point at every precision: float32, QAT, '
+              'post-training quantization; the Pareto front: no point is both smaller and '
+              'better):', '', *_by_size(by_bytes, 'vocab_bytes', precisions=True)]
   chosen = tuned(table)
   if not chosen.empty:
     lines += ['', f'Tuned {TUNED} (per kind, head and rank: the value of lowest best-valid '
@@ -220,6 +239,8 @@ def write_reports(sweep_dir: str | os.PathLike) -> str:
     files.write_atomic(root / HEAD_MAP_FILE, plots.png_bytes(plots.plot_head_map(base)))
   if not plots.posthoc_rows(table).empty:
     files.write_atomic(root / POSTHOC_PNG_FILE, plots.png_bytes(plots.plot_posthoc(table)))
+  if bytes_rows(table)['vocab_bytes'].nunique() >= 2:
+    files.write_atomic(root / BYTES_PNG_FILE, plots.png_bytes(plots.plot_bytes_front(table)))
   write_tensorboard_run(aggregate(base), root, _full_rank(root))
   return report
 

@@ -1,6 +1,7 @@
-"""A sweep's table: one row per run (and per post-hoc rank), read from the runs' summary.json
-and post-hoc JSON files, with its aggregate over seeds, its Pareto front and its tuned rows.
-report.py writes it out; readers.py, plots.py and findings.py read it.
+"""A sweep's table: one row per run (and per post-hoc rank, and per post-training bit width),
+read from the runs' summary.json and post-hoc JSON files, with its aggregate over seeds, its
+Pareto front and its tuned rows. report.py writes it out; readers.py, plots.py and findings.py
+read it.
 
 Per-group columns, one per frequency group of the test targets (the groups partition them):
   test_ppl@<band>          perplexity on a frequency band (rank of the type in train frequency)
@@ -28,6 +29,8 @@ import pandas as pd
 from factorized import embeddings, metrics
 from factorized.config import migrate as migrate_lib
 from factorized.evaluation.posthoc import POSTHOC_METHOD
+from factorized.evaluation.posthoc_quant import METHOD as POSTHOC_QUANT
+from factorized.evaluation.posthoc_quant import QUANT_FILE
 
 SWEEP_RUN = 'sweep'
 CSV_FILE, AGGREGATE_FILE = 'summary.csv', 'aggregate.csv'
@@ -41,6 +44,9 @@ COLUMNS = ('run', 'kind', 'head', 'rank', 'head_kind', 'head_rank', 'seed', 'met
            'total_params', 'vocab_bytes', 'valid_ppl', 'best_valid_ppl', 'test_ppl',
            'tokens_per_s')
 TRAINED, FINETUNED = 'trained', 'finetuned'  # the methods that are no post-hoc compression
+# quant_bits: a post-training quantization row's bit width (method POSTHOC_QUANT), and the
+# column of model.embed.quant_bits where that is swept (QAT runs); empty or 0: float32.
+QUANT_BITS = 'quant_bits'
 # Config fields that never make a swept column: what COLUMNS already say, and fields that
 # do not change what is computed.
 NOT_SWEPT = ('seed', 'overwrite', 'model.embed.kind', 'model.embed.rank', 'model.embed.head',
@@ -217,17 +223,43 @@ def _posthoc_rows(run: str, run_dir: pathlib.Path, seed: int | None) -> list[dic
   return list(rows.values())
 
 
+def _quant_rows(run: str, run_dir: pathlib.Path, parent: dict) -> list[dict[str, Any]]:
+  """One row per bit width of `run`'s post-training quantization (posthoc_quant_<split>.json,
+  evaluation/posthoc_quant.py), beside its trained row `parent`: its kind, head, rank, seed,
+  parameters and steps, method POSTHOC_QUANT, QUANT_BITS, the quantized vocab_bytes, and the
+  valid and test perplexity of the files there are."""
+  rows: dict[str, dict] = {}
+  for split in ('valid', 'test'):
+    path = run_dir / QUANT_FILE.format(split=split)
+    if not path.exists():
+      continue
+    result = json.loads(path.read_text())
+    for bits, ppl in result['ppl_by_bits'].items():
+      row = rows.setdefault(bits, {
+          **{c: parent[c] for c in (*GROUP, 'seed', 'steps', *PARAMS)},
+          'run': run, 'method': POSTHOC_QUANT, 'finetune_steps': 0, QUANT_BITS: int(bits),
+          'best_step': None, 'vocab_bytes': result['bytes_by_bits'][bits]['vocab'],
+          'valid_ppl': None, 'best_valid_ppl': None, 'test_ppl': None, 'tokens_per_s': None})
+      row[f'{split}_ppl'] = ppl
+      if split == 'valid':  # one evaluation: the last is the best
+        row['best_valid_ppl'] = ppl
+  return list(rows.values())
+
+
 def _sort_key(row: dict) -> tuple:
-  """(head, kind order, kind, rank, head kind order, head rank, seed, run); a derived kind
-  (dense_ft30, posthoc_svd_freq) goes with the longest kind name it starts with."""
+  """(head, kind order, kind, rank, head kind order, head rank, seed, run, then a run's
+  post-training quantization after it, widest first); a derived kind (dense_ft30,
+  posthoc_svd_freq) goes with the longest kind name it starts with."""
   kind = row['kind']
   base = next((k for k in sorted(_KIND_ORDER, key=len, reverse=True) if kind.startswith(k)),
               kind)
   order = _KIND_ORDER.index(base) if base in _KIND_ORDER else len(_KIND_ORDER)
   head_order = (_KIND_ORDER.index(row['head_kind']) if row.get('head_kind') in _KIND_ORDER
                 else -1)
+  quantized = row.get('method') == POSTHOC_QUANT
   return (row['head'] != 'tied', order, kind, row['rank'] or 0, head_order,
-          row.get('head_rank') or 0, -1 if row['seed'] is None else row['seed'], row['run'])
+          row.get('head_rank') or 0, -1 if row['seed'] is None else row['seed'], row['run'],
+          quantized, -row[QUANT_BITS] if quantized else 0)
 
 
 def _flat(config: dict, prefix: str = '') -> dict[str, Any]:
@@ -258,7 +290,8 @@ def swept_fields(configs: list[dict]) -> dict[str, str]:
 def collect_rows(sweep_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
   """The per-run rows (sorted by head, kind, rank, seed) and the runs without a summary.
   Each row carries the values of the swept fields (`swept_fields`) of its run's config;
-  post-hoc rows those of the run they compress."""
+  post-hoc rows those of the run they compress (a post-training quantization row its own
+  QUANT_BITS)."""
   runs, unfinished = [], []
   for run_dir in run_dirs(pathlib.Path(sweep_dir)):
     summary_path = run_dir / 'summary.json'
@@ -276,6 +309,8 @@ def collect_rows(sweep_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
       flat = _flat(summary['config'])
       values = {name: flat[field] for field, name in swept.items()}
       rows[-1].update(values)
+      rows.extend({**row, **values, QUANT_BITS: row[QUANT_BITS]}
+                  for row in _quant_rows(run_dir.name, run_dir, rows[-1]))
     rows.extend({**row, **values} for row in _posthoc_rows(run_dir.name, run_dir, seed))
   return sorted(rows, key=_sort_key), unfinished
 
@@ -310,13 +345,22 @@ def swept_columns(table: pd.DataFrame) -> list[str]:
           and not c.endswith(('_mean', '_std'))]
 
 
-def base_rows(table: pd.DataFrame) -> pd.DataFrame:
+def base_rows(table: pd.DataFrame, ignore: Sequence[str] = ()) -> pd.DataFrame:
   """The rows at every swept field's most common value (the grid's own settings: what the
-  plots and the by-vocab-params table show; the tuned rows show the rest)."""
+  plots and the by-vocab-params table show; the tuned rows show the rest), fields in `ignore`
+  aside. QUANT_BITS's most common value is the trained runs' (post-training quantization
+  rows keep theirs: a width tried after training is no setting of the grid)."""
   keep = pd.Series(True, index=table.index)
+  trained = (table['method'] == TRAINED if 'method' in table
+             else pd.Series(True, index=table.index))
   for column in swept_columns(table):
+    if column in ignore:
+      continue
     values = table[column].map(repr)
-    keep &= values == values.mode().iloc[0]
+    if column == QUANT_BITS and trained.any():
+      keep &= (values == values[trained].mode().iloc[0]) | ~trained
+    else:
+      keep &= values == values.mode().iloc[0]
   return table[keep]
 
 
@@ -449,9 +493,9 @@ def with_methods(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_series(table: pd.DataFrame) -> pd.DataFrame:
-  """`table` plus `series`: its kind, `_untied` appended for an untied head, and
+  """`table` plus `series`: its kind, `_untied` appended for an untied head,
   `_head<kind><rank>` for an untied head of its own kind (one curve each: over input rank
-  at one head rank)."""
+  at one head rank), and `_posthoc_int<bits>` for a post-training quantization row."""
   table = table.copy()
   untied = table['head'] == 'untied'
   head_kind = (table['head_kind'] if 'head_kind' in table
@@ -460,9 +504,33 @@ def with_series(table: pd.DataFrame) -> pd.DataFrame:
                else pd.Series(pd.NA, index=table.index))
   head_rank = head_rank.map(lambda r: '' if pd.isna(r) else str(int(r))).astype(str)
   own = untied & (head_kind != 'dense')
+  quantized = (table['method'] == POSTHOC_QUANT if 'method' in table
+               else pd.Series(False, index=table.index))
+  bits = (table[QUANT_BITS] if QUANT_BITS in table else pd.Series(pd.NA, index=table.index))
+  bits = bits.map(lambda b: '' if pd.isna(b) else str(int(b))).astype(str)
   table['series'] = (table['kind'] + np.where(untied, '_untied', '')
-                     + np.where(own, '_head' + head_kind + head_rank, ''))
+                     + np.where(own, '_head' + head_kind + head_rank, '')
+                     + np.where(quantized, '_posthoc_int' + bits, ''))
   return table
+
+
+def precision(row) -> str:
+  """How a row's vocabulary tables are stored: 'float32', 'int8 QAT' (trained quantized:
+  model.embed.quant_bits) or 'int4 post-training' (method POSTHOC_QUANT)."""
+  bits = row.get(QUANT_BITS)
+  if bits is None or pd.isna(bits) or not int(bits):
+    return 'float32'
+  return f'int{int(bits)} ' + ('post-training' if row.get('method') == POSTHOC_QUANT else 'QAT')
+
+
+def bytes_rows(table: pd.DataFrame) -> pd.DataFrame:
+  """The aggregate rows on the memory-perplexity front (plots.plot_bytes_front, summary.md's
+  by-bytes table): every trained kind and head at every precision (float32, QAT runs at each
+  swept quant_bits, post-training int8/int4), at the grid's other settings (base_rows)."""
+  base = base_rows(table, ignore=(QUANT_BITS,))
+  if 'method' in base:
+    base = base[base['method'].isin((TRAINED, POSTHOC_QUANT))]
+  return aggregate(base)
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
