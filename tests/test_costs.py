@@ -102,14 +102,16 @@ def test_param_counts_agree_with_the_built_model(kind, rank, head, albert_head, 
     ('dense', 'tied', 'mlm'), ('dense', 'untied', 'mlm'), ('albert', 'tied', 'mlm'),
     ('albert', 'tied', 'transpose'), ('albert', 'untied', 'mlm'), ('svd', 'tied', 'mlm'),
     ('svd', 'untied', 'mlm'), ('adaptive', 'tied', 'mlm'), ('adaptive', 'untied', 'mlm'),
-    ('tt', 'tied', 'mlm'), ('tt', 'untied', 'mlm')])
+    ('tt', 'tied', 'mlm'), ('tt', 'untied', 'mlm'), ('dpq', 'tied', 'mlm'),
+    ('dpq', 'untied', 'mlm')])
 def test_vocab_params_count_everything_the_embedding_choice_adds(kind, head, albert_head):
   """The budget kinds are compared on: input factors plus head-only parameters (ALBERT's MLM
   head with its V-sized output bias, an untied D x V head)."""
   vocab, dim, rank = 1000, 32, 8
   inputs = {'dense': vocab * dim, 'albert': vocab * rank + rank * dim + dim,
             'svd': vocab * rank + rank + rank * dim,
-            'adaptive': adaptive_terms(vocab, dim, rank)[0], 'tt': tt_terms(rank)[0]}[kind]
+            'adaptive': adaptive_terms(vocab, dim, rank)[0], 'tt': tt_terms(rank)[0],
+            'dpq': rank * dim}[kind]  # dpq: the value codebooks (its codes are integers)
   if head == 'untied':
     head_only = dim * vocab
   elif kind == 'albert' and albert_head == 'mlm':
@@ -149,6 +151,7 @@ def test_flops_per_token_follow_the_convention():
       'svd': (2 * rank * dim, 2 * dim * rank + 2 * rank * vocab),
       'adaptive': adaptive_terms(vocab, dim, rank)[1:],
       'tt': tt_terms(rank)[1:],
+      'dpq': (4 * rank * dim, 2 * dim * vocab),  # scores and one-hot values; x W^T
   }
   embed = {'band_cutoffs': CUTOFFS, 'tt_vocab_factors': TT_VOCAB, 'tt_dim_factors': TT_DIM}
   for kind, (embedding, head) in expected.items():

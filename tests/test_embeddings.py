@@ -88,6 +88,13 @@ def explicit_table(kind: str, embed, vocab_size: int) -> np.ndarray:
     full = full.transpose([2 * k for k in range(n)] + [2 * k + 1 for k in range(n)])
     vocab_padded = math.prod(full.shape[:n])
     return full.reshape(vocab_padded, -1)[:vocab_size]
+  if kind == 'dpq':  # each group's codeword of largest <query, key>, from the value codebook
+    groups = embed.groups
+    q_VxGxS = np.asarray(embed.query_VxD[...]).reshape(vocab_size, groups, -1)
+    keys_KxGxS = np.asarray(embed.keys_KxD[...]).reshape(-1, groups, q_VxGxS.shape[2])
+    codes_VxG = np.einsum('vgs,kgs->vgk', q_VxGxS, keys_KxGxS).argmax(-1)
+    values_KxGxS = np.asarray(embed.values_KxD[...], np.float64).reshape(keys_KxGxS.shape)
+    return values_KxGxS[codes_VxG, np.arange(groups)].reshape(vocab_size, -1)
   raise KeyError(f'no explicit table for kind {kind!r}: add one here')
 
 
@@ -123,7 +130,9 @@ def test_embedding_param_counts_equal_formulas_and_the_built_module(vocab, dim, 
       'svd': vocab * rank + rank + rank * dim,
       'adaptive': sum(size * width + width * dim for size, width in bands(vocab, rank, (5, 20))),
       'tt': sum(bonds[k] * v * d * bonds[k + 1]
-                for k, (v, d) in enumerate(zip(tt_factors, dim_factors, strict=True)))}
+                for k, (v, d) in enumerate(zip(tt_factors, dim_factors, strict=True))),
+      'dpq': rank * dim}  # the value codebooks; the codes are integers
+  training_only = {'dpq': vocab * dim + rank * dim}  # Q and the key codebooks
   assert set(formulas) == set(embeddings.KINDS)
   overrides = {'albert_head': 'transpose',  # a head that adds no parameters
                'band_cutoffs': (5, 20), 'tt_vocab_factors': tt_factors,
@@ -131,9 +140,10 @@ def test_embedding_param_counts_equal_formulas_and_the_built_module(vocab, dim, 
   for kind, formula in formulas.items():
     config = model_config(kind, tt_rank if kind == 'tt' else rank, dim, **overrides)
     embed = make_embedding(config, vocab, rngs=nnx.Rngs(0))
-    assert num_params(embed) == formula, kind
-    assert embeddings.embed_config(config, vocab).param_counts() == {
-        'embedding': formula, 'tied_head': 0}, kind
+    assert num_params(embed) == formula + training_only.get(kind, 0), kind
+    config = embeddings.embed_config(config, vocab)
+    assert config.param_counts() == {'embedding': formula, 'tied_head': 0}, kind
+    assert config.training_params() == training_only.get(kind, 0), kind
 
 
 @pytest.mark.parametrize('kind,overrides', VARIANTS)
@@ -207,6 +217,10 @@ def _avals(jaxpr):
           yield from _avals(sub)
 
 
+# Kinds whose tied head builds the VxD table (dpq's of codebook rows, from a VxD query table).
+BUILD_TABLE = ('dense', 'dpq')
+
+
 @pytest.mark.parametrize('kind,overrides', VARIANTS)
 def test_factorized_kinds_never_build_the_vxd_matrix(kind, overrides):
   # All distinct, so shapes are unambiguous; V D above every block matrix (24 x 72).
@@ -222,11 +236,11 @@ def test_factorized_kinds_never_build_the_vxd_matrix(kind, overrides):
   shapes = {tuple(aval.shape) for fn in (loss, jax.grad(loss))
             for aval in _avals(jax.make_jaxpr(fn)(params))}
   built = bool(shapes & {(vocab, dim), (dim, vocab)})
-  assert built == (kind == 'dense'), sorted(shapes)
+  assert built == (kind in BUILD_TABLE), sorted(shapes)
   # Nor anything else as large as the table, but per-token values (logits and the like).
   large = [shape for shape in shapes if math.prod(shape) >= vocab * dim
            and shape[0] not in (batch, batch * seq_len)]
-  assert bool(large) == (kind == 'dense'), large
+  assert bool(large) == (kind in BUILD_TABLE), large
 
 
 RANKS = {'tt': (4, 8, 16)}  # a TT-rank must stay below the cut sizes (32 at V=512, D=64)
@@ -289,6 +303,9 @@ BAD_CONFIGS = [  # (kind, rank, field override, words the message must contain)
      ['tt_vocab_factors=(10, 10)', 'same length']),
     ('tt', 0, {}, ['model.embed.rank=0', 'integer >= 1']),
     ('tt', 40, {}, ['model.embed.rank=40', 'block as large as the table', '< 16']),
+    ('dpq', 1, {}, ['model.embed.rank=1', '[2, vocab_size=100]']),
+    ('dpq', 4, {'dpq_groups': 3}, ['model.embed.dpq_groups=3', 'model.model_dim=16']),
+    ('dpq', 4, {'dpq_temperature': 0.0}, ['model.embed.dpq_temperature=0.0', '> 0']),
 ]
 
 
@@ -314,7 +331,7 @@ def test_dense_rank_is_ignored_and_dense_tables_are_checked():
   with pytest.raises(ValueError, match='dense_table has shape'):
     make_embedding(model_config('svd', 4, 16), 10, rngs=nnx.Rngs(0),
                    dense_table=np.ones((10, 8)))
-  for kind in ('albert', 'tt'):
+  for kind in ('albert', 'tt', 'dpq'):
     with pytest.raises(ValueError, match=f"dense_table initialisation .* not '{kind}'"):
       make_embedding(model_config(kind, 4, 16), 10, rngs=nnx.Rngs(0),
                      dense_table=np.ones((10, 16)))

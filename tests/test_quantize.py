@@ -16,7 +16,7 @@ from configs import brown
 from factorized import embeddings
 from factorized.config import specs
 from factorized.config.build import model_args
-from factorized.embeddings import quantize
+from factorized.embeddings import dpq, quantize
 from factorized.evaluation import posthoc_quant
 from factorized.evaluation import saved as eval_run
 from factorized.model import costs
@@ -115,7 +115,7 @@ def test_qat_gradients_are_the_gradients_at_the_quantized_tables(kind):
   for (path, w), (_, w_q) in zip(nnx.to_flat_state(nnx.state(qat, nnx.Param)),
                                  nnx.to_flat_state(quantized), strict=True):
     changed += path[0] in ('embed', 'head') and not np.array_equal(w[...], w_q[...])
-  assert changed >= (1 if kind == 'dense' else 2)  # the tables were quantized
+  assert changed >= (1 if kind in ('dense', 'dpq') else 2)  # the tables were quantized (dpq: one)
 
 
 def stored_bytes(model, bits, group):
@@ -131,7 +131,12 @@ def stored_bytes(model, bits, group):
     for q, s in quantized.values():
       found['embedding' if name == 'embed' else 'output_head'] += (
           quantize.pack(q, bits).nbytes + np.asarray(s).nbytes)
+    part = 'embedding' if name == 'embed' else 'output_head'
+    if isinstance(module, dpq.DPQEmbedding):  # its packed codes; Q and the keys train only
+      found[part] += dpq.pack_codes(module.codes(), module.values_KxD.shape[0]).nbytes
     for path, variable in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+      if path[0] in getattr(module, 'TRAINING_ONLY', ()):
+        continue
       if path not in quantized:
         part = 'embedding' if name == 'embed' and not path[0].startswith('mlm') else 'output_head'
         found[part] += np.asarray(variable[...], np.float32).nbytes
@@ -156,7 +161,10 @@ def test_the_bytes_of_every_kind_are_those_of_its_stored_arrays(kind, head, head
   assert expected['vocab'] == expected['embedding'] + expected['output_head']
   params = costs.param_counts(model_args(spec, VOCAB))
   if not bits:
-    assert expected == {k: 4 * params[k] for k in ('embedding', 'output_head', 'vocab')}
+    codes = model_args(spec, VOCAB).embed.code_bytes()  # dpq's packed codes
+    assert expected == {'embedding': 4 * params['embedding'] + codes,
+                        'output_head': 4 * params['output_head'],
+                        'vocab': 4 * params['vocab'] + codes}
   held = {(name, *path): shape for name in ('embed', 'head') if getattr(model, name)
           for path, shape in table_params(getattr(model, name)).items()}
   assert model_args(spec, VOCAB).table_shapes() == held  # the kinds' formulas

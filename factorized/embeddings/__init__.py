@@ -19,12 +19,15 @@ tables against it).
             (adaptive input, Baevski & Auli 2019)             adaptive.py
   tt        TT cores G_k: r x v_k x d_k x r, V <= prod v_k, D = prod d_k
             (tensor-train embedding, Hrinchuk et al. 2020)    tt.py
+  dpq       codes: VxG in [0, K), values: KxD (trained through Q: VxD, keys: KxD;
+            differentiable product quantization, Chen et al. 2020)  dpq.py
 
 The interface: `__call__(ids_BxL) -> x_BxLxD` (compute dtype) and, for the tied output
 head, `attend(x_BxLxD) -> logits_BxLxV` (float32); `penalty()`, a float32 regulariser added
 to the loss (0 for all but svd with `ortho_penalty`); `factors()`, matrices whose product is
 the VxD table, read for its spectrum (spectrum.py), as small as the structure allows.
-The factorized kinds never build the VxD table, forward or backward.
+The factorized kinds never build the VxD table, forward or backward, but dpq, whose tied
+head is the VxD table of codebook rows that its codes select.
 
 Quantization (quantize.py, `model.embed.quant_bits`): the matrices among a module's
 `TABLE_PARAMS` become integers and scales, after training or, fake-quantized in the forward

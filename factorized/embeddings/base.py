@@ -84,6 +84,16 @@ class KindConfig(abc.ABC):
     """{'embedding': the input side's parameters, 'tied_head': what the tied head adds}; an
     instance built as a head only (`lookup=False`) counts only what its `attend` uses."""
 
+  def training_params(self) -> int:
+    """Parameters trained but not stored after training (dpq's query table and keys), beyond
+    `param_counts`; 0 for a kind that stores what it trains."""
+    return 0
+
+  def code_bytes(self) -> int:
+    """Bytes of the integer codes the kind stores beside its tables (dpq), packed; 0 for
+    a kind whose tables are all parameters."""
+    return 0
+
   @abc.abstractmethod
   def flops_per_token(self) -> dict[str, int]:
     """Forward matmul FLOPs per token: {'embedding': the lookup, 'tied_head': `attend`}."""

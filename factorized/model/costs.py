@@ -23,7 +23,8 @@ same split): float32, 4 per parameter, but with `model.embed.quant_bits` = b eac
 matrix (the shapes of the kind's `table_shapes`, and of an untied head) is b-bit integers,
 packed (int4: half a byte a value), plus a float32 scale per row or per
 `model.embed.quant_group` columns (factorized/embeddings/quantize.py, `array_bytes`); vectors
-and a head's other parameters stay float32.
+and a head's other parameters stay float32. A kind that stores integer codes beside its
+tables (dpq) adds their packed bytes (its `code_bytes`).
 
 FLOPs convention: forward pass, per token, 2 FLOPs per multiply-add, matrix
 products only (gathers, norms, softmax, activations, biases and residual adds
@@ -73,14 +74,15 @@ def vocab_bytes(args: ModelArgs) -> dict[str, int]:
   output_head and vocab, their sum; 4 per parameter at model.embed.quant_bits = 0."""
   counts, shapes = param_counts(args), args.table_shapes()
 
-  def stored(part: str, params: int) -> int:
+  def stored(part: str, params: int, codes: int) -> int:
     tables = [shape for path, shape in shapes.items() if path[0] == part]
     rest = params - sum(math.prod(shape) for shape in tables)  # float32: vectors, MLM head
     return (sum(quantize.array_bytes(shape, args.quant_bits, args.quant_group)
-                for shape in tables) + quantize.FLOAT_BYTES * rest)
+                for shape in tables) + quantize.FLOAT_BYTES * rest + codes)
 
-  embedding = stored('embed', counts['embedding'])
-  output_head = stored('head', counts['output_head'])
+  embedding = stored('embed', counts['embedding'], args.embed.code_bytes())
+  output_head = stored('head', counts['output_head'],
+                       args.head.code_bytes() if args.head is not None else 0)
   return {'embedding': embedding, 'output_head': output_head, 'vocab': embedding + output_head}
 
 
