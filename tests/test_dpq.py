@@ -88,6 +88,10 @@ def test_codes_pack_into_ceil_log2_k_bits_and_the_bytes_are_those_stored(codewor
   assert costs.vocab_bytes(ModelArgs.from_config(config, vocab, 8))['embedding'] == stored
   assert kind.param_counts() == {'embedding': codewords * dim, 'tied_head': 0}
   assert kind.training_params() == embed.query_VxD.size + embed.keys_KxD.size
+  # summary.json's params: the training-time table apart, as training memory.
+  counts = costs.param_counts(ModelArgs.from_config(config, vocab, 8))
+  assert counts['training_only'] == kind.training_params()
+  assert counts['embedding'] == counts['vocab'] == codewords * dim
 
 
 @pytest.mark.parametrize('override,words', [

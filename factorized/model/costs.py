@@ -17,6 +17,9 @@ Parameter counts, split as training logs and summary.json report them:
                on the embedding choice (kind, rank, head). Kinds are compared on this
                budget: it counts ALBERT's MLM head, whose V-sized output bias is a
                unigram prior the other kinds lack, and an untied head's D V.
+  training_only  parameters trained but not stored after training, in none of the above
+               (dpq's query table and keys: the training memory its codes are learned
+               through); 0 for every other kind.
 
 Bytes of the vocabulary tables as stored (`vocab_bytes`: embedding, output_head, vocab, the
 same split): float32, 4 per parameter, but with `model.embed.quant_bits` = b each table
@@ -47,7 +50,8 @@ from factorized.model.transformer import ModelArgs
 
 
 def param_counts(args: ModelArgs) -> dict[str, int]:
-  """Parameters per component: embedding, output_head, vocab, blocks, non_embedding, total."""
+  """Parameters per component: embedding, output_head, vocab, blocks, non_embedding, total,
+  and training_only (see the module docstring)."""
   dim, mlp_dim, vocab = args.model_dim, args.mlp_dim, args.vocab_size
   kind = args.embed.param_counts()
   embedding = kind['embedding']
@@ -64,9 +68,12 @@ def param_counts(args: ModelArgs) -> dict[str, int]:
   blocks = args.num_layers * per_block
   positions = args.max_len * dim if args.positions == 'learned' else 0
   non_embedding = blocks + 2 * dim + positions
+  training_only = args.embed.training_params() + (
+      args.head.training_params() if args.head is not None else 0)
   return {'embedding': embedding, 'output_head': output_head,
           'vocab': embedding + output_head, 'blocks': blocks,
-          'non_embedding': non_embedding, 'total': embedding + output_head + non_embedding}
+          'non_embedding': non_embedding, 'total': embedding + output_head + non_embedding,
+          'training_only': training_only}
 
 
 def vocab_bytes(args: ModelArgs) -> dict[str, int]:
