@@ -57,12 +57,12 @@ def main(argv):
   missing = cli.missing_config_file(FLAGS['config'].config_filename)
   if missing:
     cli.usage_error(missing)
-  from factorized.config import specs
+  from factorized.config import build
   from factorized.sweeps import sweep
 
   points = sweep.load_sweep(cli.config_module(), FLAGS['config'].config_filename)
   try:
-    config = specs.from_config(FLAGS.config)  # the one Spec of this start
+    config = build.from_config(FLAGS.config)  # the one Spec of this start
   except ValueError as error:
     cli.usage_error(str(error))
   if points is not None:

@@ -94,7 +94,6 @@ import reference_step  # noqa: E402
 from configs import brown  # noqa: E402
 from factorized import embeddings  # noqa: E402
 from factorized.config import build  # noqa: E402
-from factorized.config import specs as config_specs  # noqa: E402
 from factorized.model import costs, loss  # noqa: E402
 from factorized.runtime import parallel  # noqa: E402
 from factorized.spec import Spec  # noqa: E402
@@ -221,7 +220,7 @@ def make_config(args: argparse.Namespace, kind: str, rank: int) -> Spec:
   config.model.remat = args.remat
   config.train.batch_size = args.batch_size
   config.train.eval_batch_size = args.batch_size
-  return config_specs.from_config(config)
+  return build.from_config(config)
 
 
 def synthetic_batch(args: argparse.Namespace) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """Spec: a run's configuration as a frozen tree of plain values.
 
-`factorized.config.specs.from_config` makes one from a config file's ConfigDict, once per
+`factorized.config.build.from_config` makes one from a config file's ConfigDict, once per
 start, after migrating and validating it. Sweeps, workdirs (config.json) and summaries keep
 the Spec; a run turns it into typed arguments once (factorized/config/build.py, `RunArgs`),
 which the model, costs, optimizer, summary and evaluators read. A Spec never changes: a

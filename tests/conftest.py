@@ -111,7 +111,7 @@ def runs(tmp_path_factory):
   import jax
   import pandas as pd
 
-  from factorized.config import specs
+  from factorized.config import build
   from factorized.runtime import parallel
   from factorized.train import metric_writer, trainer
 
@@ -126,7 +126,7 @@ def runs(tmp_path_factory):
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(metric_writer.MetricWriter, 'scalars', recording)
     summary = trainer.train_and_evaluate(  # one device compiles fastest
-        specs.from_config(tiny_runlocal_config(root, 'dense')), str(root / 'sweep' / 'dense'),
+        build.from_config(tiny_runlocal_config(root, 'dense')), str(root / 'sweep' / 'dense'),
         mesh=parallel.make_mesh(jax.devices()[:1]))
   return root / 'sweep', summary, pd.DataFrame(written, columns=['logdir', 'tag', 'step', 'value'])
 

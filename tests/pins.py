@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import jax
 
 from configs import brown
-from factorized.config import specs
+from factorized.config import build
 from factorized.runtime import parallel
 from factorized.train import trainer
 
@@ -60,7 +60,7 @@ def config_arg(kind: str) -> str:
 
 def run(kind: str, workdir: str) -> dict:
   """Trains and evaluates a kind's pinned run in `workdir` on one device; its summary."""
-  config = specs.from_config(brown.get_config(config_arg(kind)))
+  config = build.from_config(brown.get_config(config_arg(kind)))
   return trainer.train_and_evaluate(config, str(workdir),
                                     mesh=parallel.make_mesh(jax.devices()[:1]))
 

@@ -6,7 +6,7 @@ import collections
 import pytest
 
 from configs import brown
-from factorized.config import build, specs
+from factorized.config import build
 from factorized.evaluation import saved as eval_run
 from factorized.model.transformer import ModelArgs
 from factorized.train import trainer
@@ -43,13 +43,13 @@ def test_a_training_run_builds_and_validates_its_arguments_once(tiny_config, tmp
                                                                 monkeypatch):
   """As train.py runs: the Spec at start-up, then the run."""
   calls = spied(monkeypatch)
-  trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
+  trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path))
   assert dict(calls) == ONCE
 
 
 def test_evaluating_a_saved_run_builds_and_validates_its_arguments_once(tiny_config, tmp_path,
                                                                         monkeypatch):
-  trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
+  trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path))
   calls = spied(monkeypatch)
   eval_run.evaluate_workdir(str(tmp_path), 'valid')
   assert dict(calls) == ONCE
@@ -59,15 +59,15 @@ def test_bad_fields_fail_at_start_up_with_their_names():
   config = brown.get_config('runlocal')
   config.train.grad_clip = 0.0
   with pytest.raises(ValueError, match=r'train\.grad_clip=0\.0 must be > 0'):
-    specs.from_config(config)
+    build.from_config(config)
   config = brown.get_config('runlocal')
   config.eval.frequent_count = 7
   with pytest.raises(ValueError, match=r'eval\.frequent_count=7 must be one of'):
-    specs.from_config(config)
+    build.from_config(config)
 
 
 def test_the_arguments_are_those_of_the_spec():
-  spec = specs.from_config(brown.get_config('runlocal,kind=svd,rank=16'))
+  spec = build.from_config(brown.get_config('runlocal,kind=svd,rank=16'))
   args = build.build_args(spec, 300)
   assert args.model == build.model_args(spec, 300)
   assert (args.model.embed.name, args.model.embed.rank) == ('svd', 16)

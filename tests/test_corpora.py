@@ -64,20 +64,20 @@ def test_brown_train_vocabulary_gives_no_valid_or_test_only_type_an_id(brown_cor
 
 def test_the_saved_config_records_which_splits_the_vocabulary_counts():
   from configs import lm
-  from factorized.config import specs
+  from factorized.config import build
 
-  assert specs.from_config(brown.get_config()).data.vocab_from == 'all'
-  assert specs.from_config(lm.get_config('corpus=text')).data.vocab_from == 'train'
+  assert build.from_config(brown.get_config()).data.vocab_from == 'all'
+  assert build.from_config(lm.get_config('corpus=text')).data.vocab_from == 'train'
   config = brown.get_config()
   config.data.vocab_from = 'train'
-  assert specs.from_config(config).data.vocab_from == 'train'
+  assert build.from_config(config).data.vocab_from == 'train'
   config.data.vocab_from = 'test'
   with pytest.raises(ValueError, match=r'^data\.vocab_from=\'test\' is not one of train\|all'):
-    specs.from_config(config)
+    build.from_config(config)
   # A config saved before the field existed computed the protocol's vocabulary.
   saved = brown.get_config().to_dict()
   del saved['data']['vocab_from']
-  assert specs.from_config(saved).data.vocab_from == 'all'
+  assert build.from_config(saved).data.vocab_from == 'all'
 
 
 def test_brown_first_and_last_tokens_of_each_split(brown_corpus):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import lm
-from factorized.config import specs
+from factorized.config import build
 from factorized.data import pipeline as data
 from factorized.data import tokenizer
 from factorized.train import trainer
@@ -57,9 +57,9 @@ def test_runlocal_leaves_a_fixed_vocabulary_alone_and_a_change_is_refused(tmp_pa
   assert data.prepare_corpus(local.data).vocab_size == 12
   with pytest.raises(ValueError, match=r"data.min_freq=4 would change the vocabulary that "
                                        r"data.corpus='ptb' fixes .*--config.data.min_freq=1"):
-    specs.from_config(config(tmp_path, 'ptb', folder, min_freq=4))
+    build.from_config(config(tmp_path, 'ptb', folder, min_freq=4))
   with pytest.raises(ValueError, match=r'data.vocab_size=2000 would cap .*vocab_size=0'):
-    specs.from_config(config(tmp_path, 'ptb', folder, vocab_size=2000))
+    build.from_config(config(tmp_path, 'ptb', folder, vocab_size=2000))
 
 
 def test_a_missing_folder_or_file_names_data_path(tmp_path):
@@ -101,5 +101,5 @@ def test_a_model_trains_on_ptb(tmp_path):
   run.data.seq_len = 4
   run.train.update(num_steps=4, batch_size=8, eval_batch_size=8, warmup_steps=1,
                    eval_every=4, ckpt_every=4, log_every=2)
-  summary = trainer.train_and_evaluate(specs.from_config(run), str(tmp_path / 'run'))
+  summary = trainer.train_and_evaluate(build.from_config(run), str(tmp_path / 'run'))
   assert summary['vocab_size'] == 12 and np.isfinite(summary['test_ppl'])

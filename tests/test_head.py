@@ -10,7 +10,7 @@ from flax import nnx
 
 from configs import brown, rank_sweep
 from factorized import embeddings
-from factorized.config import build, specs
+from factorized.config import build
 from factorized.model import costs
 from factorized.model import loss as loss_lib
 from factorized.runtime import parallel
@@ -75,7 +75,7 @@ def test_counts_are_the_input_plus_the_head_and_match_the_built_model(head_kind)
   config = brown.get_config('runlocal,kind=adaptive,rank=8,head=untied')
   config.model.embed.head_kind = head_kind
   config.model.embed.head_rank = 0 if head_kind == 'dense' else 12
-  spec = specs.from_config(config)
+  spec = build.from_config(config)
   model = make_lm(spec.model, vocab, spec.data.seq_len, rngs=nnx.Rngs(0))
 
   def count(module):
@@ -150,14 +150,14 @@ def test_a_bad_head_kind_or_rank_is_one_line_naming_the_field(arg, override, mes
   config = brown.get_config(f'runlocal,kind=svd,rank=8,{arg}')
   config.model.embed.update(override)
   with pytest.raises(ValueError, match=message):
-    specs.from_config(config)
+    build.from_config(config)
 
 
 def test_a_head_rank_its_kind_refuses_names_the_head():
   config = brown.get_config('runlocal,kind=adaptive,rank=8,head=untied,head_kind=svd,'
                             'head_rank=64')  # above D = 32
   with pytest.raises(ValueError, match=r"model\.embed\.head_kind='svd', head_rank=64: the head"):
-    make_lm(specs.from_config(config).model, 300, 16, rngs=nnx.Rngs(0))
+    make_lm(build.from_config(config).model, 300, 16, rngs=nnx.Rngs(0))
 
 
 def test_the_sweep_crosses_input_ranks_with_head_ranks_and_names_the_points():
@@ -184,7 +184,7 @@ def test_an_svd_head_trains_the_same_on_one_and_four_devices_and_resumes_bitwise
     tiny_config, tmp_path, monkeypatch):
   tiny_config.model.embed.update(kind='adaptive', head='untied', head_kind='svd', head_rank=4)
   tiny_config.train.num_steps = 6
-  config = specs.from_config(tiny_config)
+  config = build.from_config(tiny_config)
   results = {}
   for devices in (1, 4):
     workdir = str(tmp_path / f'dev{devices}')

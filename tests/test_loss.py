@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from configs import brown
-from factorized.config import build, specs
+from factorized.config import build
 from factorized.model import loss
 from factorized.model.transformer import TransformerLM
 from factorized.runtime import parallel
@@ -176,7 +176,7 @@ def test_a_bad_chunk_size_names_the_field():
 def compiled_temp_bytes(config, vocab, batch_size, seq_len):
   config.data.seq_len, config.train.batch_size = seq_len, batch_size
   mesh = parallel.make_mesh(jax.devices()[:1])
-  args = build.build_args(specs.from_config(config), vocab)
+  args = build.build_args(build.from_config(config), vocab)
   parts, state = trainer.init_state(args, mesh)
   step = make_train_step(parts, optim.make_optimizer(args.train, args.model),
                          optim.learning_rate_schedule(args.train), mesh)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from factorized import metrics
-from factorized.config import specs
+from factorized.config import build
 from factorized.model import loss
 from tests.test_loss import HEADS, batch, make_config, make_model
 
@@ -32,8 +32,8 @@ def test_top1_accuracy_is_the_argmax_of_the_logits_on_every_head_path(
 def test_the_evaluator_reports_every_metric_by_name_overall_and_per_band(tiny_config, tmp_path):
   from factorized.train import trainer
 
-  summary = trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
-  run = trainer.build_run(specs.from_config(tiny_config), str(tmp_path))
+  summary = trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path))
+  run = trainer.build_run(build.from_config(tiny_config), str(tmp_path))
   valid = run.evaluator('valid')(run.state.params)
   assert {'loss', 'ppl', 'accuracy', 'tokens'} <= set(valid)
   assert all({'loss', 'ppl', 'accuracy', 'tokens'} <= set(b) for b in valid['bands'].values())

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from configs import brown
-from factorized.config import build, specs
+from factorized.config import build
 from factorized.train import inplace, optim
 
 
@@ -106,7 +106,7 @@ def test_zero_gradient_steps_shrink_every_kinds_table_alike(mode):
     config, model, params = model_params(kind, max(rank, 1))
     config.train.update(embed_decay=mode, lr=3e-3, weight_decay=0.1, warmup_steps=0,
                         num_steps=1000, min_lr_ratio=1.0)
-    args = build.build_args(specs.from_config(config), 300)
+    args = build.build_args(build.from_config(config), 300)
     optimizer = optim.make_optimizer(args.train, args.model)
     before = table_norm(model)
 

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from configs import brown
 from factorized.analysis import report as sweep_report
-from factorized.config import specs
+from factorized.config import build
 from factorized.evaluation import posthoc
 from factorized.evaluation import saved as eval_run
 from factorized.train import trainer
@@ -57,7 +57,7 @@ def trained_dense(tmp_path_factory):
   config.train.update(num_steps=300, batch_size=8, eval_batch_size=8, warmup_steps=30,
                       eval_every=300, ckpt_every=300, log_every=100)
   workdir = root / 'sweep' / 'dense'
-  summary = trainer.train_and_evaluate(specs.from_config(config), str(workdir))
+  summary = trainer.train_and_evaluate(build.from_config(config), str(workdir))
   sweep_report.write_reports(workdir.parent)
   return workdir, summary
 
@@ -110,7 +110,7 @@ def test_eval_cli_fine_tunes_and_adds_rows_to_the_sweep_table(trained_dense, rep
 
 def test_untied_head_is_kept_and_only_dense_runs_are_compressed(tiny_config, tmp_path):
   tiny_config.model.embed.head = 'untied'
-  dense = trainer.build_run(specs.from_config(tiny_config), str(tmp_path / 'untied'))
+  dense = trainer.build_run(build.from_config(tiny_config), str(tmp_path / 'untied'))
   svd = posthoc.run_from_dense(dense, posthoc.svd_config(dense.config, 16))
   dense_params, svd_params = (nnx.to_pure_dict(jax.device_get(run.state.params))
                               for run in (dense, svd))
@@ -118,7 +118,7 @@ def test_untied_head_is_kept_and_only_dense_runs_are_compressed(tiny_config, tmp
   np.testing.assert_allclose(svd.evaluator('valid')(svd.state.params)['ppl'],
                              dense.evaluator('valid')(dense.state.params)['ppl'], rtol=1e-4)
   workdir_lib.prepare_workdir(tmp_path / 'svd',
-                              specs.from_config(brown.get_config('runlocal,kind=svd')))
+                              build.from_config(brown.get_config('runlocal,kind=svd')))
   with pytest.raises(ValueError, match="compresses a dense run; .* model.embed.kind='svd'"):
     posthoc.posthoc_svd(str(tmp_path / 'svd'), 'test', [4])
 

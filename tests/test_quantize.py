@@ -14,7 +14,7 @@ from flax import nnx
 
 from configs import brown
 from factorized import embeddings
-from factorized.config import specs
+from factorized.config import build
 from factorized.config.build import model_args
 from factorized.embeddings import dpq, quantize
 from factorized.evaluation import posthoc_quant
@@ -41,8 +41,8 @@ def model_config(kind, head='tied', head_kind='dense', bits=0, group=0, rank=8):
   return config
 
 
-def build(config):
-  return model_lib.TransformerLM(model_args(specs.from_config(config), VOCAB),
+def build_model(config):
+  return model_lib.TransformerLM(model_args(build.from_config(config), VOCAB),
                                  rngs=nnx.Rngs(0), token_counts=skewed_counts(VOCAB))
 
 
@@ -95,8 +95,8 @@ def test_qat_gradients_are_the_gradients_at_the_quantized_tables(kind):
   """Every parameter's gradient under QAT equals the float model's at w' = q s: the lookup
   and the head see w', and the table's gradient passes straight through."""
   head = ('untied', 'dense') if kind == 'svd' else ('tied', 'dense')
-  qat = build(model_config(kind, *head, bits=4))
-  plain = build(model_config(kind, *head))
+  qat = build_model(model_config(kind, *head, bits=4))
+  plain = build_model(model_config(kind, *head))
   ids = jnp.asarray(np.random.default_rng(0).integers(0, VOCAB, (2, 8)), jnp.int32)
 
   def grads(model, params):
@@ -153,8 +153,8 @@ def test_the_bytes_of_every_kind_are_those_of_its_stored_arrays(kind, head, head
     config.model.embed.albert_head = 'transpose'
   if kind == 'adaptive' and group:  # a band 1 wide: every group but 1 is refused
     config.model.embed.band_widths = (8, 4, 4)
-  spec = specs.from_config(config)
-  model = build(config)
+  spec = build.from_config(config)
+  model = build_model(config)
   expected = costs.vocab_bytes(model_args(spec, VOCAB))
   assert stored_bytes(model, bits, group) == {k: expected[k] for k in ('embedding',
                                                                        'output_head')}
@@ -180,7 +180,7 @@ def table_params(module) -> dict[tuple, tuple[int, ...]]:
 
 def test_int8_dense_tables_take_about_a_quarter_of_their_float_bytes():
   def vocab_bytes(config):
-    return costs.vocab_bytes(model_args(specs.from_config(config), VOCAB))['vocab']
+    return costs.vocab_bytes(model_args(build.from_config(config), VOCAB))['vocab']
 
   float_bytes = vocab_bytes(model_config('dense'))
   int8 = vocab_bytes(model_config('dense', bits=8))
@@ -201,14 +201,14 @@ def test_a_bad_quant_field_is_refused_before_the_data_in_one_line(fields, messag
   config = model_config('svd')
   config.model.embed.update(fields)
   with pytest.raises(ValueError) as error:
-    specs.from_config(config)
+    build.from_config(config)
   assert str(error.value).startswith(message) and '\n' not in str(error.value)
 
 
 def test_a_group_that_does_not_divide_a_table_is_refused_before_the_model_is_built():
   config = model_config('svd', bits=4, group=3)  # R = 8 and D = 32 columns
   with pytest.raises(ValueError) as error:
-    model_args(specs.from_config(config), VOCAB)
+    model_args(build.from_config(config), VOCAB)
   assert str(error.value) == (
       'model.embed.quant_group=3 does not divide the 8 columns of the table embed.U_VxR '
       "(97, 8): use a divisor of every table's columns ([1, 2, 4, 8]), or 0 (one scale per "
@@ -232,7 +232,7 @@ def test_a_qat_run_trains_restores_and_scores_its_stored_integers_and_scales(
     kind, head, tiny_config, tmp_path):
   tiny_config.model.embed.update(kind=kind, head=head, quant_bits=4)
   one = parallel.make_mesh(jax.devices()[:1])
-  spec = specs.from_config(tiny_config)
+  spec = build.from_config(tiny_config)
   summary = trainer.train_and_evaluate(spec, str(tmp_path), mesh=one)
   losses = [value for _, value in scalar_series(tmp_path, 'train/loss')]
   assert losses[-1] < losses[0] - 0.3
@@ -260,13 +260,13 @@ def test_a_qat_run_trains_restores_and_scores_its_stored_integers_and_scales(
 
 def test_qat_resume_is_bitwise_and_four_devices_match_one(tiny_config, tmp_path, monkeypatch):
   tiny_config.model.embed.update(kind='svd', head='untied', quant_bits=4, quant_group=4)
-  trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'straight'))
+  trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'straight'))
   with monkeypatch.context() as patch:
     interrupt_at(patch, 7)
     with pytest.raises(trainer.TrainingInterrupted, match='SIGTERM at step 7'):
-      trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'resumed'))
+      trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'resumed'))
   assert checkpointing.Checkpointer(str(tmp_path / 'resumed')).latest_step() == 7
-  trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'resumed'))
+  trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'resumed'))
   for a, b in zip(final_params(tmp_path / 'straight'), final_params(tmp_path / 'resumed'),
                   strict=True):
     np.testing.assert_array_equal(a, b)  # bitwise on CPU
@@ -275,7 +275,7 @@ def test_qat_resume_is_bitwise_and_four_devices_match_one(tiny_config, tmp_path,
   for devices in (1, 4):
     workdir = str(tmp_path / f'dev{devices}')
     summary = trainer.train_and_evaluate(
-        specs.from_config(tiny_config), workdir, mesh=parallel.make_mesh(jax.devices()[:devices]))
+        build.from_config(tiny_config), workdir, mesh=parallel.make_mesh(jax.devices()[:devices]))
     results[devices] = summary, final_params(workdir, devices)
   (one, params_one), (four, params_four) = results[1], results[4]
   np.testing.assert_allclose(four['train_loss'], one['train_loss'], rtol=1e-5)
@@ -287,7 +287,7 @@ def test_qat_resume_is_bitwise_and_four_devices_match_one(tiny_config, tmp_path,
 def test_eval_cli_quantizes_a_trained_run_and_writes_ppl_and_bytes(tiny_config, tmp_path,
                                                                  repo_root):
   tiny_config.model.embed.update(kind='svd', head='untied')
-  spec = specs.from_config(tiny_config)
+  spec = build.from_config(tiny_config)
   summary = trainer.train_and_evaluate(spec, str(tmp_path))
   result = subprocess.run(
       [sys.executable, 'eval.py', f'--workdir={tmp_path}', '--split=test', '--quant_bits=8,4',

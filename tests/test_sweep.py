@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from configs import brown, rank_sweep
 from factorized.analysis import report as sweep_report
 from factorized.analysis import table as sweep_table
-from factorized.config import specs
+from factorized.config import build
 from factorized.sweeps import sweep
 from tests.test_train_cli import cli_env
 
@@ -38,7 +38,7 @@ def test_the_sweep_is_dense_then_albert_and_svd_at_ranks_capped_at_the_model_wid
   points = sweep.make_points(base, rank_sweep.get_sweep('runlocal'))
   assert base.to_dict() == brown.get_config('runlocal').to_dict()
   svd16 = next(p for p in points if p.name == 'svd_rank16').config
-  assert svd16 == specs.from_config(brown.get_config('runlocal,kind=svd,rank=16'))
+  assert svd16 == build.from_config(brown.get_config('runlocal,kind=svd,rank=16'))
   with pytest.raises(ValueError, match=r"overrides 'model\.embed\.size', which is not a config"):
     sweep.make_points(base, [{'model.embed.size': 3}])
   with pytest.raises(ValueError, match=r'kinds=.*expected a \+-separated subset'):

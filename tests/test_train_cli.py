@@ -15,7 +15,7 @@ import pytest
 
 from configs import brown
 from factorized import embeddings
-from factorized.config import specs
+from factorized.config import build
 from factorized.runtime import parallel
 from factorized.train import trainer
 from tests.conftest import TEST_XLA_FLAGS
@@ -57,7 +57,7 @@ def free_port() -> int:
 def test_two_processes_match_one_process(tiny_config, tmp_path, repo_root):
   tiny_config.train.num_steps = 6
   reference = trainer.train_and_evaluate(
-      specs.from_config(tiny_config), str(tmp_path / 'one'),
+      build.from_config(tiny_config), str(tmp_path / 'one'),
       mesh=parallel.make_mesh(jax.devices()[:4]))
   port = free_port()
   workdir = tmp_path / 'two'
@@ -130,7 +130,7 @@ def test_a_bad_override_is_one_line_naming_the_field_and_exit_code_2(
 
 def test_eval_cli_prints_and_writes_the_perplexity(tiny_config, tmp_path, repo_root):
   tiny_config.train.update(num_steps=2, warmup_steps=1, eval_every=2, ckpt_every=2)
-  summary = trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
+  summary = trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path))
   result = subprocess.run(
       [sys.executable, 'eval.py', f'--workdir={tmp_path}', '--split=valid'],
       cwd=repo_root, env=cli_env(1), capture_output=True, text=True, timeout=120)

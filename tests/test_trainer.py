@@ -13,7 +13,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs import brown
-from factorized.config import specs
+from factorized.config import build
 from factorized.data import pipeline as data_lib
 from factorized.evaluation import saved as eval_run
 from factorized.runtime import machine, parallel
@@ -36,7 +36,7 @@ def test_runlocal_brown_trains_in_seconds_and_its_loss_falls(brown_zip, tmp_path
   del brown_zip  # the fixture makes sure $FACTORIZED_DATA_DIR holds it
   # One device, as a CPU user runs it. (With 8 fake host devices on a loaded 2-core machine,
   # XLA:CPU's collectives can starve its thread pool when per-device work is this large.)
-  summary = trainer.train_and_evaluate(specs.from_config(brown.get_config('runlocal')),
+  summary = trainer.train_and_evaluate(build.from_config(brown.get_config('runlocal')),
                                        str(tmp_path), mesh=parallel.make_mesh(jax.devices()[:1]))
   losses = [value for _, value in scalar_series(tmp_path, 'train/loss')]
   assert losses[-1] < losses[0] - 0.5
@@ -61,7 +61,7 @@ def test_four_devices_match_one_device(tiny_config, tmp_path, kind, ortho_penalt
   for devices in (1, 4):
     workdir = str(tmp_path / f'dev{devices}')
     summary = trainer.train_and_evaluate(
-        specs.from_config(tiny_config), workdir, mesh=parallel.make_mesh(jax.devices()[:devices]))
+        build.from_config(tiny_config), workdir, mesh=parallel.make_mesh(jax.devices()[:devices]))
     assert math.isfinite(summary['train_loss'])
     results[devices] = summary, final_params(workdir, devices)
   (one, params_one), (four, params_four) = results[1], results[4]
@@ -74,9 +74,9 @@ def test_four_devices_match_one_device(tiny_config, tmp_path, kind, ortho_penalt
 def test_grad_accumulation_matches_one_big_batch(tiny_config, tmp_path):
   tiny_config.train.num_steps = 4  # dropout stays on: its keys are per example
   one_device = parallel.make_mesh(jax.devices()[:1])
-  trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'one'), mesh=one_device)
+  trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'one'), mesh=one_device)
   tiny_config.train.grad_accum_steps = 2
-  trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'two'), mesh=one_device)
+  trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'two'), mesh=one_device)
   for a, b in zip(final_params(tmp_path / 'one'), final_params(tmp_path / 'two'), strict=True):
     np.testing.assert_allclose(b, a, atol=1e-5)
 
@@ -97,14 +97,14 @@ def interrupt_at(monkeypatch, batch_number):
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_config, tmp_path,
                                                                   monkeypatch):
-  trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'straight'))
+  trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'straight'))
   with monkeypatch.context() as patch:
     interrupt_at(patch, 7)
     with pytest.raises(trainer.TrainingInterrupted, match='SIGTERM at step 7'):
-      trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'resumed'))
+      trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'resumed'))
   assert checkpointing.Checkpointer(str(tmp_path / 'resumed')).latest_step() == 7
   assert not (tmp_path / 'resumed' / 'summary.json').exists()
-  summary = trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'resumed'))
+  summary = trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'resumed'))
   assert summary['steps'] == tiny_config.train.num_steps
   straight = final_params(tmp_path / 'straight')
   resumed = final_params(tmp_path / 'resumed')
@@ -125,9 +125,9 @@ def test_a_stop_while_the_run_is_set_up_ends_it_at_its_first_step(tiny_config, t
   with monkeypatch.context() as patch:
     patch.setattr(trainer, 'build_run', signalled_build_run)
     with pytest.raises(trainer.TrainingInterrupted, match='SIGTERM at step 1:'):
-      trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
+      trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path))
   assert checkpointing.Checkpointer(str(tmp_path)).latest_step() == 1
-  summary = trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
+  summary = trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path))
   assert summary['steps'] == tiny_config.train.num_steps
 
 
@@ -136,7 +136,7 @@ def test_a_stop_during_the_final_evaluation_ends_it_and_the_rerun_gives_the_same
   """SIGTERM while the test split is evaluated stops at once (nothing is left to checkpoint);
   no summary is written, and the same command, resuming at the last step, writes the
   uninterrupted run's summary (the train loss of the last step included)."""
-  straight = trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'a'))
+  straight = trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'a'))
   evaluator = trainer.Run.evaluator
 
   def signalled_evaluator(run, split, **kwargs):
@@ -153,9 +153,9 @@ def test_a_stop_during_the_final_evaluation_ends_it_and_the_rerun_gives_the_same
   with monkeypatch.context() as patch:
     patch.setattr(trainer.Run, 'evaluator', signalled_evaluator)
     with pytest.raises(trainer.TrainingInterrupted, match='SIGTERM during the final evaluation'):
-      trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'b'))
+      trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'b'))
   assert not (tmp_path / 'b' / 'summary.json').exists()
-  resumed = trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / 'b'))
+  resumed = trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'b'))
   for key in ('test_ppl', 'valid_ppl', 'best_valid_ppl', 'best_step', 'train_loss', 'steps',
               'test_bands'):
     assert resumed[key] == straight[key], key
@@ -169,13 +169,13 @@ def test_a_sweep_point_listens_for_a_stop_from_its_first_line(tiny_config, tmp_p
 
   monkeypatch.setenv('SUBMITIT_EXECUTOR', 'local')
   monkeypatch.setattr(launcher, '_send_output_to', lambda path: None)  # keep pytest's output
-  config = specs.from_config(tiny_config)
+  config = build.from_config(tiny_config)
 
   def signalled_load_saved(workdir):
     os.kill(os.getpid(), signal.SIGTERM)
     return config
 
-  monkeypatch.setattr(launcher.specs, 'load_saved', signalled_load_saved)
+  monkeypatch.setattr(launcher.build, 'load_saved', signalled_load_saved)
   handler = signal.getsignal(signal.SIGTERM)
   with pytest.raises(SystemExit) as exited:
     launcher.TrainPoint()(str(tmp_path))
@@ -225,7 +225,7 @@ def test_the_loop_keeps_two_steps_in_flight_and_a_stop_checkpoints_within_two_st
 
   monkeypatch.setattr(data_lib.TrainBatches, '__next__', next_batch)
   with pytest.raises(trainer.TrainingInterrupted, match='SIGTERM at step 30'):
-    trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path),
+    trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path),
                                mesh=parallel.make_mesh(jax.devices()[:1]))
   stopped_after_s = time.perf_counter() - fetched['signal_at']
   assert counts['in_flight_at_stop'] <= 2, counts
@@ -236,7 +236,7 @@ def test_the_loop_keeps_two_steps_in_flight_and_a_stop_checkpoints_within_two_st
 
 
 def test_eval_matches_the_in_training_evaluation(tiny_config, tmp_path):
-  summary = trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
+  summary = trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path))
   result = eval_run.evaluate_workdir(str(tmp_path), 'valid')
   assert result['step'] == tiny_config.train.num_steps
   np.testing.assert_allclose(result['ppl'], summary['valid_ppl'], rtol=1e-6)
@@ -251,24 +251,24 @@ def test_batch_not_divisible_by_the_devices_is_refused_before_compiling(tiny_con
   tiny_config.train.batch_size = 6
   with pytest.raises(ValueError, match=r'train\.batch_size=6 must be a positive multiple of '
                                        r'the device count \(4, .*--config\.train\.batch_size=4'):
-    trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path),
+    trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path),
                                mesh=parallel.make_mesh(jax.devices()[:4]))
 
 
 def test_a_workdir_with_another_config_is_refused(tiny_config, tmp_path):
   tiny_config.train.update(num_steps=2, warmup_steps=1, eval_every=2, ckpt_every=2)
-  trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
+  trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path))
   before = sorted(p.name for p in tmp_path.iterdir())
   tiny_config.train.lr = 1e-4
   with pytest.raises(ValueError, match=r'train\.lr: 0\.003 -> 0\.0001'):
-    trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
+    trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path))
   assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_eval_without_a_checkpoint_says_to_train_first(tiny_config, tmp_path):
   from factorized.train import workdir as workdir_lib
 
-  workdir_lib.prepare_workdir(tmp_path, specs.from_config(tiny_config))
+  workdir_lib.prepare_workdir(tmp_path, build.from_config(tiny_config))
   with pytest.raises(FileNotFoundError, match='No checkpoint in .*train first'):
     eval_run.evaluate_workdir(str(tmp_path), 'valid')
 
@@ -277,7 +277,7 @@ def test_eval_without_a_checkpoint_says_to_train_first(tiny_config, tmp_path):
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, tmp_path,
                                                                      caplog):
-  trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
+  trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path))
   checkpointer = checkpointing.Checkpointer(str(tmp_path))
   steps = checkpointer.all_steps()
   latest = steps[-1]
@@ -286,7 +286,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_config,
       if name != '_METADATA':
         with open(os.path.join(root, name), 'r+b') as f:
           f.write(b'\0garbage' * 16)
-  run = trainer.build_run(specs.from_config(tiny_config), str(tmp_path))
+  run = trainer.build_run(build.from_config(tiny_config), str(tmp_path))
   with caplog.at_level('WARNING'):
     state, _ = checkpointer.restore(run.state)
   assert int(state.step) == steps[-2]
@@ -307,7 +307,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 
   monkeypatch.setattr(data_lib.TrainBatches, '__next__', poisoned)
   with pytest.raises(trainer.NonFiniteLoss, match='last good checkpoint .step 4.'):
-    trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path))
+    trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path))
   assert checkpointing.Checkpointer(str(tmp_path)).all_steps() == [4]
   assert not math.isnan(final_params(tmp_path)[0].sum())
 
@@ -327,10 +327,10 @@ def test_kinds_see_the_same_batches_and_dropout_keys(tiny_config, tmp_path, monk
   rngs = {}
   for kind in ('dense', 'svd'):  # the streams are built before, and apart from, the kind
     tiny_config.model.embed.kind = kind
-    run = trainer.build_run(specs.from_config(tiny_config), str(tmp_path / kind),
+    run = trainer.build_run(build.from_config(tiny_config), str(tmp_path / kind),
                             mesh=parallel.make_mesh(jax.devices()[:1]))
     rngs[kind] = np.asarray(run.state.rng)
-    trainer.train_and_evaluate(specs.from_config(tiny_config), str(tmp_path / kind),
+    trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / kind),
                                mesh=parallel.make_mesh(jax.devices()[:1]))
   np.testing.assert_array_equal(rngs['svd'], rngs['dense'])  # dropout keys derive from it
   for a, b in zip(seen['dense'], seen['svd'], strict=True):
@@ -341,11 +341,11 @@ def test_band_perplexities_partition_the_split_and_a_stride_scores_every_token_o
     tiny_config, tmp_path):
   tiny_config.train.num_steps = 6
   workdir = str(tmp_path / 'run')
-  summary = trainer.train_and_evaluate(specs.from_config(tiny_config), workdir,
+  summary = trainer.train_and_evaluate(build.from_config(tiny_config), workdir,
                                        mesh=parallel.make_mesh(jax.devices()[:1]))
   bands = summary['test_bands']
   assert list(bands) == ['1-100', '101-1000', '1001-10000', '10001+', '<unk>']
-  run = trainer.build_run(specs.from_config(tiny_config), workdir,
+  run = trainer.build_run(build.from_config(tiny_config), workdir,
                           mesh=parallel.make_mesh(jax.devices()[:1]))
   num_test = run.corpus.splits['test'].size
   assert sum(band['tokens'] for band in bands.values()) == num_test
@@ -390,7 +390,7 @@ def test_an_ortho_penalty_run_moves_its_table_as_fast_as_a_penalty_free_one(tiny
   for name, kind, penalty in [('dense', 'dense', 0.0), ('svd', 'svd', 0.0),
                               ('svd_penalty', 'svd', 0.1)]:
     tiny_config.model.embed.update(kind=kind, ortho_penalty=penalty)
-    run = trainer.build_run(specs.from_config(tiny_config), str(tmp_path / name), mesh=one)
+    run = trainer.build_run(build.from_config(tiny_config), str(tmp_path / name), mesh=one)
     moved[name] = first_step_movement(run)
   assert 1 / 1.5 < moved['svd'] / moved['dense'] < 1.5, moved
   assert 1 / 1.25 < moved['svd_penalty'] / moved['svd'] < 1.25, moved
@@ -402,7 +402,7 @@ def test_new_kinds_train_restore_and_take_their_frequency_order_from_the_run(
   tiny_config.model.embed.update(kind=kind, head=head)
   workdir = tmp_path / kind
   one = parallel.make_mesh(jax.devices()[:1])
-  summary = trainer.train_and_evaluate(specs.from_config(tiny_config), str(workdir), mesh=one)
+  summary = trainer.train_and_evaluate(build.from_config(tiny_config), str(workdir), mesh=one)
   losses = [value for _, value in scalar_series(workdir, 'train/loss')]
   assert losses[-1] < losses[0] and math.isfinite(summary['test_ppl'])
   run, step = eval_run.restore_run(str(workdir), 'best', mesh=one)  # nnx.List parameters
@@ -471,6 +471,6 @@ def test_recording_pins_keeps_an_existing_file_unless_forced(monkeypatch):
 
 
 def test_a_run_is_built_from_a_spec_only(tiny_config, tmp_path):
-  with pytest.raises(TypeError, match=r'takes a Spec, not a ConfigDict: pass .*specs\.from_config'):
+  with pytest.raises(TypeError, match=r'takes a Spec, not a ConfigDict: pass .*build\.from_config'):
     trainer.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()  # refused before anything is written

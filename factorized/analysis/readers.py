@@ -25,7 +25,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from factorized import embeddings
 from factorized.analysis import table as sweep_table
-from factorized.config import specs
+from factorized.config import build
 from factorized.data import pipeline as data_lib
 from factorized.data import tokenizer as tokenizer_lib
 from factorized.embeddings import spectrum
@@ -201,7 +201,7 @@ def load_embedding(workdir: str | os.PathLike, checkpoint: str = 'latest',
       model, step = eval_run.restore_model(workdir, checkpoint)
       tokenizer, _ = tokenizer_lib.load_tokenizer(
           pathlib.Path(workdir) / data_lib.TOKENIZER_FILE)
-      config, counts = specs.load_saved(workdir), data_lib.load_train_counts(workdir)
+      config, counts = build.load_saved(workdir), data_lib.load_train_counts(workdir)
     else:
       run, step = eval_run.restore_run(workdir, checkpoint,
                                        mesh=parallel.make_mesh(jax.devices()[:1]))

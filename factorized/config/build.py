@@ -1,9 +1,19 @@
-"""Where a run's Spec becomes typed arguments: `build_args(spec, vocab_size) -> RunArgs`.
+"""Where a config stops: a config file's ConfigDict (or a run's saved config.json) becomes a
+frozen, migrated and validated Spec (`from_config`, `load_saved`), and a run's Spec becomes
+its typed arguments (`build_args(spec, vocab_size) -> RunArgs`).
+
+Each entry point reads its config file once and calls `from_config` before anything is
+built, downloaded or written. A bad field ends there as a ValueError naming it and the fix
+(the entry points print it as one line, exit code 2). Configs saved before a field existed
+are migrated there (factorized/config/migrate.py), whether they come from a workdir or a
+results directory. Sections: `data` (corpus, tokenizer, seq_len), `model` (sizes, `embed`:
+the kind and its fields), `train` (optimizer, schedule, batches, checkpoints), `eval`
+(bands, classes) and `launcher` (SLURM resources); plus `seed` and `overwrite`.
 
 A run's arguments are frozen dataclasses, each validating its own fields as it is made (a
 ValueError naming the field): `DataArgs` (data.*), `TrainArgs` (train.*), `EvalArgs`
 (eval.*), and the model's `ModelArgs` (factorized/model/transformer.py, below this layer:
-it needs the vocabulary size). `specs.from_config` makes the vocabulary-independent ones at
+it needs the vocabulary size). `from_config` makes the vocabulary-independent ones at
 start-up (`sections`), before any data is read; `build_args` adds the model once the corpus
 gives the vocabulary size, reusing them: a Spec's sections are made and validated once per
 process. The trainer calls `build_args` once per run and keeps the result on its Run; the
@@ -15,11 +25,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
+import pathlib
 from typing import Any
 
+from factorized import embeddings
+from factorized.config import migrate as migrate_lib
+from factorized.data import corpora
 from factorized.data import pipeline as data_lib
 from factorized.model import transformer as model_lib
 from factorized.spec import Spec
+
+SECTIONS = ('data', 'model', 'train', 'eval')
+CONFIG_FILE = 'config.json'  # a run's config, saved in its workdir (factorized/train/workdir.py)
 
 # train.embed_decay: which of the embedding table's parameters weight decay applies to
 # (factorized/train/optim.py).
@@ -172,3 +190,40 @@ def build_args(spec: Spec, vocab_size: int) -> RunArgs:
   parts = sections(spec)
   return RunArgs(model=model_args(spec, vocab_size), data=parts.data, train=parts.train,
                  eval=parts.eval, seed=spec.seed)
+
+
+def _plain(config: Any) -> dict[str, Any]:
+  """A ConfigDict or a mapping as plain JSON types, exactly as config.json saves it."""
+  if hasattr(config, 'to_json'):  # ml_collections.ConfigDict (FieldReferences resolved)
+    return json.loads(config.to_json())
+  return json.loads(json.dumps(dict(config)))
+
+
+def validate(spec: Spec) -> Spec:
+  """Raises a ValueError naming the first field out of range; returns `spec`. The checks
+  that need the corpus's vocabulary size run when the run's arguments are built
+  (`build_args`: ModelArgs)."""
+  missing = [section for section in SECTIONS if section not in spec]
+  if missing:
+    raise ValueError(f'the config lacks the section(s) {", ".join(missing)}: start from '
+                     'configs/lm.py (or configs/brown.py).')
+  sections(spec)  # data, train and eval: their own dataclasses validate them
+  embeddings.check_choices(spec.model)
+  corpora.check_vocabulary(spec.data)
+  return spec
+
+
+def from_config(config: Any) -> Spec:
+  """The frozen, migrated, validated Spec of a ConfigDict, or of a plain mapping (a saved
+  config.json, summary.json's `config`)."""
+  return validate(Spec(migrate_lib.migrate(_plain(config))))
+
+
+def load_saved(workdir: str | os.PathLike) -> Spec:
+  """The Spec saved in `workdir`; a FileNotFoundError that says how to make one."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(
+        f'{path} not found: {workdir} is not a training workdir '
+        f'(train.py --workdir={workdir} writes it).')
+  return from_config(json.loads(path.read_text()))

@@ -4,7 +4,7 @@ may lack, and what its run computed in their place.
 
 A field added after runs were saved (`_LATER_FIELDS`), an embedding kind's own field
 (model.embed.band_cutoffs, ...) or a corpus's own (data.*): such a run behaved as the
-field's default says, so `migrate` fills the default in (factorized/config/specs.py calls
+field's default says, so `migrate` fills the default in (factorized/config/build.py calls
 it on every config it reads), and a workdir compares a saved config with a new one as if
 it held them (`defaults`, factorized/train/workdir.py).
 """

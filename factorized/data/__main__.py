@@ -21,11 +21,11 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_libraries()  # no dependency warnings unless --verbosity is given
-  from factorized.config import specs
+  from factorized.config import build
   from factorized.data import pipeline
 
   try:
-    data_config = specs.from_config(flags.FLAGS.config).data
+    data_config = build.from_config(flags.FLAGS.config).data
     with contextlib.redirect_stdout(sys.stderr):  # what a library prints is not the JSON
       stats = pipeline.prepare_corpus(data_config).stats()
   except (ValueError, FileNotFoundError) as error:  # a config field, a file: named, exit 2

@@ -119,7 +119,7 @@ def prepare_corpus(data_config, *, run_dir: str | None = None) -> Corpus:
     # Only a vocabulary counted otherwise than the corpus's protocol enters the key, so the
     # cache entries and saved tokenizers of the protocol's own vocabulary keep their keys.
     tok_config['vocab_from'] = counted
-  seq_len = data_config.seq_len  # a positive integer (config/specs.py validated it)
+  seq_len = data_config.seq_len  # a positive integer (config/build.py validated it)
   root = cache.cache_root(data_config)
   source = corpora.load_source(data_config, root)
   material = {'protocol': PROTOCOL_VERSION, 'source': source.fingerprint,

@@ -56,7 +56,7 @@ import numpy as np
 from flax import nnx
 
 from factorized import files, frequency
-from factorized.config import build, specs
+from factorized.config import build
 from factorized.evaluation import saved as eval_run
 from factorized.model import costs
 from factorized.runtime import parallel
@@ -243,7 +243,7 @@ def posthoc_svd(workdir: str, split: str = 'test', ranks: list[int] | tuple[int,
     raise ValueError(f'--svd_finetune_steps={finetune_steps} must be >= 0.')
   if weighting not in WEIGHTINGS:
     raise ValueError(f'--svd_weighting={weighting!r}: expected {" or ".join(WEIGHTINGS)}.')
-  saved = specs.load_saved(workdir)
+  saved = build.load_saved(workdir)
   if saved.model.embed.kind != 'dense':
     raise ValueError(f'--svd_ranks compresses a dense run; {workdir} has model.embed.kind='
                      f'{saved.model.embed.kind!r} (train one with configs/brown.py:kind=dense).')

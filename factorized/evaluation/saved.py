@@ -9,7 +9,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from factorized import files
-from factorized.config import build, specs
+from factorized.config import build
 from factorized.data import pipeline as data_lib
 from factorized.runtime import compile_cache, parallel
 from factorized.spec import Spec
@@ -46,7 +46,7 @@ def restore_run(workdir: str, checkpoint: str = 'latest', *, mesh: Mesh | None =
 
   Returns the Run (its state restored) and the restored step.
   """
-  config = specs.load_saved(workdir) if config is None else config
+  config = build.load_saved(workdir) if config is None else config
   compile_cache.enable(config.data)
   checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
   try:
@@ -63,7 +63,7 @@ def restore_model(workdir: str, checkpoint: str = 'latest', *,
   """The model of `checkpoint` without the corpus: the vocabulary size and the train
   counts come from the run's train_counts.npy, so a copy of the run directory is enough
   (notebooks). Returns the NNX model and the restored step."""
-  config = specs.load_saved(workdir)
+  config = build.load_saved(workdir)
   counts = data_lib.load_train_counts(workdir)
   mesh = parallel.make_mesh(jax.devices()[:1]) if mesh is None else mesh
   checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
@@ -83,7 +83,7 @@ def evaluate_workdir(workdir: str, split: str = 'test', checkpoint: str = 'best'
   default data.seq_len), with its frequency bands; writes workdir/eval_<split>.json."""
   if split not in ('valid', 'test'):
     raise ValueError(f'--split={split!r}: expected valid or test.')
-  config = specs.load_saved(workdir)
+  config = build.load_saved(workdir)
   data_lib.num_eval_batches(1, seq_len=config.data.seq_len, global_batch_size=1,
                             stride=stride)  # a bad --stride fails now, before the restore
   run, step = restore_run(workdir, checkpoint, mesh=mesh, config=config)

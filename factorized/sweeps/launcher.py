@@ -45,7 +45,7 @@ import submitit
 from absl import logging
 
 from factorized import files
-from factorized.config import cli, specs
+from factorized.config import build, cli
 from factorized.spec import Spec
 from factorized.train.stopping import StopRequest
 
@@ -77,7 +77,7 @@ class TrainPoint(submitit.helpers.Checkpointable):
 
       from factorized.train import trainer
 
-      config = specs.load_saved(workdir)
+      config = build.load_saved(workdir)
       logging.info('JAX devices: %s', jax.devices())
       try:
         return trainer.train_and_evaluate(config, workdir, stop=stop)

@@ -35,7 +35,7 @@ from absl import logging
 
 from factorized.analysis import report as sweep_report
 from factorized.analysis import table as sweep_table
-from factorized.config import specs
+from factorized.config import build
 from factorized.spec import Spec
 from factorized.sweeps import launcher as launcher_lib
 from factorized.sweeps import progress as progress_lib
@@ -91,7 +91,7 @@ def make_points(base: Spec, sweep: list[dict], *,
   `overridden` (the command line's --config.* fields) only serves a warning when a point
   sets one of them: the point's value wins.
   """
-  base = specs.from_config(base)
+  base = build.from_config(base)
   clashes = sorted({key for overrides in sweep for key in overrides} & set(overridden))
   if clashes:
     logging.warning('--config.%s: set by the sweep points, whose values win.',
@@ -108,7 +108,7 @@ def make_points(base: Spec, sweep: list[dict], *,
     except KeyError as missing:
       raise ValueError(f'get_sweep() point {name!r} overrides {missing.args[0]!r}, which is not '
                        'a config field; fix the sweep in the config file.') from None
-    config = specs.from_config(config)  # each point validated before any point starts
+    config = build.from_config(config)  # each point validated before any point starts
     points.append(Point(name, dict(overrides), config))
   return points
 

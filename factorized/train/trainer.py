@@ -108,17 +108,17 @@ class Run:
 
 def _require_spec(config) -> None:
   """A TypeError unless `config` is a Spec: a run is built from a validated, migrated
-  config only (factorized/config/specs.py)."""
+  config only (factorized/config/build.py)."""
   if not isinstance(config, Spec):
     raise TypeError(f'a run takes a Spec, not a {type(config).__name__}: pass '
-                    'factorized.config.specs.from_config(config).')
+                    'factorized.config.build.from_config(config).')
 
 
 def build_run(
     config: Spec, workdir: str, *, mesh: Mesh | None = None
 ) -> Run:
   """Prepares the corpus and creates a fresh replicated state. `config` is validated
-  (factorized/config/specs.py) but for what needs the vocabulary size: the run's arguments
+  (factorized/config/build.py) but for what needs the vocabulary size: the run's arguments
   are built here, once (factorized/config/build.py), before the model is built or anything
   is compiled.
   """

@@ -18,7 +18,7 @@ from typing import Any
 
 from factorized import files
 from factorized.config import migrate as migrate_lib
-from factorized.config.specs import CONFIG_FILE
+from factorized.config.build import CONFIG_FILE
 from factorized.spec import Spec
 
 # Fields that may differ between a saved and a new config without refusing the workdir

@@ -33,7 +33,7 @@ CORPORA = names()
 
 def load_source(data_config, root: pathlib.Path) -> Source:
   """The `Source` of `data.corpus`: checksums now, the text only once `load()` is called.
-  (A `data.vocab_size` or `min_freq` the corpus refuses was refused by config/specs.py.)"""
+  (A `data.vocab_size` or `min_freq` the corpus refuses was refused by config/build.py.)"""
   return corpus(data_config.corpus).source(data_config, root)
 
 
