@@ -388,3 +388,12 @@ def test_the_headline_says_first_whether_any_factorization_beats_dense(tmp_path)
   assert first.startswith('**Lower test perplexity than dense beyond seed noise at this budget: '
                           'tt 8**')
   assert 'on the frequent types, none does, so what they gain sits in the rarer tokens' in first
+
+
+def test_with_one_seed_a_point_the_headline_says_nothing_is_tested_yet(tmp_path):
+  fake_run(tmp_path, 'dense_seed0', 'dense', 16, test=100.0, bands=bands(100.0))
+  fake_run(tmp_path, 'svd_rank16_seed0', 'svd', 16, test=90.0, bands=bands(90.0))
+  block = headline.render_headline(tmp_path)
+  assert block.split('\n')[2].startswith('**No difference can be tested yet**')
+  assert 'not yet tested (one seed a side) for svd 16' in block
+  assert 'within seed noise of dense for svd 16' not in block

@@ -81,6 +81,9 @@ def first_sentence(page: Points, pairs: list[tuple[pd.Series, pd.Series]], tests
         found.append(point_label(row))
     return found
 
+  if not any(test.tested for test in tests.values()):
+    return ('**No difference can be tested yet** under this protocol: no point has several '
+            'seeds, so seed noise is unmeasured and no gap below is called real.')
   overall = lower(TESTED)
   frequent = lower(page.frequent) if page.frequent else []
   there = ('on the frequent types, ' + (', '.join(frequent) if frequent else 'none does')
@@ -101,12 +104,13 @@ def _headline_reading(page: Points, pairs: list[tuple[pd.Series, pd.Series]], te
   then each all-token gap, its test and where it comes from."""
   name, bullets = page.folder.reference, []
   if page.frequent:
-    verdicts: dict[str, list[str]] = {'higher': [], 'lower': [], 'within': []}
+    verdicts: dict[str, list[str]] = {'higher': [], 'lower': [], 'within': [], 'untested': []}
     for index, (row, base) in enumerate(pairs, offset):
       test = tests.get((index, page.frequent))
       if test is not None:
         relative = row[f'{page.frequent}_mean'] / base[f'{page.frequent}_mean'] - 1
-        verdict = 'within' if not test.real else 'higher' if relative > 0 else 'lower'
+        verdict = ('untested' if not test.tested else 'within' if not test.real
+                   else 'higher' if relative > 0 else 'lower')
         verdicts[verdict].append(f'{point_label(row)} {gap_text(relative, test)}')
     if len(verdicts['higher']) == len(pairs) > 1:
       bullets.append(f'**{where}, every kind has a higher perplexity than {name} on the '
@@ -116,7 +120,8 @@ def _headline_reading(page: Points, pairs: list[tuple[pd.Series, pd.Series]], te
       parts = [f'{label} for {"; ".join(entries)}' for label, entries in (
           (f'higher perplexity than {name} beyond seed noise', verdicts['higher']),
           (f'lower perplexity than {name} beyond seed noise', verdicts['lower']),
-          (f'within seed noise of {name}', verdicts['within'])) if entries]
+          (f'within seed noise of {name}', verdicts['within']),
+          ('not yet tested (one seed a side)', verdicts['untested'])) if entries]
       if parts:
         bullets.append(f'**{where}, on the frequent types**: ' + '; '.join(parts) + '.')
   for index, (row, base) in enumerate(pairs, offset):
