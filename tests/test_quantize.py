@@ -23,10 +23,10 @@ from factorized.model import costs
 from factorized.model import loss as loss_lib
 from factorized.model import transformer as model_lib
 from factorized.runtime import parallel
-from factorized.train import checkpointing, trainer
+from factorized.train import trainer
 from tests.test_embeddings import skewed_counts
 from tests.test_train_cli import cli_env
-from tests.test_trainer import final_params, interrupt_at, scalar_series
+from tests.test_trainer import scalar_series
 
 VOCAB = 97
 # (bits, group) of every precision the tests sweep: float32, per row, per group of columns.
@@ -256,32 +256,6 @@ def test_a_qat_run_trains_restores_and_scores_its_stored_integers_and_scales(
   nnx.replace_by_pure_dict(state, params)
   stored = plain.evaluator('test')(jax.device_put(state, parallel.replicated(one)))
   assert stored['ppl'] == summary['test_ppl']
-
-
-def test_qat_resume_is_bitwise_and_four_devices_match_one(tiny_config, tmp_path, monkeypatch):
-  tiny_config.model.embed.update(kind='svd', head='untied', quant_bits=4, quant_group=4)
-  trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'straight'))
-  with monkeypatch.context() as patch:
-    interrupt_at(patch, 7)
-    with pytest.raises(trainer.TrainingInterrupted, match='SIGTERM at step 7'):
-      trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'resumed'))
-  assert checkpointing.Checkpointer(str(tmp_path / 'resumed')).latest_step() == 7
-  trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'resumed'))
-  for a, b in zip(final_params(tmp_path / 'straight'), final_params(tmp_path / 'resumed'),
-                  strict=True):
-    np.testing.assert_array_equal(a, b)  # bitwise on CPU
-  tiny_config.train.num_steps = 5
-  results = {}
-  for devices in (1, 4):
-    workdir = str(tmp_path / f'dev{devices}')
-    summary = trainer.train_and_evaluate(
-        build.from_config(tiny_config), workdir, mesh=parallel.make_mesh(jax.devices()[:devices]))
-    results[devices] = summary, final_params(workdir, devices)
-  (one, params_one), (four, params_four) = results[1], results[4]
-  np.testing.assert_allclose(four['train_loss'], one['train_loss'], rtol=1e-5)
-  np.testing.assert_allclose(four['valid_ppl'], one['valid_ppl'], rtol=1e-5)
-  for a, b in zip(params_one, params_four, strict=True):
-    np.testing.assert_allclose(b, a, atol=1e-5)
 
 
 def test_eval_cli_quantizes_a_trained_run_and_writes_ppl_and_bytes(tiny_config, tmp_path,

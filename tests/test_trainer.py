@@ -53,9 +53,13 @@ def test_runlocal_brown_trains_in_seconds_and_its_loss_falls(brown_zip, tmp_path
 
 
 # svd with the orthogonality penalty: its regulariser must not be counted once per device.
-@pytest.mark.parametrize('kind,ortho_penalty', [('dense', 0.0), ('svd', 0.1)])
-def test_four_devices_match_one_device(tiny_config, tmp_path, kind, ortho_penalty):
-  tiny_config.model.embed.update(kind=kind, ortho_penalty=ortho_penalty)
+# QAT (int4 tables, per group of 4 columns, an untied head): the fake quantization too.
+QAT = {'kind': 'svd', 'head': 'untied', 'quant_bits': 4, 'quant_group': 4}
+
+
+@pytest.mark.parametrize('embed', [{'kind': 'dense'}, {'kind': 'svd', 'ortho_penalty': 0.1}, QAT])
+def test_four_devices_match_one_device(tiny_config, tmp_path, embed):
+  tiny_config.model.embed.update(embed)
   tiny_config.train.num_steps = 5
   results = {}
   for devices in (1, 4):
@@ -95,8 +99,10 @@ def interrupt_at(monkeypatch, batch_number):
   monkeypatch.setattr(data_lib.TrainBatches, '__next__', next_batch)
 
 
+@pytest.mark.parametrize('embed', [{}, QAT])
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_config, tmp_path,
-                                                                  monkeypatch):
+                                                                  monkeypatch, embed):
+  tiny_config.model.embed.update(embed)
   trainer.train_and_evaluate(build.from_config(tiny_config), str(tmp_path / 'straight'))
   with monkeypatch.context() as patch:
     interrupt_at(patch, 7)
