@@ -8,7 +8,7 @@ import re
 import pytest
 from scipy import stats as scipy_stats
 
-from factorized.analysis import comparison, findings, folders, headline
+from factorized.analysis import comparison, findings, folders, headline, memory
 from factorized.analysis import table as sweep_table
 from tests.test_sweep import fake_run
 
@@ -397,3 +397,100 @@ def test_with_one_seed_a_point_the_headline_says_nothing_is_tested_yet(tmp_path)
   assert block.split('\n')[2].startswith('**No difference can be tested yet**')
   assert 'not yet tested (one seed a side) for svd 16' in block
   assert 'within seed noise of dense for svd 16' not in block
+
+
+def quantized(run_dir, valid, test, bytes_by_bits):
+  """A post-training quantization of `run_dir` at each width of {bits: (valid, test)}."""
+  for split, index in (('valid', 0), ('test', 1)):
+    result = {'method': 'posthoc_quant', 'split': split, 'step': 1500, 'group': 0,
+              'trained_quant_bits': 0,
+              'ppl_by_bits': {bits: (valid, test)[index][bits] for bits in bytes_by_bits},
+              'bytes_by_bits': {bits: {'embedding': size, 'output_head': 0, 'vocab': size}
+                                for bits, size in bytes_by_bits.items()}}
+    (run_dir / f'posthoc_quant_{split}.json').write_text(json.dumps(result))
+
+
+@pytest.fixture
+def memory_dir(tmp_path):
+  # dense float32: 64,000 parameters, 256,000 bytes; 3 seeds (s = 2 on 2 degrees of freedom).
+  for seed in range(3):
+    run = f'dense_seed{seed}'
+    fake_run(tmp_path, run, 'dense', 16, valid=50.0 + seed, test=100.0 + 2 * seed, seed=seed,
+             bands=bands(100.0 + 2 * seed))
+    # int8 at 25% of the float32 bytes, int4 at 13.3%.
+    quantized(tmp_path / run, {'8': 50.5, '4': 60.0},
+              {'8': 101.0 + 2 * seed, '4': 120.0 + 2 * seed},
+              {'8': 64000, '4': 34000})
+  fake_run(tmp_path, 'svd_rank8_seed0', 'svd', 8, valid=70.0, test=130.0)  # 34,080 bytes
+  # albert 8 has the lowest test perplexity of all, but a high valid one: never chosen.
+  fake_run(tmp_path, 'albert_rank8_seed0', 'albert', 8, valid=80.0, test=60.0)
+  fake_run(tmp_path, 'tt_rank8_seed0', 'tt', 8, valid=55.0, test=95.0)  # 64,000 bytes: 25%
+  quantized(tmp_path / 'tt_rank8_seed0', {'8': 56.0}, {'8': 96.0}, {'8': 16500})  # 6.4%
+  fake_run(tmp_path, 'dpq_rank16_seed0', 'dpq', 16, valid=90.0, test=150.0)
+  patch(tmp_path / 'dpq_rank16_seed0', bytes={'embedding': 5000, 'output_head': 0,
+                                               'vocab': 5000})  # codes + codebooks: 2.0%
+  return tmp_path
+
+
+def test_the_memory_front_chooses_by_valid_within_each_share_of_dense_bytes(memory_dir):
+  page = comparison.Points(folders.Folder.load(memory_dir))
+  front = memory.front(page)
+  assert [float(front.reference['vocab_bytes']), front.reference['seeds']] == [256000, 3]
+  chosen = [(b.share, None if b.best is None else memory.label(b.best),
+             None if b.runner_up is None else memory.label(b.runner_up)) for b in front.budgets]
+  # Chosen by valid perplexity: albert 8 (test 60) never, dense int8 (valid 50.5) at 25%.
+  assert chosen == [(0.25, 'dense int8 post-training', 'tt 8 float32'),
+                    (0.10, 'tt 8 int8 post-training', 'dpq 16 codes'),
+                    (0.03, 'dpq 16 codes', None)]
+  top = front.budgets[0]
+  # dense int8 (3 seeds, mean 103) against dense float32 (3 seeds, 102) and tt 8 (1 seed,
+  # 95): the pooled t-test, its p from the definition.
+  assert top.versus_reference.p == pytest.approx(p_value(1.0, 2.0, 2, 3, 3))
+  assert top.versus_runner_up.p == pytest.approx(p_value(8.0, 2.0, 2, 3, 1))
+  assert not top.versus_runner_up.real
+  text = findings.render(memory_dir)
+  section = text.split('**The memory-perplexity front**')[1].split('Test perplexity by')[0]
+  assert ('At most 25% of dense float32\'s bytes (64,000): **dense int8 post-training** '
+          '(64,000 bytes, 25.0%; 3 seeds), test 103.0 ± 2.0, +1.0%, within seed noise') in section
+  assert 'At most 3% of dense float32\'s bytes (7,680): **dpq 16 codes** (5,000 bytes, 2.0%' in (
+      section)
+  verdict_free(section)
+  # Composition: tt 8 int8 (16,500 bytes) against dense quantized nearest in bytes (int4,
+  # 34,000), lower beyond seed noise at fewer bytes.
+  assert [(memory.label(p.factorized), memory.label(p.reference)) for p in front.pairs] == [
+      ('tt 8 int8 post-training', 'dense int4 post-training')]
+  assert 'they compose here: lower perplexity at no more bytes' in section
+
+
+def test_the_headline_reads_the_memory_front_once_a_table_is_stored_other_than_float32(
+    memory_dir, tmp_path_factory):
+  block = headline.render_headline(memory_dir)
+  paragraph = block.split('**Memory**')[1].split('The full findings')[0]
+  tests = memory.front(comparison.Points(folders.Folder.load(memory_dir))).tests()
+  assert f'These {len(tests)} comparisons are one family, Holm-adjusted.' in paragraph
+  assert 'Holm p' in paragraph and ', p = ' not in paragraph
+  verdict_free(paragraph)
+  # Float32 tables alone: no memory paragraph in the headline (the findings keep the front).
+  plain = tmp_path_factory.mktemp('plain')
+  for seed, test in enumerate((100.0, 102.0, 104.0)):
+    fake_run(plain, f'dense_seed{seed}', 'dense', 16, test=test, seed=seed, bands=bands(test))
+  fake_run(plain, 'tt_rank8_seed0', 'tt', 8, test=95.0, bands=bands(95.0))
+  assert '**Memory**' not in headline.render_headline(plain)
+  assert '**The memory-perplexity front**' in findings.render(plain)
+
+
+def test_runs_trained_from_scratch_meet_whatever_their_steps_and_post_hoc_rows_only_matched(
+    sweep_dir):
+  # num_steps is a setting like any other: dense at 3,000 steps against svd 16 at 1,500 is
+  # tested (tuned configurations may differ in it); a fine-tuned post-hoc row is not.
+  fake_run(sweep_dir, 'dense_num_steps3000_seed0', 'dense', 16, valid=35.0, test=95.0,
+           num_steps=3000, bands=bands(95.0))
+  page = comparison.Points(folders.Folder.load(sweep_dir))
+  every = page.trained(sweep_table.aggregate(page.table))
+  longer = every[(every['kind'] == 'dense') & (every['num_steps'] == 3000)].iloc[0]
+  svd = page.pick(page.groups, 'svd', rank=16)
+  assert page.step_mismatch(longer, svd) == ''
+  assert page.versus(longer, svd).startswith('-7.8%, ')
+  posthoc = page.pick(page.groups, None, rank=8, method='posthoc_svd', finetune_steps=300)
+  assert page.step_mismatch(posthoc, svd) == (', not step-matched (1,800 against 1,500 '
+                                              'training steps)')

@@ -139,7 +139,7 @@ def fake_run(root, name, kind, rank, head='tied', valid=50.0, test=60.0, seed=0,
   def count(kind, rank):
     return {'dense': vocab * dim, 'albert': vocab * rank + rank * dim + dim,
             'svd': vocab * rank + rank + rank * dim,
-            'tt': 2000 * rank}[kind]  # a made-up count: the reports only read it
+            'tt': 2000 * rank, 'dpq': rank * dim}[kind]  # tt, dpq: made-up counts
 
   embedding = count(kind, rank)
   head_only = 0 if head == 'tied' else count(head_kind or 'dense', head_rank or rank)

@@ -255,10 +255,13 @@ class Points:
                          self.pooled.get(metric, stats.Pooled(math.nan, 0)))
 
   def step_mismatch(self, a: pd.Series, b: pd.Series) -> str:
-    """'' when a and b were trained for the same steps, else ', not step-matched (1,800
-    against 1,500 training steps)'."""
+    """'' when a and b were trained for the same steps or both from scratch (their
+    train.num_steps is a setting, chosen by valid perplexity like any other), else ', not
+    step-matched (1,800 against 1,500 training steps)': a derived row (post-hoc SVD
+    fine-tuned after its parent) meets another row only at the same steps."""
     steps_a, steps_b = training_steps(a), training_steps(b)
-    if steps_a == steps_b:
+    if steps_a == steps_b or (a.get('method') == sweep_table.TRAINED
+                              and b.get('method') == sweep_table.TRAINED):
       return ''
     def number(n: float) -> str:
       return 'unknown' if math.isnan(n) else f'{int(n):,}'

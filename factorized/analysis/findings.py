@@ -17,9 +17,10 @@ Rules the text follows (comparison.py and stats.py hold the means):
   comparisons with the reference are one family, Holm-adjusted.
 - Every gap to the reference says where it comes from: each frequency group's part in nats
   per test token, summing to the all-token gap (comparison.decompose).
-- Rows trained for different numbers of steps (post-hoc SVD fine-tuned after its parent,
-  against svd trained from scratch) are compared only at matched steps; otherwise the text
-  says they are not step-matched. A post-hoc row is a function of its parent run, so it is
+- A derived row (post-hoc SVD fine-tuned after its parent) meets a row trained from scratch
+  only at matched steps; otherwise the text says they are not step-matched. Two runs
+  trained from scratch are compared whatever their train.num_steps: a setting, chosen by
+  valid perplexity like the others. A post-hoc row is a function of its parent run, so it is
   read against that run without a seed-noise test.
 - A published anchor is compared only under its own protocol (vocabulary size and test
   tokens); otherwise the text says the protocol differs.
@@ -36,7 +37,7 @@ import pathlib
 
 import pandas as pd
 
-from factorized.analysis import folders, headline, stats
+from factorized.analysis import folders, headline, memory, stats
 from factorized.analysis import report as sweep_report
 from factorized.analysis import table as sweep_table
 from factorized.analysis.comparison import (
@@ -624,6 +625,25 @@ def _improving(page: Points) -> list[str]:
           + ' Their ranking after longer training is not known from these runs alone.']
 
 
+def _memory(page: Points) -> list[str]:
+  """The memory-perplexity front (memory.py): the best point within each share of the
+  reference's float32 bytes, and whether factorization and quantization compose."""
+  found = memory.front(page)
+  if found is None:
+    return []
+  name = page.folder.reference
+  lines = ['**The memory-perplexity front**. ' + memory.intro(found, name), '',
+           *[f'- {line}' for line in memory.budget_lines(found, name)], '']
+  composed = memory.compose_lines(found, name)
+  if composed:
+    lines += [f'Whether factorization and quantization compose: each factorized kind stored '
+              f'quantized against {name} quantized to the nearest bytes:', '',
+              *[f'- {line}' for line in composed], '']
+  if (page.folder.root / sweep_report.BYTES_PNG_FILE).exists():
+    lines += [f'![test perplexity against vocabulary bytes]({sweep_report.BYTES_PNG_FILE})', '']
+  return lines
+
+
 def _machine(page: Points) -> list[str]:
   root = page.folder.root
   path = root / MACHINE_FILE
@@ -664,7 +684,8 @@ def render(sweep_dir: str | pathlib.Path) -> str:
       'scratch**, at equal parameters (same rank):', '', *_posthoc(page), '',
       '**Tied against untied output heads** (the softmax bottleneck: an untied head keeps a '
       'full-rank D×V output layer whatever the input rank):', '', *_heads(page), '',
-      *_split(page), *_head_map(page), *_tuned(page), *_longer(page), *_bands(page), '',
+      *_split(page), *_head_map(page), *_tuned(page), *_longer(page), *_memory(page),
+      *_bands(page), '',
       *_improving(page), '', *_machine(page)]
   protocol = f' Protocol: {folder.protocol}.' if folder.protocol else ''
   intro = [
@@ -678,9 +699,11 @@ def render(sweep_dir: str | pathlib.Path) -> str:
       '', f'How differences are read: a difference is called real only when a t-test over '
       'seeds gives p < 0.05 (two-sided); otherwise it is "within seed noise", with no verdict '
       'either way. Most points have one seed, so the test pools the seed noise of the points '
-      'that have several (see Seed noise below). Rows trained for different numbers of steps '
-      'are not compared (the text says "not step-matched"). The p-values here are per '
-      f'comparison, unadjusted: this page makes {len(page.compared)} tests, so about '
+      'that have several (see Seed noise below). A post-hoc row meets another row only at '
+      'the same training steps (otherwise the text says "not step-matched"); two runs '
+      'trained from scratch are compared whatever their train.num_steps, a setting like any '
+      'other. The p-values here are per comparison, unadjusted: this page makes '
+      f'{len(page.compared)} tests, so about '
       f'{len(page.compared) / 20:.0f} could pass at 5% by chance alone where nothing differs; '
       "the README headline's comparisons are one family, Holm-adjusted.", '']
   return '\n'.join([*intro, *body]) + '\n'

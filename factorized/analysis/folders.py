@@ -5,9 +5,10 @@ lines of data rather than code.
 findings.json fields, all optional: title; corpus; protocol (a sentence: how the points were
 trained and evaluated); reference (the kind every gap is measured from: dense); budget and
 budget_slack (the headline's vocabulary budget, fractions of the reference's); thresholds
-(the "within x%" levels); markers (the README block's name); config ({dotted field: value}
-every point's config holds); anchors (published perplexities with the vocabulary size and
-the test tokens they were measured on).
+(the "within x%" levels); byte_shares (the memory front's budgets, fractions of the
+reference's float32 vocabulary bytes); markers (the README block's name); config ({dotted
+field: value} every point's config holds); anchors (published perplexities with the
+vocabulary size and the test tokens they were measured on).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class Folder:
   budget: float = 0.25  # the headline's vocabulary budget, a fraction of the reference's
   budget_slack: float = 0.05  # points up to this much above the budget count as within it
   thresholds: tuple[float, ...] = (0.02, 0.05)
+  # The memory front's budgets (memory.py): fractions of the reference's float32 bytes.
+  byte_shares: tuple[float, ...] = (0.25, 0.10, 0.03)
   markers: str = ''
   config: dict[str, Any] = dataclasses.field(default_factory=dict)
   anchors: tuple[Anchor, ...] = ()
@@ -65,7 +68,9 @@ class Folder:
       raise ValueError(f'{path}: unknown fields {unknown}; known: {sorted(known)}.')
     anchors = tuple(Anchor(**anchor) for anchor in fields.pop('anchors', ()))
     thresholds = tuple(fields.pop('thresholds', cls.thresholds))
-    return cls(root=root, anchors=anchors, thresholds=thresholds, **fields)
+    byte_shares = tuple(fields.pop('byte_shares', cls.byte_shares))
+    return cls(root=root, anchors=anchors, thresholds=thresholds, byte_shares=byte_shares,
+               **fields)
 
   @property
   def name(self) -> str:

@@ -11,7 +11,7 @@ import pathlib
 
 import pandas as pd
 
-from factorized.analysis import folders, stats
+from factorized.analysis import folders, memory, stats
 from factorized.analysis import table as sweep_table
 from factorized.analysis.comparison import (
   TESTED,
@@ -218,9 +218,28 @@ def render_headline(sweep_dir: str | pathlib.Path) -> str:
       lines += ['', 'At the edge of the values tried (a wider range may do better): '
                 + '; '.join(edges) + '.']
     lines.append('')
+  lines += _memory_paragraph(page)
   lines += [f'The full findings, every point and the commands: '
             f'[{root}/{folders.FINDINGS_FILE}]({root}/{folders.FINDINGS_FILE}).', '', folder.end]
   return '\n'.join(lines) + '\n'
+
+
+def _memory_paragraph(page: Points) -> list[str]:
+  """The memory front (memory.py) once a point stores its tables other than in float32:
+  the best point within each share of the reference's float32 bytes and whether
+  factorization and quantization compose, its tests Holm-adjusted as one family."""
+  found = memory.front(page)
+  if found is None or set(memory.candidates(page)['precision']) == {'float32'}:
+    return []
+  found, name = found.adjusted(), page.folder.reference
+  lines = ['**Memory**: ' + memory.intro(found, name), '',
+           *[f'- {line}' for line in memory.budget_lines(found, name)]]
+  composed = memory.compose_lines(found, name)
+  if composed:
+    lines += [f'- Factorization and quantization, against {name} quantized to the nearest '
+              'bytes: ' + ' '.join(composed)]
+  return lines + ['', f'These {len(found.tests())} comparisons are one family, Holm-adjusted.',
+                  '']
 
 
 def _headline_parts(page: Points, pairs: list[tuple[pd.Series, pd.Series]]) -> list[str]:

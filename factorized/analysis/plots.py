@@ -49,7 +49,7 @@ KIND_STYLES = {**{kind: _PALETTE[i % len(_PALETTE)] for i, kind in enumerate(emb
 KIND_COLORS = {kind: color for kind, (color, _) in KIND_STYLES.items()}
 AXES = {'rank': 'rank', 'vocab_params': 'vocab params', 'vocab_bytes': 'vocab bytes'}
 # A point's marker on the bytes front: how its tables are stored (table.precision).
-PRECISION_MARKERS = {'float32': 'o', 'QAT': '^', 'post-training': 's'}
+PRECISION_MARKERS = {'float32': 'o', 'codes': 'D', 'QAT': '^', 'post-training': 's'}
 REFERENCE = 'dense'  # drawn as a band (mean ± sd): the perplexity the factorizations chase
 SCRATCH = 'svd'  # what post-hoc SVD is compared with: the same factorization, trained
 # The y axis of a perplexity panel stops at this multiple of dense's: a worse point is marked

@@ -515,11 +515,13 @@ def with_series(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def precision(row) -> str:
-  """How a row's vocabulary tables are stored: 'float32', 'int8 QAT' (trained quantized:
-  model.embed.quant_bits) or 'int4 post-training' (method POSTHOC_QUANT)."""
+  """How a row's vocabulary tables are stored: 'float32', 'codes' (the kind's storage: dpq's
+  integer codes with float32 codebooks; a post-hoc SVD row's: float32), 'int8 QAT' (trained
+  quantized: model.embed.quant_bits) or 'int4 post-training' (method POSTHOC_QUANT)."""
   bits = row.get(QUANT_BITS)
   if bits is None or pd.isna(bits) or not int(bits):
-    return 'float32'
+    kind = row.get('kind')
+    return embeddings.kind(kind).storage if kind in embeddings.KINDS else 'float32'
   return f'int{int(bits)} ' + ('post-training' if row.get('method') == POSTHOC_QUANT else 'QAT')
 
 

@@ -66,6 +66,9 @@ class KindConfig(abc.ABC):
   rank_label: ClassVar[str]  # what model.embed.rank means ('' when the kind has none)
   fields: ClassVar[dict[str, Any]] = {}  # the kind's own model.embed.* fields and defaults
   module: ClassVar[type[nnx.Module]]  # what `build` makes (its TABLE_PARAMS, TABLE_DECAY)
+  # How the trained tables are stored unquantized: 'float32', or 'codes' (integer codes with
+  # float32 codebooks: dpq); the reports' precision column (analysis/table.py).
+  storage: ClassVar[str] = 'float32'
 
   vocab_size: int
   model_dim: int

@@ -157,6 +157,8 @@ class DPQConfig(base.KindConfig):
   """dpq: K = model.embed.rank codewords per group in [2, V]; model.embed.dpq_groups G
   dividing model_dim; model.embed.dpq_temperature tau > 0."""
 
+  storage = 'codes'
+
   rank: int
   groups: int = 8
   temperature: float = 1.0

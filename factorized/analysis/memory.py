@@ -1,0 +1,205 @@
+"""The memory-perplexity front of a results folder: which method gives the lowest perplexity
+within a given share of the reference's float32 vocabulary bytes, and whether factorization
+and quantization compose.
+
+The candidates are every trained point and every post-training quantization of one, at every
+configuration tried, aggregated over seeds (a method: kind, head and how the tables are
+stored, table.precision). Within each share of Folder.byte_shares the point of lowest valid
+perplexity is chosen (the test split chooses nothing); its test perplexity is compared with
+the reference in float32 at its own configuration of lowest valid perplexity, and with the
+best point of any other method within the same bytes, by the pooled t-test (comparison.py).
+
+Compose: each factorized kind quantized after or during training against the reference
+quantized to the bytes nearest its own (log ratio). Factorization and quantization compose
+where the factorized one is lower beyond seed noise at no more bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pandas as pd
+
+from factorized.analysis import stats
+from factorized.analysis import table as sweep_table
+from factorized.analysis.comparison import TESTED, Points, gap_text, mean_sd, point_label
+
+VALID = 'valid_ppl'  # what chooses a point within a budget
+
+
+def candidates(page: Points) -> pd.DataFrame:
+  """Every trained point and post-training quantization at every configuration tried, one
+  aggregated row each, with its `precision` and `method_key` (kind, head, precision)."""
+  rows = page.table[page.table['method'].isin((sweep_table.TRAINED,
+                                               sweep_table.POSTHOC_QUANT))]
+  if rows.empty:
+    return pd.DataFrame()
+  groups = sweep_table.aggregate(rows)
+  groups = groups[groups[f'{TESTED}_mean'].astype(float).notna()
+                  & groups[f'{VALID}_mean'].astype(float).notna()]
+  precisions = [sweep_table.precision(row) for _, row in groups.iterrows()]
+  keys = [(row['kind'], sweep_table.head_label(row), p)
+          for (_, row), p in zip(groups.iterrows(), precisions, strict=True)]
+  return groups.assign(precision=precisions, method_key=keys)
+
+
+def label(row: pd.Series) -> str:
+  """'tt 64 int8 post-training', 'dense float32', 'dpq 32 codes'."""
+  return f'{point_label(row)} {row["precision"]}'
+
+
+def _best(rows: pd.DataFrame) -> pd.Series | None:
+  if rows.empty:
+    return None
+  return rows.loc[rows[f'{VALID}_mean'].astype(float).idxmin()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """Within `share` of the reference's float32 bytes (`limit`): the point of lowest valid
+  perplexity, and the best of any other method, each with its test against `best`."""
+
+  share: float
+  limit: float
+  best: pd.Series | None
+  versus_reference: stats.TTest | None
+  runner_up: pd.Series | None
+  versus_runner_up: stats.TTest | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+  """A factorized kind stored quantized against the reference quantized to the nearest
+  bytes."""
+
+  factorized: pd.Series
+  reference: pd.Series
+  test: stats.TTest
+
+
+@dataclasses.dataclass(frozen=True)
+class Front:
+  reference: pd.Series  # the reference in float32 at its configuration of lowest valid ppl
+  budgets: list[Budget]
+  pairs: list[Pair]
+
+  def tests(self) -> list[stats.TTest]:
+    """Every test the front makes, budgets first, in order (a family for stats.adjust)."""
+    found = [t for b in self.budgets for t in (b.versus_reference, b.versus_runner_up) if t]
+    return found + [pair.test for pair in self.pairs]
+
+  def adjusted(self) -> Front:
+    """The front with its tests Holm-adjusted as one family."""
+    tests = iter(stats.adjust(self.tests()))
+    budgets = [dataclasses.replace(
+        b, versus_reference=b.versus_reference and next(tests),
+        versus_runner_up=b.versus_runner_up and next(tests)) for b in self.budgets]
+    pairs = [dataclasses.replace(pair, test=next(tests)) for pair in self.pairs]
+    return dataclasses.replace(self, budgets=budgets, pairs=pairs)
+
+
+def front(page: Points) -> Front | None:
+  """The folder's memory front; None where no point other than the reference in float32 fits
+  the largest share of its bytes."""
+  points = candidates(page)
+  if points.empty:
+    return None
+  name = page.folder.reference
+  own = points[(points['kind'] == name) & (points['head'] == 'tied')
+               & (points['precision'] == 'float32')]
+  reference = _best(own)
+  if reference is None:
+    return None
+  full = float(reference['vocab_bytes'])
+  budgets = []
+  for share in sorted(page.folder.byte_shares, reverse=True):
+    within = points[points['vocab_bytes'].astype(float) <= share * full]
+    best = _best(within)
+    if best is None:
+      budgets.append(Budget(share, share * full, None, None, None, None))
+      continue
+    others = within[within['method_key'] != best['method_key']]
+    runner = _best(others)
+    budgets.append(Budget(share, share * full, best, page.test(best, reference),
+                          runner, None if runner is None else page.test(best, runner)))
+  if all(b.best is None for b in budgets):
+    return None
+  return Front(reference, budgets, _pairs(page, points))
+
+
+def _pairs(page: Points, points: pd.DataFrame) -> list[Pair]:
+  stored = points[points[sweep_table.QUANT_BITS].fillna(0).astype(int) > 0] if (
+      sweep_table.QUANT_BITS in points) else points.iloc[:0]
+  name = page.folder.reference
+  quantized = stored[(stored['kind'] == name) & (stored['head'] == 'tied')]
+  pairs = []
+  for _, row in stored[stored['kind'] != name].iterrows():
+    if quantized.empty:
+      break
+    distance = (quantized['vocab_bytes'].astype(float) / float(row['vocab_bytes'])).map(
+        lambda ratio: abs(math.log(ratio)))
+    nearest = quantized.loc[distance.idxmin()]
+    pairs.append(Pair(row, nearest, page.test(row, nearest)))
+  return pairs
+
+
+def _share(row: pd.Series, reference: pd.Series) -> str:
+  return f'{float(row["vocab_bytes"]) / float(reference["vocab_bytes"]):.1%}'
+
+
+def _versus(row: pd.Series, base: pd.Series, test: stats.TTest) -> str:
+  return gap_text(row[f'{TESTED}_mean'] / base[f'{TESTED}_mean'] - 1, test)
+
+
+def budget_lines(found: Front, name: str) -> list[str]:
+  """One bullet per share: the chosen point, its test perplexity against the reference and
+  against the runner-up."""
+  lines = []
+  for budget in found.budgets:
+    if budget.best is None:
+      lines.append(f'At most {budget.share:.0%} of {name} float32\'s bytes ({int(budget.limit):,}'
+                   '): no point trained or quantized so far fits.')
+      continue
+    best, reference = budget.best, found.reference
+    text = (f'At most {budget.share:.0%} of {name} float32\'s bytes ({int(budget.limit):,}): '
+            f'**{label(best)}** ({int(best["vocab_bytes"]):,} bytes, {_share(best, reference)}'
+            f'; {best["seeds"]} seed{"s" if best["seeds"] > 1 else ""}), test '
+            f'{mean_sd(best)}, {_versus(best, reference, budget.versus_reference)} against '
+            f'{name} float32')
+    if budget.runner_up is not None:
+      runner = budget.runner_up
+      text += (f'; the best other method there, {label(runner)} ({_share(runner, reference)}'
+               f', test {mean_sd(runner)}): {label(best)} '
+               f'{_versus(best, runner, budget.versus_runner_up)}')
+    lines.append(text + '.')
+  return lines
+
+
+def compose_lines(found: Front, name: str) -> list[str]:
+  """Whether factorization and quantization compose: each quantized factorized point against
+  the reference quantized to the nearest bytes, with the verdict."""
+  lines = []
+  for pair in found.pairs:
+    row, base, test = pair.factorized, pair.reference, pair.test
+    fewer = float(row['vocab_bytes']) <= float(base['vocab_bytes'])
+    lower = row[f'{TESTED}_mean'] < base[f'{TESTED}_mean']
+    if test.real and lower and fewer:
+      verdict = 'they compose here: lower perplexity at no more bytes'
+    elif test.real and not lower and not fewer:
+      verdict = f'they do not compose here: {name} quantized is lower at no more bytes'
+    else:
+      verdict = 'no verdict at these sizes'
+    lines.append(f'{label(row)} ({_share(row, found.reference)} of {name} float32\'s bytes, '
+                 f'{mean_sd(row)}) against {label(base)} ({_share(base, found.reference)}, '
+                 f'{mean_sd(base)}): {_versus(row, base, test)}; {verdict}.')
+  return lines
+
+
+def intro(found: Front, name: str) -> str:
+  return (f'Vocabulary bytes as stored (float32 tables; quantized values with their scales; '
+          f'codes and codebooks). {name} float32: {int(found.reference["vocab_bytes"]):,} bytes, '
+          f'test {mean_sd(found.reference)} at its configuration of lowest valid perplexity. '
+          'Within each share of those bytes, the point of lowest valid perplexity among every '
+          'kind, precision and configuration tried (the test split chooses nothing), against '
+          f'{name} float32 and against the best point of another method within the same bytes:')
