@@ -25,7 +25,7 @@ from factorized.analysis import stats
 from factorized.analysis import table as sweep_table
 from factorized.analysis.comparison import TESTED, Points, gap_text, mean_sd, point_label
 
-VALID = 'valid_ppl'  # what chooses a point within a budget
+VALID = 'best_valid_ppl'  # chooses within a budget: the valid of the model whose test is read
 
 
 def candidates(page: Points) -> pd.DataFrame:
