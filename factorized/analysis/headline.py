@@ -160,9 +160,10 @@ def render_headline(sweep_dir: str | pathlib.Path) -> str:
                    if point_label(row) in by_point]
   pairs = grid + tuned_pairs
   tests = _headline_tests(page, pairs)
-  settings = ', '.join(f'{c} {page.base[c].iloc[0]:g}' if sweep_table.is_number(
-      page.base[c].iloc[0]) else f'{c} {page.base[c].iloc[0]}'
-      for c in sweep_table.swept_columns(page.base))
+  grid_values = {c: page.trained(page.base)[c].iloc[0]
+                 for c in sweep_table.swept_columns(page.base)}
+  settings = ', '.join(f'{c} {v:g}' if sweep_table.is_number(v) else f'{c} {v}'
+                       for c, v in grid_values.items() if not pd.isna(v))
   budget = folder.budget * reference['vocab_params']
   first = (first_sentence(page, tuned_pairs, tests, len(grid), 'at its tuned configuration')
            if tuned_pairs else first_sentence(page, grid, tests, 0, 'at this budget'))
