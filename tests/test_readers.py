@@ -157,6 +157,16 @@ def test_per_group_columns_give_perplexity_shares_and_the_frequent_groups_pooled
   groups = sweep_table.aggregate(table)
   assert groups['test_class_ppl@0_mean'].iloc[0] == pytest.approx(np.exp(13.0))
   assert sweep_table.swept_columns(groups) == []
+  # The frequent classes start where the run's eval.frequent_count says, not at a constant.
+  summary = json.loads((tmp_path / 'dense' / 'summary.json').read_text())
+  summary['config']['eval'] = {'count_edges': [1, 4, 11, 101], 'frequent_count': 4}
+  (tmp_path / 'dense' / 'summary.json').write_text(json.dumps(summary))
+  row = sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0]).iloc[0]
+  assert 'test_frequent_ppl@count11+' not in row
+  assert row['test_frequent_ppl@count4+'] == pytest.approx(
+      np.exp((10 * 7 + 20 * 5 + 50 * 3) / 80))
+  assert sweep_table.frequent_count('test_frequent_ppl@count4+') == 4
+  assert sweep_table.frequent_count('test_frequent_ppl@rank1-1000') is None
 
 
 def test_post_hoc_rows_carry_their_method_fine_tuning_and_steps(tmp_path):

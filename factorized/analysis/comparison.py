@@ -7,7 +7,7 @@ Where a gap comes from: per frequency group g, (loss_a,g - loss_b,g) x share_g i
 test token, each side's loss the mean over its seeds; the parts sum to the all-token gap in
 mean test loss. The groups are the frequency classes (train count) where both sides have
 them, else the frequency bands (rank in train frequency). The frequent-type perplexity
-pools the classes of at least table.FREQUENT_COUNT train occurrences where the reference
+pools the classes of at least eval.frequent_count train occurrences where the reference
 has them, else every band but the open-ended rarest one and <unk>.
 """
 
@@ -92,6 +92,7 @@ class Decomposition:
   gap: float
   parts: dict[str, float]
   shares: dict[str, float]
+  frequent_count: int | None = None  # classes: the train count the frequent ones start at
 
   def carriers(self) -> tuple[list[str], float]:
     """(the fewest groups whose parts, largest in the gap's direction first, make up the
@@ -111,7 +112,8 @@ class Decomposition:
     test tokens, -0.128 nats); the frequent types (89.8%) add +0.075.' where groups outside
     the frequent ones carry a `real` gap all, else what the frequent types and the rest
     each carry."""
-    _, frequent = sweep_table.frequent_groups(self.prefix, list(self.parts))
+    _, frequent = sweep_table.frequent_groups(self.prefix, list(self.parts),
+                                              self.frequent_count)
     part = sum(self.parts[n] for n in frequent)
     share = sum(self.shares[n] for n in frequent)
     chosen, _ = self.carriers()
@@ -125,10 +127,12 @@ class Decomposition:
             f'the other {1 - share:.1%} {self.gap - part:+.3f}.')
 
 
-def decompose(runs_a: pd.DataFrame, runs_b: pd.DataFrame, prefix: str) -> Decomposition | None:
+def decompose(runs_a: pd.DataFrame, runs_b: pd.DataFrame, prefix: str,
+              frequent_count: int | None = None) -> Decomposition | None:
   """Where the gap of runs `a` over runs `b` (per-run rows of rows_table, each side one
-  point's seeds) comes from, by the groups of `prefix`; None where a side lacks them or the
-  two were scored on different tokens (the groups' shares differ)."""
+  point's seeds) comes from, by the groups of `prefix` (classes: frequent from
+  `frequent_count` train occurrences); None where a side lacks them or the two were scored
+  on different tokens (the groups' shares differ)."""
   share_prefix = sweep_table.SHARE_PREFIX[prefix]
   names = [c.removeprefix(prefix) for c in runs_b.columns if c.startswith(prefix)]
   both = pd.concat([runs_a, runs_b])
@@ -146,7 +150,8 @@ def decompose(runs_a: pd.DataFrame, runs_b: pd.DataFrame, prefix: str) -> Decomp
   parts = {n: (loss(runs_a, prefix + n) - loss(runs_b, prefix + n))
            * float(shares.iloc[0][share_prefix + n]) for n in names}
   return Decomposition(prefix, loss(runs_a, TESTED) - loss(runs_b, TESTED), parts,
-                       {n: float(shares.iloc[0][share_prefix + n]) for n in names})
+                       {n: float(shares.iloc[0][share_prefix + n]) for n in names},
+                       frequent_count)
 
 
 class Points:
@@ -173,6 +178,10 @@ class Points:
                        'compare with.')
     every_config = sweep_table.aggregate(self.trained(self.table))
     self.frequent = self._frequent_column()
+    # Where classes are frequent from (the runs' eval.frequent_count, read off their column).
+    self.frequent_classes_from = next(
+        (sweep_table.frequent_count(c) for c in self.table.columns
+         if sweep_table.frequent_count(c) is not None), None)
     self.pooled = {metric: stats.pooled_std(every_config[f'{metric}_std'].astype(float),
                                             every_config['seeds'])
                    for metric in (TESTED, self.frequent) if metric}
@@ -195,12 +204,14 @@ class Points:
     prefix = (sweep_table.CLASS_PREFIX if '@count' in self.frequent
               else sweep_table.BAND_PREFIX)
     names = [c.removeprefix(prefix) for c in self.table.columns if c.startswith(prefix)]
-    _, members = sweep_table.frequent_groups(prefix, names)
+    _, members = sweep_table.frequent_groups(prefix, names,
+                                             sweep_table.frequent_count(self.frequent))
     share = sum(float(self.runs(self.reference)[sweep_table.SHARE_PREFIX[prefix] + n].iloc[0])
                 for n in members)
     listed = ', '.join(f'`{n}`' for n in members)
     if prefix == sweep_table.CLASS_PREFIX:
-      return (f'the tokens whose type occurs at least {sweep_table.FREQUENT_COUNT} times in the '
+      return (f'the tokens whose type occurs at least '
+              f'{sweep_table.frequent_count(self.frequent)} times in the '
               f'train split (classes {listed}: {share:.1%} of test tokens)')
     rest = ', '.join(f'`{n}`' for n in names if n not in members)
     low, high = self.frequent.split('@rank')[1].split('-')
@@ -283,7 +294,7 @@ class Points:
     """Where a's gap over b comes from: by classes where both have them, else bands."""
     runs_a, runs_b = self.runs(a), self.runs(b)
     for prefix in (sweep_table.CLASS_PREFIX, sweep_table.BAND_PREFIX):
-      found = decompose(runs_a, runs_b, prefix)
+      found = decompose(runs_a, runs_b, prefix, self.frequent_classes_from)
       if found is not None:
         return found
     return None

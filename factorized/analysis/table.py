@@ -10,7 +10,8 @@ Per-group columns, one per frequency group of the test targets (the groups parti
   test_share@<band>, test_class_share@<class>   the group's fraction of the test tokens
   test_frequent_ppl@rank1-10000   on the frequent bands pooled (every band but the open-ended
                            rarest one and <unk>)
-  test_frequent_ppl@count11+      on the classes of at least FREQUENT_COUNT train occurrences
+  test_frequent_ppl@count11+      on the classes of at least eval.frequent_count train
+                           occurrences (the run's config: 11 gives 11-100 and 101+)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import math
 import os
 import pathlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,7 +69,6 @@ CLASS_PREFIX = 'test_class_ppl@'
 SHARE_PREFIX = {BAND_PREFIX: 'test_share@', CLASS_PREFIX: 'test_class_share@'}
 FREQUENT_PREFIX = 'test_frequent_ppl@'
 GROUPINGS = {'test_bands': BAND_PREFIX, 'test_classes': CLASS_PREFIX}  # summary.json keys
-FREQUENT_COUNT = 11  # a class counts as frequent from this many train occurrences
 GROUP_PREFIXES = (BAND_PREFIX, CLASS_PREFIX, *SHARE_PREFIX.values(), FREQUENT_PREFIX)
 INT_COLUMNS = {'rank': 'Int64', 'head_rank': 'Int64', 'seed': 'Int64',
                'finetune_steps': 'Int64', 'steps': 'Int64', 'best_step': 'Int64'}
@@ -122,7 +123,7 @@ def _summary_row(run: str, summary: dict) -> dict[str, Any]:
   for column in metric_extras():
     if column in summary:
       row[column] = summary[column]
-  return {**row, **_group_columns(summary)}
+  return {**row, **_group_columns(summary, config['eval']['frequent_count'])}
 
 
 def group_lower(name: str) -> float:
@@ -132,23 +133,35 @@ def group_lower(name: str) -> float:
   return int(first) if first.isdigit() else math.inf
 
 
-def frequent_groups(prefix: str, names: Sequence[str]) -> tuple[str, list[str]]:
+def frequent_groups(prefix: str, names: Sequence[str], min_count: int | None
+                    ) -> tuple[str, list[str]]:
   """(label, members): the frequent groups among one grouping's `names`. Bands (BAND_PREFIX,
   rank in train frequency): every band but an open-ended rarest one ('10001+') and <unk>,
-  labelled 'rank1-10000'. Classes (CLASS_PREFIX, train count): those from FREQUENT_COUNT
-  occurrences on ('11-100', '101+'), labelled 'count11+'. ('', []) where none."""
+  labelled 'rank1-10000'. Classes (CLASS_PREFIX, train count): those from `min_count`
+  (eval.frequent_count) train occurrences on ('11-100', '101+'), labelled 'count11+'.
+  ('', []) where none."""
   numeric = sorted((n for n in names if math.isfinite(group_lower(n))), key=group_lower)
   if prefix == BAND_PREFIX:
     members = numeric[:-1] if numeric and numeric[-1].endswith('+') else numeric
     label = f'rank{members[0].split("-")[0]}-{members[-1].split("-")[-1]}' if members else ''
     return label, members
-  members = [n for n in numeric if group_lower(n) >= FREQUENT_COUNT]
-  return (f'count{group_lower(members[0])}+', members) if members else ('', [])
+  if min_count is None:
+    return '', []
+  members = [n for n in numeric if group_lower(n) >= min_count]
+  return (f'count{min_count}+', members) if members else ('', [])
 
 
-def _group_columns(summary: dict) -> dict[str, float]:
+def frequent_count(column: str | None) -> int | None:
+  """The train count a frequent-classes column pools from ('test_frequent_ppl@count11+' ->
+  11); None for a bands column or none."""
+  found = re.search(r'@count(\d+)\+$', column or '')
+  return int(found.group(1)) if found else None
+
+
+def _group_columns(summary: dict, min_count: int) -> dict[str, float]:
   """A summary's per-group columns (the module docstring): each band's and class's test
-  perplexity and share of the test tokens, and the frequent groups' pooled perplexity."""
+  perplexity and share of the test tokens, and the frequent groups' pooled perplexity (the
+  classes from `min_count`, the run's eval.frequent_count, train occurrences on)."""
   row = {}
   for key, prefix in GROUPINGS.items():
     groups = summary.get(key) or {}
@@ -157,7 +170,7 @@ def _group_columns(summary: dict) -> dict[str, float]:
       row[prefix + name] = result['ppl']
       if total:
         row[SHARE_PREFIX[prefix] + name] = result['tokens'] / total
-    label, members = frequent_groups(prefix, list(groups))
+    label, members = frequent_groups(prefix, list(groups), min_count)
     scored = [groups[name] for name in members if groups[name].get('tokens')]  # 0: no loss
     tokens = sum(result['tokens'] for result in scored)
     if tokens:  # the token-weighted mean loss of the members, as perplexity
