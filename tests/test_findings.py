@@ -103,10 +103,10 @@ def test_a_difference_is_real_only_by_the_t_test_and_within_noise_gets_no_verdic
   assert f'(against the 3-seed dense mean: {threshold:.1f} for one seed' in text
   assert 's = 2.0 with 2 degrees of freedom' in text
   svd8 = p_value(4.0, 2.0, 2, 1, 3)
-  assert f'| svd | tied | 8 | 1 | 8,520 | 106.0 | +3.9%, within seed noise, p = {svd8:.2g} |' \
-         in text
+  assert (f'| svd | tied | 8 | 1 | 8,520 | 34,080 | 106.0 | +3.9%, within seed noise, '
+          f'p = {svd8:.2g} |') in text
   svd4 = p_value(28.0, 2.0, 2, 1, 3)
-  assert f'| svd | tied | 4 | 1 | 4,260 | 130.0 | +27.5%, p = {svd4:.2g} |' in text
+  assert f'| svd | tied | 4 | 1 | 4,260 | 17,040 | 130.0 | +27.5%, p = {svd4:.2g} |' in text
   assert svd4 < 0.05 < svd8
   # "within x%" carries the test: svd 16 is within 2% and within seed noise.
   assert ('- **svd**: within 2% from rank 16 (103.0, 17,040 vocab parameters: +1.0%, within '
@@ -182,7 +182,7 @@ def test_the_headline_family_is_holm_adjusted_and_the_adjusted_verdict_is_printe
   alone = p_value(12.0, 2.0, 2, 1, 3)
   assert alone < 0.05
   text = findings.render(tmp_path)
-  assert f'| svd | tied | 16 | 1 | 17,040 | 114.0 | +11.8%, p = {alone:.2g} |' in text
+  assert f'| svd | tied | 16 | 1 | 17,040 | 68,160 | 114.0 | +11.8%, p = {alone:.2g} |' in text
   block = headline.render_headline(tmp_path)
   assert "Holm's adjustment over the 3 comparisons with dense in this block" in block
   # Sorted p: tt's (tiny) x 3, then 0.044 x 2 for both: no longer real after adjustment.
@@ -206,9 +206,9 @@ def test_post_hoc_rows_meet_scratch_rows_only_at_matched_steps(sweep_dir):
   assert ('- Post-hoc SVD + ft300 against svd trained from scratch: not step-matched (1,800 '
           'against 1,500 training steps), so no verdict: rank 4 (+7.7%), 8 (+1.9%).') in text
   # Against its own parent (dense_seed0: 100), not the seeds' mean, without a noise test.
-  assert ('| posthoc_svd | tied | 8 | 1 | 8,520 | 400.0 | +300.0% vs its parent dense_seed0 '
-          '|') in text
-  assert ('| posthoc_svd_ft300 | tied | 8 | 1 | 8,520 | 108.0 | +8.0% vs its parent '
+  assert ('| posthoc_svd | tied | 8 | 1 | 8,520 | 34,080 | 400.0 | +300.0% vs its parent '
+          'dense_seed0 |') in text
+  assert ('| posthoc_svd_ft300 | tied | 8 | 1 | 8,520 | 34,080 | 108.0 | +8.0% vs its parent '
           'dense_seed0, not step-matched (1,800 against 1,500 training steps) |') in text
   assert ('the parent dense_seed0 trained the same 300 steps further (dense_ft300) reaches '
           '101.0 against its own 100.0 (+1.0%: the same run continued') in text
@@ -247,7 +247,7 @@ def test_tuned_configurations_choose_over_every_swept_field_and_flag_edges(sweep
            num_steps=3000, bands=bands(80.0, -1.0))
   text = findings.render(sweep_dir)
   # The main table stays at the grid's own settings (lr 3e-3, 1,500 steps).
-  assert '| svd | tied | 16 | 1 | 17,040 | 103.0 | +1.0%, within seed noise' in text
+  assert '| svd | tied | 16 | 1 | 17,040 | 68,160 | 103.0 | +1.0%, within seed noise' in text
   # Over the learning rate alone (the tuning plot's): dense at 3e-3 (50 against 55 on
   # valid, though 6e-3 tests better), svd 16 at 6e-3.
   assert ('| dense | | lr 0.003 | 2: 0.003+0.006 | 50.0 | 1500/1500/1500 of 1500 (the last: '
@@ -405,6 +405,8 @@ def quantized(run_dir, valid, test, bytes_by_bits):
     result = {'method': 'posthoc_quant', 'split': split, 'step': 1500, 'group': 0,
               'trained_quant_bits': 0,
               'ppl_by_bits': {bits: (valid, test)[index][bits] for bits in bytes_by_bits},
+              'bands_ppl_by_bits': {bits: {name: group['ppl'] for name, group in
+                                           bands(test[bits]).items()} for bits in bytes_by_bits},
               'bytes_by_bits': {bits: {'embedding': size, 'output_head': 0, 'vocab': size}
                                 for bits, size in bytes_by_bits.items()}}
     (run_dir / f'posthoc_quant_{split}.json').write_text(json.dumps(result))
@@ -454,6 +456,11 @@ def test_the_memory_front_chooses_by_valid_within_each_share_of_dense_bytes(memo
           '(64,000 bytes, 25.0%; 3 seeds), test 103.0 ± 2.0, +1.0%, within seed noise') in section
   assert 'At most 3% of dense float32\'s bytes (7,680): **dpq 16 codes** (5,000 bytes, 2.0%' in (
       section)
+  # Where a gap comes from, for a quantized row too: its file's bands, its parent's shares.
+  gap = sum(math.log(101.0 + 2 * s) - math.log(100.0 + 2 * s) for s in range(3)) / 3
+  assert top.where.gap == pytest.approx(gap) and sum(top.where.parts.values()) == (
+      pytest.approx(gap))
+  assert f'Of its gap to dense ({gap:+.3f} nats per test token): the frequent types' in section
   verdict_free(section)
   # Composition: tt 8 int8 (16,500 bytes) against dense quantized nearest in bytes (int4,
   # 34,000), lower beyond seed noise at fewer bytes.

@@ -64,8 +64,9 @@ MACHINE_FILE = 'machine.json'
 
 def _summary_table(page: Points) -> list[str]:
   reference = page.reference
-  lines = [f'| kind | head | rank | seeds | vocab params | test ppl | vs {page.folder.reference} '
-           '| frequent-type ppl | valid ppl |', '|---|---|---:|---:|---:|---:|---|---:|---:|']
+  lines = [f'| kind | head | rank | seeds | vocab params | vocab bytes | test ppl | vs '
+           f'{page.folder.reference} | frequent-type ppl | valid ppl |',
+           '|---|---|---:|---:|---:|---:|---:|---|---:|---:|']
   for _, row in page.every[(page.every['head'] == 'tied')
                            | (page.every['head_kind'] == 'dense')].iterrows():
     if row['method'] == sweep_table.TRAINED:
@@ -76,8 +77,11 @@ def _summary_table(page: Points) -> list[str]:
           f'{row[f"{TESTED}_mean"] / parent[f"{TESTED}_mean"] - 1:+.1%} vs its parent '
           f'{parent["run"]}{page.step_mismatch(row, parent)}')
     rank = '' if pd.isna(row['rank']) else str(int(row['rank']))
-    lines.append(f'| {row["kind"]} | {sweep_table.head_label(row)} | {rank} | {row["seeds"]} | '
-                 f'{int(row["vocab_params"]):,} | {mean_sd(row)} | {versus} | '
+    stored = sweep_table.precision(row)
+    kind = row['kind'] + ('' if stored in ('float32', 'codes') else f' {stored}')
+    lines.append(f'| {kind} | {sweep_table.head_label(row)} | {rank} | {row["seeds"]} | '
+                 f'{int(row["vocab_params"]):,} | {int(row["vocab_bytes"]):,} | {mean_sd(row)} | '
+                 f'{versus} | '
                  f'{mean_sd(row, page.frequent) if page.frequent else "-"} | '
                  f'{mean_sd(row, "valid_ppl")} |')
   return lines

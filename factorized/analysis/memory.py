@@ -23,7 +23,14 @@ import pandas as pd
 
 from factorized.analysis import stats
 from factorized.analysis import table as sweep_table
-from factorized.analysis.comparison import TESTED, Points, gap_text, mean_sd, point_label
+from factorized.analysis.comparison import (
+  TESTED,
+  Decomposition,
+  Points,
+  gap_text,
+  mean_sd,
+  point_label,
+)
 
 VALID = 'best_valid_ppl'  # chooses within a budget: the valid of the model whose test is read
 
@@ -66,6 +73,7 @@ class Budget:
   versus_reference: stats.TTest | None
   runner_up: pd.Series | None
   versus_runner_up: stats.TTest | None
+  where: Decomposition | None = None  # where best's gap to the reference comes from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +84,7 @@ class Pair:
   factorized: pd.Series
   reference: pd.Series
   test: stats.TTest
+  where: Decomposition | None = None  # where the gap comes from, by frequency group
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +131,8 @@ def front(page: Points) -> Front | None:
     others = within[within['method_key'] != best['method_key']]
     runner = _best(others)
     budgets.append(Budget(share, share * full, best, page.test(best, reference),
-                          runner, None if runner is None else page.test(best, runner)))
+                          runner, None if runner is None else page.test(best, runner),
+                          page.decompose(best, reference)))
   if all(b.best is None for b in budgets):
     return None
   return Front(reference, budgets, _pairs(page, points))
@@ -140,7 +150,7 @@ def _pairs(page: Points, points: pd.DataFrame) -> list[Pair]:
     distance = (quantized['vocab_bytes'].astype(float) / float(row['vocab_bytes'])).map(
         lambda ratio: abs(math.log(ratio)))
     nearest = quantized.loc[distance.idxmin()]
-    pairs.append(Pair(row, nearest, page.test(row, nearest)))
+    pairs.append(Pair(row, nearest, page.test(row, nearest), page.decompose(row, nearest)))
   return pairs
 
 
@@ -172,8 +182,17 @@ def budget_lines(found: Front, name: str) -> list[str]:
       text += (f'; the best other method there, {label(runner)} ({_share(runner, reference)}'
                f', test {mean_sd(runner)}): {label(best)} '
                f'{_versus(best, runner, budget.versus_runner_up)}')
-    lines.append(text + '.')
+    lines.append(text + '.' + _origin(budget.where, budget.versus_reference, name))
   return lines
+
+
+def _origin(where: Decomposition | None, test: stats.TTest | None, name: str) -> str:
+  """' Against dense float32, the frequent types ... carry ...': where a gap comes from."""
+  if where is None or test is None or not where.gap:
+    return ''
+  reading = where.reading(test.real)
+  return (f' Of its gap to {name} ({where.gap:+.3f} nats per test token): '
+          f'{reading[0].lower()}{reading[1:]}')
 
 
 def compose_lines(found: Front, name: str) -> list[str]:
@@ -190,9 +209,10 @@ def compose_lines(found: Front, name: str) -> list[str]:
       verdict = f'they do not compose here: {name} quantized is lower at no more bytes'
     else:
       verdict = 'no verdict at these sizes'
+    origin = '' if pair.where is None else f' ({pair.where.gap:+.3f} nats per test token)'
     lines.append(f'{label(row)} ({_share(row, found.reference)} of {name} float32\'s bytes, '
                  f'{mean_sd(row)}) against {label(base)} ({_share(base, found.reference)}, '
-                 f'{mean_sd(base)}): {_versus(row, base, test)}; {verdict}.')
+                 f'{mean_sd(base)}): {_versus(row, base, test)}{origin}; {verdict}.')
   return lines
 
 

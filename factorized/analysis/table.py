@@ -158,7 +158,7 @@ def frequent_count(column: str | None) -> int | None:
   return int(found.group(1)) if found else None
 
 
-def _group_columns(summary: dict, min_count: int) -> dict[str, float]:
+def _group_columns(summary: dict, min_count: int | None) -> dict[str, float]:
   """A summary's per-group columns (the module docstring): each band's and class's test
   perplexity and share of the test tokens, and the frequent groups' pooled perplexity (the
   classes from `min_count`, the run's eval.frequent_count, train occurrences on)."""
@@ -256,7 +256,23 @@ def _quant_rows(run: str, run_dir: pathlib.Path, parent: dict) -> list[dict[str,
       row[f'{split}_ppl'] = ppl
       if split == 'valid':  # one evaluation: the last is the best
         row['best_valid_ppl'] = ppl
+      else:
+        row.update(_quant_groups(result, bits, parent))
   return list(rows.values())
+
+
+def _quant_groups(result: dict, bits: str, parent: dict) -> dict[str, float]:
+  """A post-training width's per-group test columns: each band's and class's perplexity
+  (the file's), their shares (the parent's: the same tokens) and the frequent groups pooled,
+  as _group_columns makes them for a trained run."""
+  counts = [frequent_count(c) for c in parent if frequent_count(c) is not None]
+  summary = {}
+  for key, prefix in GROUPINGS.items():
+    found = (result.get(f'{key.removeprefix("test_")}_ppl_by_bits') or {}).get(bits) or {}
+    share = SHARE_PREFIX[prefix]
+    summary[key] = {name: {'ppl': ppl, 'tokens': parent.get(share + name) or 0}
+                    for name, ppl in found.items()}
+  return _group_columns(summary, counts[0] if counts else None)
 
 
 def _sort_key(row: dict) -> tuple:
