@@ -160,10 +160,7 @@ def render_headline(sweep_dir: str | pathlib.Path) -> str:
                    if point_label(row) in by_point]
   pairs = grid + tuned_pairs
   tests = _headline_tests(page, pairs)
-  grid_values = {c: page.trained(page.base)[c].iloc[0]
-                 for c in sweep_table.swept_columns(page.base)}
-  settings = ', '.join(f'{c} {v:g}' if sweep_table.is_number(v) else f'{c} {v}'
-                       for c, v in grid_values.items() if not pd.isna(v))
+  settings = sweep_table.grid_settings(page.table)
   budget = folder.budget * reference['vocab_params']
   first = (first_sentence(page, tuned_pairs, tests, len(grid), 'at its tuned configuration')
            if tuned_pairs else first_sentence(page, grid, tests, 0, 'at this budget'))

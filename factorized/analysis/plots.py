@@ -342,16 +342,6 @@ def _clipped(ax, drawn: pd.DataFrame, top: float) -> pd.DataFrame:
   return drawn
 
 
-def _settings(table: pd.DataFrame) -> str:
-  """'lr 0.003, num_steps 1500': the grid's own values of the swept fields (base_rows)."""
-  base = sweep_table.base_rows(table)
-  if base.empty:
-    return ''
-  row = base.iloc[0]
-  return ', '.join(f'{c} {row[c]:g}' if isinstance(row[c], float) else f'{c} {row[c]}'
-                   for c in sweep_table.swept_columns(base))
-
-
 def plot_headline(tables: pd.DataFrame | Mapping[str, pd.DataFrame],
                   x: str = 'vocab_params') -> Figure:
   """Test perplexity against `x` (vocab_params on a log axis, or rank): one line per kind
@@ -378,7 +368,7 @@ def plot_headline(tables: pd.DataFrame | Mapping[str, pd.DataFrame],
     bottom, top = _y_range(every)
     axes[0].set_ylim(bottom, top)  # shared by every panel
     panels = [(ax, _clipped(ax, drawn, top)) for ax, drawn in panels]
-  settings = {_settings(table) for table in named.values()}
+  settings = {sweep_table.grid_settings(table) for table in named.values()}
   fig.suptitle(f'test perplexity against {AXES[x]}: tied heads'
                + (f' at the grid\'s {settings.pop()}' if len(settings) == 1 else ''),
                fontsize=10)

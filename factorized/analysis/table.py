@@ -393,6 +393,19 @@ def base_rows(table: pd.DataFrame, ignore: Sequence[str] = ()) -> pd.DataFrame:
   return table[keep]
 
 
+def grid_settings(table: pd.DataFrame) -> str:
+  """'lr 0.003, num_steps 1500': the grid's own value of each swept field (base_rows, its
+  trained rows: a post-training width is no setting), fields a run does not record left out."""
+  base = base_rows(table)
+  if 'method' in base:
+    base = base[base['method'] == TRAINED]
+  if base.empty:
+    return ''
+  row = base.iloc[0]
+  return ', '.join(f'{c} {row[c]:g}' if is_number(row[c]) else f'{c} {row[c]}'
+                   for c in swept_columns(base) if not pd.isna(row[c]))
+
+
 def tuned(table: pd.DataFrame, over: Sequence[str] | None = (TUNED,)) -> pd.DataFrame:
   """The tuned rows: per point (GROUP, and the swept fields not in `over`) trained in
   several configurations (combinations of the swept fields in `over`; None: every swept
