@@ -29,7 +29,13 @@ from jax.typing import ArrayLike
 from matplotlib.colors import Normalize
 from matplotlib.container import Container
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFormatter
+from matplotlib.ticker import (
+  FuncFormatter,
+  LogLocator,
+  MaxNLocator,
+  NullFormatter,
+  ScalarFormatter,
+)
 from matplotlib.transforms import Bbox
 
 from factorized import embeddings
@@ -458,9 +464,13 @@ def plot_posthoc(table: pd.DataFrame, split: str = 'test') -> Figure:
 
 
 def _log_y(ax) -> None:
-  """A log perplexity axis written as plain numbers (100, 150, 200, ...)."""
+  """A log perplexity axis written as plain numbers (100, 150, 200, ...; evenly spaced
+  numbers where the data span less than a factor of 3, which those would leave unlabelled).
+  Call it once the data are drawn."""
   ax.set_yscale('log')
-  ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+  low, high = ax.get_ylim()
+  ax.yaxis.set_major_locator(MaxNLocator(6) if high < 3 * low
+                             else LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
   ax.yaxis.set_major_formatter(ScalarFormatter())
   ax.yaxis.set_minor_formatter(NullFormatter())
 
@@ -485,9 +495,11 @@ def plot_bytes_front(table: pd.DataFrame, split: str = 'test') -> Figure:
                                                    sort=False):
     color = KIND_COLORS.get(kind)
     name = ' '.join(part for part in (kind, '' if head == 'tied' else head, stored) if part)
+    # A marker per method, filled for 8 bits and wider, hollow for fewer (int4).
+    hollow = stored.startswith('int') and int(stored.split()[0][3:]) < 8
     _error_bars(ax, rows.sort_values(x), x, column, color=color, label=name, zorder=3, ms=5,
                 marker=PRECISION_MARKERS[stored.split()[-1]],
-                ls='-' if stored == 'float32' else ':')
+                mfc='white' if hollow else color, ls='-' if stored == 'float32' else ':')
     labels += [{'x': row[x], 'y': row[f'{column}_mean'], 'color': color,
                 'text': None if pd.isna(row['rank']) else str(int(row['rank']))}
                for _, row in rows.iterrows()]
