@@ -374,7 +374,7 @@ def plot_headline(tables: pd.DataFrame | Mapping[str, pd.DataFrame],
     bottom, top = _y_range(every)
     axes[0].set_ylim(bottom, top)  # shared by every panel
     panels = [(ax, _clipped(ax, drawn, top)) for ax, drawn in panels]
-  settings = {sweep_table.grid_settings(table) for table in named.values()}
+  settings = {sweep_table.grid_settings(table) for table in named.values()} - {''}
   fig.suptitle(f'test perplexity against {AXES[x]}: tied heads'
                + (f' at the grid\'s {settings.pop()}' if len(settings) == 1 else ''),
                fontsize=10)
