@@ -8,7 +8,7 @@ import re
 import pytest
 from scipy import stats as scipy_stats
 
-from factorized.analysis import comparison, findings, folders, headline, memory
+from factorized.analysis import comparison, findings, folders, headline, memory, plots
 from factorized.analysis import table as sweep_table
 from tests.test_sweep import fake_run
 
@@ -503,3 +503,30 @@ def test_runs_trained_from_scratch_meet_whatever_their_steps_and_post_hoc_rows_o
   posthoc = page.pick(page.groups, None, rank=8, method='posthoc_svd', finetune_steps=300)
   assert page.step_mismatch(posthoc, svd) == (', not step-matched (1,800 against 1,500 '
                                               'training steps)')
+
+
+def test_the_headline_figure_draws_a_sibling_protocol_beside_at_tuned_configurations(tmp_path):
+  ours, theirs = tmp_path / 'trainvocab', tmp_path / 'bengio'
+  for root, scale in ((ours, 1.0), (theirs, 2.0)):
+    for seed, test in enumerate((100.0, 102.0, 104.0)):
+      fake_run(root, f'dense_seed{seed}', 'dense', 16, test=scale * test, seed=seed,
+               bands=bands(scale * test))
+    fake_run(root, 'svd_rank8_seed0', 'svd', 8, valid=60.0, test=scale * 110.0)
+  # svd 8 at a second rate with a lower valid perplexity: the tuned point the figure draws.
+  fake_run(ours, 'svd_rank8_lr0.006_seed0', 'svd', 8, valid=40.0, test=120.0, lr=6e-3)
+  (ours / 'findings.json').write_text(json.dumps({'panel': 'train vocabulary',
+                                                  'beside': 'bengio'}))
+  (theirs / 'findings.json').write_text(json.dumps({'panel': 'Bengio'}))
+  table = sweep_table.rows_table(sweep_table.collect_rows(ours)[0])
+  drawn = plots.protocol_rows(table)
+  svd = drawn[drawn['kind'] == 'svd'].iloc[0]
+  assert (svd['lr'], svd['test_ppl_mean']) == (6e-3, 120.0)
+  assert folders.Folder.load(ours).sibling.panel == 'Bengio'
+  assert findings.write_protocols(theirs) is None  # names no sibling
+  path = findings.write_protocols(ours)
+  assert path == ours / 'ppl_vs_vocab_params_protocols.png' and path.stat().st_size > 0
+  block = headline.render_headline(ours)
+  assert ('![test perplexity against vocabulary parameters, each point at its tuned '
+          f'configuration: train vocabulary beside Bengio]({ours.as_posix()}/'
+          'ppl_vs_vocab_params_protocols.png)') in block
+  assert '/ppl_vs_vocab_params.png)' in headline.render_headline(theirs)

@@ -6,7 +6,9 @@ rewrites the folder's block of the repository README (headline.py):
   python -m factorized.analysis.findings results/brown --readme=README.md
 
 rewrites `results/brown/README.md` (folders.FINDINGS_FILE) and the README's block between
-the folder's markers; tests/test_findings.py fails when either differs from the data.
+the folder's markers, and, for a folder that names another `beside` it, redraws the headline
+figure of both protocols (write_protocols); tests/test_findings.py fails when either text
+differs from the data.
 
 Rules the text follows (comparison.py and stats.py hold the means):
 - A difference is called real only when a t-test over seeds says so: the pooled-variance
@@ -37,7 +39,8 @@ import pathlib
 
 import pandas as pd
 
-from factorized.analysis import folders, headline, memory, stats
+from factorized import files
+from factorized.analysis import folders, headline, memory, plots, stats
 from factorized.analysis import report as sweep_report
 from factorized.analysis import table as sweep_table
 from factorized.analysis.comparison import (
@@ -713,12 +716,29 @@ def render(sweep_dir: str | pathlib.Path) -> str:
   return '\n'.join([*intro, *body]) + '\n'
 
 
+def write_protocols(sweep_dir: str | pathlib.Path) -> pathlib.Path | None:
+  """Draws the folder's protocol beside its sibling's (Folder.beside; plots.plot_protocols)
+  into sweep_report.PROTOCOLS_PNG_FILE; None where the folder names none."""
+  folder = folders.Folder.load(sweep_dir)
+  sibling = folder.sibling
+  if sibling is None:
+    return None
+  tables = {f.panel or f.title: sweep_table.rows_table(sweep_table.collect_rows(f.root)[0])
+            for f in (folder, sibling)}
+  path = folder.root / sweep_report.PROTOCOLS_PNG_FILE
+  files.write_atomic(path, plots.png_bytes(plots.plot_protocols(tables)))
+  return path
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('sweep_dir', help='a results folder, e.g. results/brown')
   parser.add_argument('--readme', help='also rewrite the folder\'s headline block between its '
                       'markers in this file')
   args = parser.parse_args()
+  drawn = write_protocols(args.sweep_dir)
+  if drawn:
+    print(f'{drawn}: redrawn')
   findings = pathlib.Path(args.sweep_dir) / folders.FINDINGS_FILE
   findings.write_text(render(args.sweep_dir))
   print(f'{findings}: rewritten')

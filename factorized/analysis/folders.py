@@ -6,9 +6,10 @@ findings.json fields, all optional: title; corpus; protocol (a sentence: how the
 trained and evaluated); reference (the kind every gap is measured from: dense); budget and
 budget_slack (the headline's vocabulary budget, fractions of the reference's); thresholds
 (the "within x%" levels); byte_shares (the memory front's budgets, fractions of the
-reference's float32 vocabulary bytes); markers (the README block's name); config ({dotted
-field: value} every point's config holds); anchors (published perplexities with the
-vocabulary size and the test tokens they were measured on).
+reference's float32 vocabulary bytes); panel and beside (the headline figure's panel title,
+and a sibling results folder drawn beside this one); markers (the README block's name);
+config ({dotted field: value} every point's config holds); anchors (published perplexities
+with the vocabulary size and the test tokens they were measured on).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class Folder:
   thresholds: tuple[float, ...] = (0.02, 0.05)
   # The memory front's budgets (memory.py): fractions of the reference's float32 bytes.
   byte_shares: tuple[float, ...] = (0.25, 0.10, 0.03)
+  panel: str = ''  # the protocol's name as a figure panel's title
+  # Another results folder (a sibling's name) whose protocol the headline figure draws beside
+  # this one's, each kind at its tuned configuration (PROTOCOLS_PNG_FILE).
+  beside: str = ''
   markers: str = ''
   config: dict[str, Any] = dataclasses.field(default_factory=dict)
   anchors: tuple[Anchor, ...] = ()
@@ -71,6 +76,11 @@ class Folder:
     byte_shares = tuple(fields.pop('byte_shares', cls.byte_shares))
     return cls(root=root, anchors=anchors, thresholds=thresholds, byte_shares=byte_shares,
                **fields)
+
+  @property
+  def sibling(self) -> Folder | None:
+    """The folder `beside` names (None without one)."""
+    return Folder.load(self.root.parent / self.beside) if self.beside else None
 
   @property
   def name(self) -> str:

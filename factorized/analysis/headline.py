@@ -26,6 +26,19 @@ from factorized.analysis.comparison import (
   tried_text,
   tuned_rows,
 )
+from factorized.analysis.report import PROTOCOLS_PNG_FILE
+
+
+def _figure(folder: folders.Folder) -> str:
+  """The headline figure: both protocols side by side where the folder draws its sibling
+  beside it (findings.write_protocols), else the folder's own."""
+  root = folder.root.as_posix()
+  sibling = folder.sibling
+  if sibling is not None and (folder.root / PROTOCOLS_PNG_FILE).exists():
+    return (f'![test perplexity against vocabulary parameters, each point at its tuned '
+            f'configuration: {folder.panel or folder.title} beside '
+            f'{sibling.panel or sibling.title}]({root}/{PROTOCOLS_PNG_FILE})')
+  return f'![test perplexity against vocabulary parameters]({root}/ppl_vs_vocab_params.png)'
 
 
 def _budget_points(page: Points, groups: pd.DataFrame) -> list[pd.Series]:
@@ -165,7 +178,7 @@ def render_headline(sweep_dir: str | pathlib.Path) -> str:
   first = (first_sentence(page, tuned_pairs, tests, len(grid), 'at its tuned configuration')
            if tuned_pairs else first_sentence(page, grid, tests, 0, 'at this budget'))
   lines = [folder.begin, '', first, '',
-           f'![test perplexity against vocabulary parameters]({root}/ppl_vs_vocab_params.png)',
+           _figure(folder),
            '', f'{"On " + folder.corpus + ", each" if folder.corpus else "Each"} kind at its '
            f'point nearest {folder.budget:.0%} of {name}\'s vocabulary '
            f'parameters ({int(budget):,}), tied head, the grid\'s settings'

@@ -357,11 +357,23 @@ def plot_headline(tables: pd.DataFrame | Mapping[str, pd.DataFrame],
   on the top edge with its value), the legend below the panels. `tables`: one per-run table,
   or {protocol: table} drawn side by side with a shared y axis."""
   named = {'': tables} if isinstance(tables, pd.DataFrame) else dict(tables)
+  settings = {sweep_table.grid_settings(table) for table in named.values()} - {''}
+  return _kind_panels(named, x, headline_rows, tuned_rows,
+                      f'test perplexity against {AXES[x]}: tied heads'
+                      + (f' at the grid\'s {settings.pop()}' if len(settings) == 1 else ''))
+
+
+def _kind_panels(named: Mapping[str, pd.DataFrame], x: str, rows_of, tuned_of, title: str,
+                 sharey: bool = True) -> Figure:
+  """One _kind_lines panel per table of `named` (its title the key), drawing rows_of(table)
+  and, where tuned_of, the hollow tuned points; a y axis (shared, or each panel's own)
+  clipped at Y_CLIP x dense's, the legend below the panels."""
   fig, axes = _figure(len(named), width=5.0 if len(named) > 1 else 6.4, height=4.4,
-                      sharey=True)
+                      sharey=sharey)
   panels = []
   for ax, (name, table) in zip(axes, named.items(), strict=True):
-    drawn = _kind_lines(ax, headline_rows(table), x, 'test_ppl', tuned_rows(table))
+    drawn = _kind_lines(ax, rows_of(table), x, 'test_ppl',
+                        tuned_of(table) if tuned_of else None)
     if drawn['x'].notna().any():
       _log_axis(ax, x, drawn['x'].dropna())
       ax.margins(x=0.08)  # room for the labels of the outermost points
@@ -369,18 +381,45 @@ def plot_headline(tables: pd.DataFrame | Mapping[str, pd.DataFrame],
     ax.grid(alpha=0.3)
     panels.append((ax, drawn))
   axes[0].set_ylabel('test perplexity')
-  every = pd.concat([drawn for _, drawn in panels])
-  if not every.empty:
+  groups = [panels] if sharey else [[panel] for panel in panels]
+  clipped = []
+  for group in groups:
+    every = pd.concat([drawn for _, drawn in group])
+    if every.empty:
+      clipped += group
+      continue
     bottom, top = _y_range(every)
-    axes[0].set_ylim(bottom, top)  # shared by every panel
-    panels = [(ax, _clipped(ax, drawn, top)) for ax, drawn in panels]
-  settings = {sweep_table.grid_settings(table) for table in named.values()} - {''}
-  fig.suptitle(f'test perplexity against {AXES[x]}: tied heads'
-               + (f' at the grid\'s {settings.pop()}' if len(settings) == 1 else ''),
-               fontsize=10)
+    group[0][0].set_ylim(bottom, top)  # shared by the group's panels
+    clipped += [(ax, _clipped(ax, drawn, top)) for ax, drawn in group]
+  panels = clipped
+  fig.suptitle(title, fontsize=10)
   _legend(fig, axes)
   _place_labels(fig, panels)
   return fig
+
+
+def protocol_rows(table: pd.DataFrame) -> pd.DataFrame:
+  """The rows plot_protocols draws from one protocol's per-run table: headline_rows, each
+  point (kind, rank) replaced by its tuned configuration over every swept field where it
+  was tried in several (table.tuned(over=None): by valid perplexity)."""
+  rows = headline_rows(table)
+  chosen = sweep_table.tuned(table, over=None)
+  chosen = chosen[chosen['head'] == 'tied'] if not chosen.empty else chosen
+  keep = []
+  for _, row in rows.iterrows():
+    found = chosen[sweep_table.matching(chosen, row, ['kind', 'rank'])] if len(chosen) else chosen
+    keep.append(found.iloc[0] if len(found) else row)
+  return pd.DataFrame(keep, columns=rows.columns) if keep else rows
+
+
+def plot_protocols(tables: Mapping[str, pd.DataFrame], x: str = 'vocab_params') -> Figure:
+  """Test perplexity against `x`, one panel per protocol ({panel title: per-run table}), each
+  with its own y axis (the protocols' perplexities differ in scale): one line per kind, each
+  point at its tuned configuration (protocol_rows; mean ± sd bars over seeds), dense at its
+  own as a band; each y axis stops at Y_CLIP x its dense's, the legend below the panels."""
+  return _kind_panels(dict(tables), x, protocol_rows, None,
+                      f'test perplexity against {AXES[x]}: tied heads, each point at its tuned '
+                      'configuration (by valid perplexity)', sharey=False)
 
 
 def plot_band_ppl(table: pd.DataFrame, x: str = 'vocab_params') -> Figure:

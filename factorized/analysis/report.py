@@ -91,6 +91,8 @@ TUNING_PNG_FILE = 'valid_ppl_vs_lr.png'  # written when train.lr is swept
 HEAD_MAP_FILE = 'head_rank_map.png'  # written when untied heads of their own kind ran
 POSTHOC_PNG_FILE = 'posthoc_vs_scratch_ppl_vs_rank.png'  # written when a dense run was compressed
 BYTES_PNG_FILE = 'ppl_vs_vocab_bytes.png'  # written when the rows take two byte sizes or more
+# Written by the findings of a folder whose findings.json names another `beside` it.
+PROTOCOLS_PNG_FILE = 'ppl_vs_vocab_params_protocols.png'
 
 
 def _format(column: str, value) -> str:
