@@ -82,11 +82,10 @@ def _summary_table(page: Points) -> list[str]:
     rank = '' if pd.isna(row['rank']) else str(int(row['rank']))
     stored = sweep_table.precision(row)
     kind = row['kind'] + ('' if stored in ('float32', 'codes') else f' {stored}')
-    lines.append(f'| {kind} | {sweep_table.head_label(row)} | {rank} | {row["seeds"]} | '
-                 f'{int(row["vocab_params"]):,} | {int(row["vocab_bytes"]):,} | {mean_sd(row)} | '
-                 f'{versus} | '
-                 f'{mean_sd(row, page.frequent) if page.frequent else "-"} | '
-                 f'{mean_sd(row, "valid_ppl")} |')
+    lines.append(table_row([
+        kind, sweep_table.head_label(row), rank, row['seeds'], f'{int(row["vocab_params"]):,}',
+        f'{int(row["vocab_bytes"]):,}', mean_sd(row), versus,
+        mean_sd(row, page.frequent) if page.frequent else '-', mean_sd(row, 'valid_ppl')]))
   return lines
 
 
