@@ -49,6 +49,8 @@ row's top XLA ops, with shapes and JAX op names from the compiled HLO.
   # parameters (adaptive and tt get Zipf counts, as below):
   python benchmarks/step_time.py --brown --kinds=dense,svd,albert,adaptive,tt \
       --ranks=16,64 --steps=12 --rounds=3 --eval_steps=0
+  # dpq with G = 32 groups (--embed sets a kind's own model.embed fields):
+  python benchmarks/step_time.py --brown --kinds=dense,dpq --ranks=64 --embed=dpq_groups=32
   # Against the vocabulary size (speedup_vs_dense is per vocabulary size):
   python benchmarks/step_time.py --kinds=dense,svd --ranks=64 --dropout=0 \
       --vocab_sizes=16384,50304,131072 --steps=10 --rounds=2 --out=/tmp/vocab.json
@@ -187,6 +189,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--profile', default='',
                       help='after timing, trace 3 more steps of each row with jax.profiler into '
                       'DIR/<row> (TensorBoard profile plugin / xprof) and print its top ops')
+  parser.add_argument('--embed', default='',
+                      help="a kind's own model.embed fields for its rows, e.g. dpq_groups=32 "
+                      '(comma-separated FIELD=VALUE; a row whose kind lacks a field ignores it)')
   parser.add_argument('--out', default='', help='write the rows as JSON here (and .csv beside)')
   parser.add_argument('--plot', nargs='?', const='', default=None,
                       help='draw tokens/s against rank (PNG; default: beside --out)')
@@ -202,14 +207,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   unknown = set(args.kinds) - set(embeddings.KINDS)
   if unknown:
     parser.error(f'--kinds: unknown {sorted(unknown)}; allowed: {", ".join(embeddings.KINDS)}')
+  pairs = [item.split('=', 1) for item in args.embed.split(',') if item.strip()]
+  own = {field for kind in args.kinds for field in embeddings.kind(kind).fields}
+  if any(len(pair) != 2 or pair[0] not in own for pair in pairs):
+    parser.error(f'--embed={args.embed!r}: FIELD=VALUE pairs of the fields of --kinds: '
+                 f'{", ".join(sorted(own)) or "none"}')
+  args.embed = {field: type(_field_default(args.kinds, field))(value) for field, value in pairs}
   if args.rounds < 1 or args.steps < args.rounds:
     parser.error('--steps must be >= --rounds >= 1')
   return args
 
 
+def _field_default(kinds: list[str], field: str):
+  """The default of a kind's own model.embed `field` (its type parses --embed's value)."""
+  return next(embeddings.kind(k).fields[field] for k in kinds
+              if field in embeddings.kind(k).fields)
+
+
+def row_suffix(args: argparse.Namespace, kind: str) -> str:
+  """'_dpq_groups32': the --embed fields a row's kind takes, in its name."""
+  fields = embeddings.kind(kind).fields
+  return ''.join(f'_{field}{value:g}' if isinstance(value, float) else f'_{field}{value}'
+                 for field, value in args.embed.items() if field in fields)
+
+
 def make_config(args: argparse.Namespace, kind: str, rank: int) -> Spec:
   """configs/brown.py for `kind` and `rank`, with the sizes of the flags, as a Spec."""
   config = brown.get_config(f'kind={kind},rank={rank},head={args.head}')
+  fields = embeddings.kind(kind).fields
+  config.model.embed.update({f: v for f, v in args.embed.items() if f in fields})
   config.data.seq_len = args.seq_len
   config.model.update(model_dim=args.model_dim, num_layers=args.num_layers,
                       num_heads=args.num_heads, mlp_dim=args.mlp_dim, dtype=args.dtype)
@@ -241,7 +267,7 @@ def project_bench(args: argparse.Namespace, kind: str, rank: int, mesh) -> Bench
   batch = parallel.global_batch(host_batch, mesh)
   eval_batch = parallel.global_batch(
       {**host_batch, 'mask': np.ones_like(host_batch['targets'])}, mesh)
-  name = f'{kind}{rank}' if embeddings.ranked(kind) else kind
+  name = (f'{kind}{rank}' if embeddings.ranked(kind) else kind) + row_suffix(args, kind)
   if len(args.vocab_sizes) > 1:
     name += f'@{args.vocab_size}'
   bench = Bench(name, kind, rank if embeddings.ranked(kind) else 0, args.vocab_size, config,

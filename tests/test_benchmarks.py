@@ -121,6 +121,18 @@ def test_memory_only_reports_the_train_steps_temporaries_without_timing(repo_roo
   assert 0 < row['xla_temp_bytes'] < row['logits_bytes'] / 2
 
 
+def test_a_kinds_own_fields_reach_its_rows_and_name_them(repo_root):
+  step_time = load_script(repo_root, 'step_time')
+  args = step_time.parse_args([*TINY, '--kinds=dense,dpq', '--ranks=8', '--model_dim=32',
+                               '--embed=dpq_groups=4'])
+  assert args.embed == {'dpq_groups': 4}
+  assert step_time.make_config(args, 'dpq', 8).model.embed.dpq_groups == 4
+  assert (step_time.row_suffix(args, 'dpq'), step_time.row_suffix(args, 'dense')) == (
+      '_dpq_groups4', '')
+  with pytest.raises(SystemExit):  # a field no kind of --kinds has
+    step_time.parse_args([*TINY, '--kinds=dense', '--embed=dpq_groups=4'])
+
+
 def test_reference_step_runs_standalone(repo_root):
   result = subprocess.run(
       [sys.executable, str(repo_root / 'benchmarks' / 'reference_step.py'), *TINY[:6],
