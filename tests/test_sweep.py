@@ -13,6 +13,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs import brown, rank_sweep
+from factorized.analysis import comparison
 from factorized.analysis import report as sweep_report
 from factorized.analysis import table as sweep_table
 from factorized.config import build
@@ -308,7 +309,8 @@ def test_the_tuning_plot_draws_each_curve_at_its_tuned_rows_other_swept_fields(t
 def test_a_sweep_with_no_finished_point_has_an_empty_table_and_reports(tmp_path):
   assert list(sweep_table.rows_table([]).columns) == [*sweep_table.COLUMNS, 'series']
   assert sweep_report.write_reports(tmp_path).startswith('Mean ± standard deviation')
-  assert (tmp_path / sweep_table.CSV_FILE).read_text().startswith('run,kind,head,rank,head_kind')
+  assert (tmp_path / sweep_table.CSV_FILE).read_text().startswith(
+      'run,kind,head,rank,shape,head_kind')
 
 
 def test_tuned_rows_compare_the_values_on_the_seeds_they_share(tmp_path):
@@ -400,3 +402,25 @@ def test_the_bytes_front_keeps_exactly_the_undominated_rows_of_every_precision(t
       ('trained', '0', '256000'), ('posthoc_quant', '8', '66000'),
       ('posthoc_quant', '4', '34000')]
   assert (tmp_path / sweep_report.BYTES_PNG_FILE).read_bytes()[:4] == b'\x89PNG'
+
+
+def test_a_kinds_size_fields_are_part_of_a_points_identity_not_a_grid_setting(tmp_path):
+  # dpq at K = 16 with 8 groups (the default) and with 32: two points, not two seeds of one,
+  # and dpq_groups is no swept column (it would make every other point's value 8 the grid's).
+  fake_run(tmp_path, 'dense', 'dense', 16)
+  fake_run(tmp_path, 'dpq_rank16', 'dpq', 16, valid=70.0, test=75.0)
+  fake_run(tmp_path, 'dpq_rank16_groups32', 'dpq', 16, valid=60.0, test=65.0)
+  for run, groups in (('dense', 8), ('dpq_rank16', 8), ('dpq_rank16_groups32', 32)):
+    summary = json.loads((tmp_path / run / 'summary.json').read_text())
+    summary['config']['model']['embed']['dpq_groups'] = groups
+    (tmp_path / run / 'summary.json').write_text(json.dumps(summary))
+  table = sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0])
+  assert list(table['shape']) == ['', '', 'dpq_groups=32']
+  assert 'dpq_groups' not in sweep_table.swept_columns(table)
+  groups = sweep_table.aggregate(table)
+  assert list(zip(groups['kind'], groups['shape'], groups['seeds'], strict=True)) == [
+      ('dense', '', 1), ('dpq', '', 1), ('dpq', 'dpq_groups=32', 1)]
+  assert [comparison.point_label(row) for _, row in groups.iterrows()] == [
+      'dense', 'dpq 16', 'dpq 16 (dpq_groups=32)']
+  assert sweep_table.shape({'kind': 'tt', 'tt_vocab_factors': (30, 30, 30),
+                            'tt_dim_factors': ()}) == 'tt_vocab_factors=30+30+30'

@@ -61,8 +61,9 @@ def training_steps(row: pd.Series) -> float:
 
 
 def point_label(row: pd.Series) -> str:
-  """'svd 32', 'dense', 'svd 16 + untied svd 16': a point's input kind, rank and head."""
-  text = row['kind'] + ('' if pd.isna(row['rank']) else f' {int(row["rank"])}')
+  """'svd 32', 'dense', 'svd 16 + untied svd 16', 'dpq 64 (dpq_groups=32)': a point's input
+  kind, rank and shape, and its head."""
+  text = input_label(row)
   return text if row['head'] == 'tied' else f'{text} + {sweep_table.head_label(row)}'
 
 
@@ -334,8 +335,10 @@ def best_step_text(row: pd.Series) -> str:
 
 
 def input_label(row: pd.Series) -> str:
-  """'svd 16': a point's input kind and rank alone."""
-  return row['kind'] + ('' if pd.isna(row['rank']) else f' {int(row["rank"])}')
+  """'svd 16', 'dpq 64 (dpq_groups=32)': a point's input kind, rank and shape alone."""
+  shape = row.get('shape')
+  return (row['kind'] + ('' if pd.isna(row['rank']) else f' {int(row["rank"])}')
+          + (f' ({shape})' if isinstance(shape, str) and shape else ''))
 
 
 def by_steps(page: Points) -> tuple[list, pd.DataFrame] | None:

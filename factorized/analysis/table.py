@@ -41,7 +41,7 @@ CSV_FILE, AGGREGATE_FILE = 'summary.csv', 'aggregate.csv'
 # finetune_steps: the steps of fine-tuning after it (0: none); steps: the training steps
 # behind the row (a post-hoc row: its parent's checkpoint step plus its fine-tuning);
 # best_step: the step of best valid perplexity (a trained run's summary.json).
-COLUMNS = ('run', 'kind', 'head', 'rank', 'head_kind', 'head_rank', 'seed', 'method',
+COLUMNS = ('run', 'kind', 'head', 'rank', 'shape', 'head_kind', 'head_rank', 'seed', 'method',
            'finetune_steps', 'steps', 'best_step', 'embedding_params', 'vocab_params',
            'total_params', 'vocab_bytes', 'valid_ppl', 'best_valid_ppl', 'test_ppl',
            'tokens_per_s')
@@ -49,14 +49,18 @@ TRAINED, FINETUNED = 'trained', 'finetuned'  # the methods that are no post-hoc 
 # quant_bits: a post-training quantization row's bit width (method POSTHOC_QUANT), and the
 # column of model.embed.quant_bits where that is swept (QAT runs); empty or 0: float32.
 QUANT_BITS = 'quant_bits'
-# Config fields that never make a swept column: what COLUMNS already say, and fields that
-# do not change what is computed.
+# Config fields that never make a swept column: what COLUMNS already say (a kind's size
+# fields: its shape), and fields that do not change what is computed.
 NOT_SWEPT = ('seed', 'overwrite', 'model.embed.kind', 'model.embed.rank', 'model.embed.head',
-             'model.embed.head_kind', 'model.embed.head_rank', 'data.cache_dir', 'launcher.')
+             'model.embed.head_kind', 'model.embed.head_rank', 'data.cache_dir', 'launcher.',
+             *(f'model.embed.{field}' for kind in embeddings.KINDS
+               for field in embeddings.kind(kind).size_fields))
 TUNED = 'lr'  # the swept column the tuning plot draws (train.lr); tuned() chooses over it
-# A point: its input kind and rank, and its head: tied (head_kind, head_rank = the input's),
-# untied dense (head_kind dense, no rank) or untied of its own kind (head_kind, head_rank).
-GROUP = ('kind', 'head', 'rank', 'head_kind', 'head_rank')
+# A point: its input kind, rank and shape (its kind's size_fields that differ from their
+# defaults, 'dpq_groups=32'; '' for none), and its head: tied (head_kind, head_rank = the
+# input's), untied dense (head_kind dense, no rank) or untied of its own kind (head_kind,
+# head_rank).
+GROUP = ('kind', 'head', 'rank', 'shape', 'head_kind', 'head_rank')
 # What a row's kind and method make of it (the same for every seed of a point).
 DERIVATION = ('method', 'finetune_steps', 'steps')
 PARAMS = ('embedding_params', 'vocab_params', 'total_params')
@@ -108,7 +112,7 @@ def _summary_row(run: str, summary: dict) -> dict[str, Any]:
   head_kind, head_rank = _head(embed)
   row = {
       'run': run, 'kind': kind, 'head': embed['head'],
-      'rank': int(embed['rank']) if embeddings.ranked(kind) else None,
+      'rank': int(embed['rank']) if embeddings.ranked(kind) else None, 'shape': shape(embed),
       'head_kind': head_kind, 'head_rank': head_rank,
       'seed': config.get('seed'), 'method': TRAINED, 'finetune_steps': 0,
       'steps': summary.get('steps'), 'best_step': summary.get('best_step'),
@@ -124,6 +128,23 @@ def _summary_row(run: str, summary: dict) -> dict[str, Any]:
     if column in summary:
       row[column] = summary[column]
   return {**row, **_group_columns(summary, config['eval']['frequent_count'])}
+
+
+def shape(embed: dict) -> str:
+  """'dpq_groups=32': the input kind's size fields (KindConfig.size_fields) that differ from
+  their defaults, comma-joined ('' where none do)."""
+  declared = embeddings.kind(embed['kind']).fields
+  return ','.join(f'{field}={_shape_value(embed[field])}'
+                  for field in embeddings.kind(embed['kind']).size_fields
+                  if field in embed and _shape_value(embed[field]) != _shape_value(
+                      declared[field]))
+
+
+def _shape_value(value) -> str:
+  """A size field's value as text: '32', '4', '16+16+8' for a sequence."""
+  if isinstance(value, (list, tuple)):
+    return '+'.join(_shape_value(v) for v in value)
+  return f'{value:g}' if isinstance(value, float) else str(value)
 
 
 def group_lower(name: str) -> float:
@@ -219,7 +240,7 @@ def _posthoc_rows(run: str, run_dir: pathlib.Path, seed: int | None) -> list[dic
         tied = result['head'] == 'tied'  # the compressed table is the head too
         row = rows.setdefault((kind, rank), {
             'run': run, 'kind': kind, 'head': result['head'],
-            'rank': None if rank is None else int(rank),
+            'rank': None if rank is None else int(rank), 'shape': '',
             'head_kind': kind if tied else 'dense',
             'head_rank': None if rank is None or not tied else int(rank), 'seed': seed,
             'method': derived, 'finetune_steps': finetune,
@@ -493,13 +514,18 @@ def matching(frame: pd.DataFrame, row: pd.Series, columns: list[str]) -> pd.Seri
 
 
 def with_heads(table: pd.DataFrame) -> pd.DataFrame:
-  """`table` with head_kind and head_rank, filled in for a summary.csv written before they
-  existed (every untied head then was the dense DxV matrix; a tied head is the input's)."""
+  """`table` with shape, head_kind and head_rank, filled in for a summary.csv written before
+  they existed (every point then had its kind's default shape, '' (read back as NaN from a
+  CSV); every untied head was the dense DxV matrix; a tied head is the input's)."""
+  if 'shape' not in table or table['shape'].isna().any():
+    table = table.copy()
+    column = table.pop('shape') if 'shape' in table else pd.Series('', index=table.index)
+    table.insert(list(table.columns).index('rank') + 1, 'shape', column.fillna(''))
   if 'head_kind' in table and 'head_rank' in table:
     return table
   table = table.copy()
   tied = table['head'] == 'tied'
-  table.insert(list(table.columns).index('rank') + 1, 'head_kind',
+  table.insert(list(table.columns).index('shape') + 1, 'head_kind',
                np.where(tied, table['kind'], 'dense'))
   table.insert(list(table.columns).index('head_kind') + 1, 'head_rank',
                table['rank'].where(tied))

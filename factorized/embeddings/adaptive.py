@@ -148,6 +148,8 @@ class AdaptiveConfig(base.KindConfig):
   """adaptive: the first band's width R = model.embed.rank in [1, D]; bands at
   model.embed.band_cutoffs; widths R / band_factor^b (or model.embed.band_widths)."""
 
+  size_fields = ('band_cutoffs', 'band_factor', 'band_widths')
+
   rank: int
   band_sizes: tuple[int, ...]
   widths: tuple[int, ...]

@@ -69,6 +69,9 @@ class KindConfig(abc.ABC):
   # How the trained tables are stored unquantized: 'float32', or 'codes' (integer codes with
   # float32 codebooks: dpq); the reports' precision column (analysis/table.py).
   storage: ClassVar[str] = 'float32'
+  # Its own model.embed fields that set its size beside the rank (dpq's groups): part of a
+  # point's identity in the reports, as the rank is, never a setting of the grid.
+  size_fields: ClassVar[tuple[str, ...]] = ()
 
   vocab_size: int
   model_dim: int

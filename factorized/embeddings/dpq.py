@@ -158,6 +158,7 @@ class DPQConfig(base.KindConfig):
   dividing model_dim; model.embed.dpq_temperature tau > 0."""
 
   storage = 'codes'
+  size_fields = ('dpq_groups',)
 
   rank: int
   groups: int = 8

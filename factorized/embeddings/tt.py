@@ -236,6 +236,8 @@ class TTConfig(base.KindConfig):
   """tt: TT-rank R = model.embed.rank >= 1 (below the largest cut size); factors from
   model.embed.tt_vocab_factors and tt_dim_factors (or automatic)."""
 
+  size_fields = ('tt_vocab_factors', 'tt_dim_factors')
+
   rank: int
   vocab_factors: tuple[int, ...]
   dim_factors: tuple[int, ...]
