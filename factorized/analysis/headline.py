@@ -245,10 +245,8 @@ def _memory_paragraph(page: Points) -> list[str]:
   found, name = found.adjusted(), page.folder.reference
   lines = ['**Memory**: ' + memory.intro(found, name), '',
            *[f'- {line}' for line in memory.budget_lines(found, name)]]
-  composed = memory.compose_lines(found, name)
-  if composed:
-    lines += [f'- Factorization and quantization, against {name} quantized to the nearest '
-              'bytes: ' + ' '.join(composed)]
+  if found.pairs:
+    lines.append(f'- {memory.compose_summary(found, name)}')
   return lines + ['', f'These {len(found.tests())} comparisons are one family, Holm-adjusted.',
                   '']
 

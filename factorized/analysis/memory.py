@@ -33,6 +33,7 @@ from factorized.analysis.comparison import (
 )
 
 VALID = 'best_valid_ppl'  # chooses within a budget: the valid of the model whose test is read
+COMPOSE, APART, NO_VERDICT = 'compose', 'apart', 'no verdict'  # Pair.verdict
 
 
 def candidates(page: Points) -> pd.DataFrame:
@@ -85,6 +86,18 @@ class Pair:
   reference: pd.Series
   test: stats.TTest
   where: Decomposition | None = None  # where the gap comes from, by frequency group
+
+  @property
+  def verdict(self) -> str:
+    """COMPOSE (the factorized one lower beyond seed noise at no more bytes), APART (the
+    reference quantized lower beyond seed noise at no more bytes) or NO_VERDICT."""
+    fewer = float(self.factorized['vocab_bytes']) <= float(self.reference['vocab_bytes'])
+    lower = self.factorized[f'{TESTED}_mean'] < self.reference[f'{TESTED}_mean']
+    if self.test.real and lower and fewer:
+      return COMPOSE
+    if self.test.real and not lower and not fewer:
+      return APART
+    return NO_VERDICT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,19 +214,37 @@ def compose_lines(found: Front, name: str) -> list[str]:
   lines = []
   for pair in found.pairs:
     row, base, test = pair.factorized, pair.reference, pair.test
-    fewer = float(row['vocab_bytes']) <= float(base['vocab_bytes'])
-    lower = row[f'{TESTED}_mean'] < base[f'{TESTED}_mean']
-    if test.real and lower and fewer:
-      verdict = 'they compose here: lower perplexity at no more bytes'
-    elif test.real and not lower and not fewer:
-      verdict = f'they do not compose here: {name} quantized is lower at no more bytes'
-    else:
-      verdict = 'no verdict at these sizes'
+    verdict = {COMPOSE: 'they compose here: lower perplexity at no more bytes',
+               APART: f'they do not compose here: {name} quantized is lower at no more bytes',
+               NO_VERDICT: 'no verdict at these sizes'}[pair.verdict]
     origin = '' if pair.where is None else f' ({pair.where.gap:+.3f} nats per test token)'
     lines.append(f'{label(row)} ({_share(row, found.reference)} of {name} float32\'s bytes, '
                  f'{mean_sd(row)}) against {label(base)} ({_share(base, found.reference)}, '
                  f'{mean_sd(base)}): {_versus(row, base, test)}{origin}; {verdict}.')
   return lines
+
+
+def compose_summary(found: Front, name: str) -> str:
+  """The compose verdicts in one sentence: how many pairs each, naming those with one."""
+  by_verdict: dict[str, list[str]] = {COMPOSE: [], APART: [], NO_VERDICT: []}
+  for pair in found.pairs:
+    by_verdict[pair.verdict].append(
+        f'{label(pair.factorized)} against {label(pair.reference)} '
+        f'{_versus(pair.factorized, pair.reference, pair.test)}')
+  parts = []
+  if by_verdict[COMPOSE]:
+    parts.append('lower perplexity at no more bytes beyond seed noise for '
+                 + '; '.join(by_verdict[COMPOSE]))
+  if by_verdict[APART]:
+    parts.append(f'{name} quantized lower at no more bytes beyond seed noise for '
+                 + '; '.join(by_verdict[APART]))
+  if by_verdict[NO_VERDICT]:
+    which = f'the other {len(by_verdict[NO_VERDICT])}' if parts else 'any'
+    parts.append(f'no verdict for {which} (within seed noise, untested for it, or smaller '
+                 'only at a higher perplexity)')
+  return (f'Factorization and quantization: of {len(found.pairs)} factorized points stored '
+          f'quantized, each against {name} quantized to the nearest bytes, '
+          + '; '.join(parts) + '.')
 
 
 def intro(found: Front, name: str) -> str:
