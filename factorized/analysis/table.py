@@ -430,11 +430,11 @@ def grid_settings(table: pd.DataFrame) -> str:
 def tuned(table: pd.DataFrame, over: Sequence[str] | None = (TUNED,)) -> pd.DataFrame:
   """The tuned rows: per point (GROUP, and the swept fields not in `over`) trained in
   several configurations (combinations of the swept fields in `over`; None: every swept
-  field, so per kind, head and rank), the configuration of lowest best-valid perplexity,
-  with its test perplexity (mean over all its seeds). The configurations are compared on
-  the seeds every one of them has (seed 0 alone when one has three seeds and the others
-  one: like against like), or on all seeds when they share none. The test split chooses
-  nothing.
+  field but QUANT_BITS, so per kind, head, rank and precision), the configuration of lowest
+  best-valid perplexity, with its test perplexity (mean over all its seeds). The
+  configurations are compared on the seeds every one of them has (seed 0 alone when one has
+  three seeds and the others one: like against like), or on all seeds when they share none.
+  The test split chooses nothing.
 
   Every column of the aggregate (the per-group means too), and: `over` (the fields chosen
   over, comma-joined), `configs` (how many were tried), `grid` (how many combinations of
@@ -450,7 +450,10 @@ def tuned(table: pd.DataFrame, over: Sequence[str] | None = (TUNED,)) -> pd.Data
   runs = table[table['method'] == TRAINED] if 'method' in table.columns else table
   groups = aggregate(runs)
   swept = swept_columns(groups)
-  fields = swept if over is None else [c for c in over if c in swept]
+  # QUANT_BITS (trained quantized) is how a point stores its tables, never a setting tuned
+  # for it: a point at each precision is its own.
+  fields = ([c for c in swept if c != QUANT_BITS] if over is None
+            else [c for c in over if c in swept])
   if not fields:
     return pd.DataFrame(columns=columns)
   keys = [*GROUP, *(c for c in swept if c not in fields)]

@@ -1,0 +1,57 @@
+"""factorized/sweeps/tuned.py: the commands that train each point's tuned configuration at
+more seeds, chosen by valid perplexity, named as the seed-0 run of that configuration."""
+
+import json
+import shlex
+
+from configs import rank_sweep
+from factorized.analysis import table as sweep_table
+from factorized.sweeps import tuned
+from tests.test_sweep import fake_run
+
+
+def set_config(run_dir, **fields):
+  """Sets dotted config fields of a fake run's summary.json."""
+  path = run_dir / 'summary.json'
+  summary = json.loads(path.read_text())
+  for dotted, value in fields.items():
+    node = summary['config']
+    *parents, last = dotted.split('.')
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[last] = value
+  path.write_text(json.dumps(summary))
+
+
+def test_each_point_gets_its_tuned_configuration_at_the_seeds_given(tmp_path, capsys):
+  # dense: dropout 0.1 is best on valid (though 0.2 tests better); svd 16: 0.2 at 6e-3.
+  # A QAT dense run (quant_bits 4) with the best valid of all: another precision, not a
+  # configuration dense's float32 point is tuned over.
+  runs = (('dense', 'dense', 16, 0.2, 3e-3, 50.0, 90.0), ('dense_d1', 'dense', 16, 0.1, 3e-3,
+                                                           45.0, 95.0),
+          ('svd', 'svd', 16, 0.2, 3e-3, 60.0, 99.0), ('svd_lr', 'svd', 16, 0.2, 6e-3, 55.0, 98.0),
+          ('svd_d1', 'svd', 16, 0.1, 3e-3, 58.0, 97.0))
+  for run, kind, rank, dropout, lr, valid, test in runs:
+    fake_run(tmp_path, run, kind, rank, valid=valid, test=test, lr=lr)
+    set_config(tmp_path / run, **{'model.dropout': dropout, 'model.embed.quant_bits': 0})
+  fake_run(tmp_path, 'dense_qat', 'dense', 16, valid=40.0, test=100.0)
+  set_config(tmp_path / 'dense_qat', **{'model.dropout': 0.2, 'model.embed.quant_bits': 4})
+  chosen = sweep_table.tuned(sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0]),
+                             over=None)
+  assert sorted(chosen['over']) == ['dropout', 'dropout,lr']  # never quant_bits
+  tuned.main([str(tmp_path), '--seeds=1+2', '--', '--config.data.vocab_from=train',
+              f'--workdir={tmp_path}'])
+  printed = capsys.readouterr().out.splitlines()
+  assert printed == [
+      'python train.py --config=configs/rank_sweep.py:kinds=dense,lrs=0.003,'
+      'axis=model.dropout:0.1/model.embed.quant_bits:0,seeds=1+2 '
+      f'--config.data.vocab_from=train --workdir={tmp_path}',
+      'python train.py --config=configs/rank_sweep.py:kinds=svd,ranks=16,lrs=0.006,'
+      'axis=model.dropout:0.2/model.embed.quant_bits:0,seeds=1+2 '
+      f'--config.data.vocab_from=train --workdir={tmp_path}']
+  # What the sweep makes of it: the one point, at those values and seeds.
+  argument = shlex.split(printed[1])[2].split(':', 1)[1]
+  points = rank_sweep.get_sweep(argument)
+  assert [(p['model.embed.kind'], p['model.embed.rank'], p['train.lr'], p['seed'])
+          for p in points] == [('svd', 16, 0.006, 1), ('svd', 16, 0.006, 2)]
+  assert all(p.get('model.dropout', 0.2) == 0.2 for p in points)
