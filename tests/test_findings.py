@@ -536,3 +536,19 @@ def test_the_headline_figure_draws_a_sibling_protocol_beside_at_tuned_configurat
           f'configuration: train vocabulary beside Bengio]({ours.as_posix()}/'
           'ppl_vs_vocab_params_protocols.png)') in block
   assert '/ppl_vs_vocab_params.png)' in headline.render_headline(theirs)
+
+
+def test_every_point_searched_is_compared_at_its_tuned_configuration(tmp_path):
+  # svd 16 sits nearest the budget; svd 8 was searched too: both get their tuned row.
+  for seed, test in enumerate((100.0, 102.0, 104.0)):
+    fake_run(tmp_path, f'dense_seed{seed}', 'dense', 16, test=test, seed=seed, bands=bands(test))
+  fake_run(tmp_path, 'dense_lr0.006_seed0', 'dense', 16, valid=60.0, test=99.0, lr=6e-3,
+           bands=bands(99.0))
+  for rank in (8, 16):
+    fake_run(tmp_path, f'svd_rank{rank}_seed0', 'svd', rank, valid=45.0, test=110.0,
+             bands=bands(110.0))
+    fake_run(tmp_path, f'svd_rank{rank}_lr0.006_seed0', 'svd', rank, valid=55.0, test=90.0,
+             lr=6e-3, bands=bands(90.0))
+  block = headline.render_headline(tmp_path)
+  tuned = block.split('At each kind\'s tuned configuration')[1]
+  assert '| svd | 8 | lr 0.003 |' in tuned and '| svd | 16 | lr 0.003 |' in tuned

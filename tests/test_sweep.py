@@ -140,7 +140,8 @@ def fake_run(root, name, kind, rank, head='tied', valid=50.0, test=60.0, seed=0,
   def count(kind, rank):
     return {'dense': vocab * dim, 'albert': vocab * rank + rank * dim + dim,
             'svd': vocab * rank + rank + rank * dim,
-            'tt': 2000 * rank, 'dpq': rank * dim}[kind]  # tt, dpq: made-up counts
+            'tt': 2000 * rank, 'dpq': rank * dim,  # tt, dpq, adaptive: made-up counts
+            'adaptive': 3 * vocab * rank // 4}[kind]
 
   embedding = count(kind, rank)
   head_only = 0 if head == 'tied' else count(head_kind or 'dense', head_rank or rank)

@@ -55,3 +55,16 @@ def test_each_point_gets_its_tuned_configuration_at_the_seeds_given(tmp_path, ca
   assert [(p['model.embed.kind'], p['model.embed.rank'], p['train.lr'], p['seed'])
           for p in points] == [('svd', 16, 0.006, 1), ('svd', 16, 0.006, 2)]
   assert all(p.get('model.dropout', 0.2) == 0.2 for p in points)
+
+
+def test_a_search_that_never_moved_the_learning_rate_is_tuned_over_what_it_moved(tmp_path):
+  for run, dropout, valid in (('dense', 0.2, 50.0), ('dense_d3', 0.3, 45.0)):
+    fake_run(tmp_path, run, 'dense', 16, valid=valid, lr=6e-3)
+    set_config(tmp_path / run, **{'model.dropout': dropout})
+  table = sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0])
+  chosen = sweep_table.tuned(table, over=None)
+  assert (list(chosen['over']), list(chosen['dropout'])) == (['dropout'], [0.3])
+  assert 'lr' not in chosen.columns
+  assert tuned.commands(tmp_path, '1+2', []) == [
+      'python train.py --config=configs/rank_sweep.py:kinds=dense,lrs=0.006,'
+      'axis=model.dropout:0.3,seeds=1+2']  # the one rate, though never swept

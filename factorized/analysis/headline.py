@@ -166,11 +166,10 @@ def render_headline(sweep_dir: str | pathlib.Path) -> str:
   grid = [(row, reference) for row in _budget_points(page, page.groups)]
   found = tuned_rows(page, None)
   tuned_pairs: list[tuple[pd.Series, pd.Series]] = []
-  if found is not None:
+  if found is not None:  # every point tuned, the budget's and the others searched alike
     chosen, tuned_reference, fields = found
-    by_point = {(point_label(row)): row for _, row in chosen.iterrows()}
-    tuned_pairs = [(by_point[point_label(row)], tuned_reference) for row, _ in grid
-                   if point_label(row) in by_point]
+    tuned_pairs = [(row, tuned_reference) for _, row in chosen.iterrows()
+                   if not page.same(row, tuned_reference)]
   pairs = grid + tuned_pairs
   tests = _headline_tests(page, pairs)
   settings = sweep_table.grid_settings(page.table)

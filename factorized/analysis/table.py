@@ -480,7 +480,8 @@ def tuned(table: pd.DataFrame, over: Sequence[str] | None = (TUNED,)) -> pd.Data
   if not rows:
     return pd.DataFrame(columns=columns)
   frame = pd.DataFrame(rows)
-  return frame[[*columns, *(c for c in frame.columns if c not in columns)]]
+  first = [c for c in columns if c in frame.columns]  # TUNED only where it was swept
+  return frame[[*first, *(c for c in frame.columns if c not in first)]]
 
 
 def _sortable(value) -> tuple:

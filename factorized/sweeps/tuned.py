@@ -7,10 +7,11 @@ prints one `train.py` command per point (kind, rank, shape and head) trained in 
 configurations: the rank sweep (configs/rank_sweep.py) of that point alone, with each swept
 field at the value its tuned configuration holds (analysis/table.py's `tuned` over every
 swept field: lowest best-valid perplexity; the test split chooses nothing), at the seeds
-given. Arguments after `--` are added to every command (the fields the sweep fixed on the
-command line, its workdir). A value equal to the rank sweep's own makes no override, so a
-point's sub-workdir is named as the seed-0 run of its configuration, and the reports
-aggregate the new seeds with it.
+given. The learning rate is always given (`lrs=`, as the sweep names its points by it),
+swept or not; arguments after `--` are added to every command (the other fields the sweep
+fixed on the command line, its workdir). A value equal to the rank sweep's own makes no
+override, so a point's sub-workdir is named as the seed-0 run of its configuration, and the
+reports aggregate the new seeds with it.
 """
 
 from __future__ import annotations
@@ -37,11 +38,10 @@ def _value(value) -> str:
   return f'{value:g}' if isinstance(value, float) else str(value)
 
 
-def _swept_fields(sweep_dir: pathlib.Path) -> dict[str, str]:
-  """{dotted field: column} of the fields the sweep's finished points differ in."""
-  configs = [json.loads((run / 'summary.json').read_text())['config']
-             for run in sweep_table.run_dirs(sweep_dir) if (run / 'summary.json').exists()]
-  return sweep_table.swept_fields(configs)
+def _configs(sweep_dir: pathlib.Path) -> list[dict]:
+  """The saved configs of the sweep's finished points."""
+  return [json.loads((run / 'summary.json').read_text())['config']
+          for run in sweep_table.run_dirs(sweep_dir) if (run / 'summary.json').exists()]
 
 
 def _point_arguments(row: pd.Series) -> list[str]:
@@ -63,7 +63,11 @@ def commands(sweep_dir: str | pathlib.Path, seeds: str, extra: list[str]) -> lis
   root = pathlib.Path(sweep_dir)
   table = sweep_table.rows_table(sweep_table.collect_rows(root)[0])
   chosen = sweep_table.tuned(table, over=None)
-  fields = _swept_fields(root)
+  configs = _configs(root)
+  fields = sweep_table.swept_fields(configs)
+  if LR_FIELD not in fields and configs:  # one rate for every point: `lrs=` names it still
+    fields = {LR_FIELD: None, **fields}
+    rate = configs[0]['train']['lr']
   found = []
   for _, row in chosen.iterrows():
     if row['shape']:
@@ -73,7 +77,7 @@ def commands(sweep_dir: str | pathlib.Path, seeds: str, extra: list[str]) -> lis
     axes = []
     for field, column in fields.items():
       if field == LR_FIELD:
-        parts.append(f'lrs={_value(row[column])}')
+        parts.append(f'lrs={_value(rate if column is None else row[column])}')
       elif not pd.isna(row[column]):
         axes.append(f'{field}:{_value(row[column])}')
     if axes:
