@@ -425,3 +425,20 @@ def test_a_kinds_size_fields_are_part_of_a_points_identity_not_a_grid_setting(tm
       'dense', 'dpq 16', 'dpq 16 (dpq_groups=32)']
   assert sweep_table.shape({'kind': 'tt', 'tt_vocab_factors': (30, 30, 30),
                             'tt_dim_factors': ()}) == 'tt_vocab_factors=30+30+30'
+
+
+def test_a_field_added_after_a_run_was_saved_is_swept_where_a_newer_run_moved_it(tmp_path):
+  # dense saved before model.embed.quant_bits existed (no such field: it computed float32)
+  # and dense trained int4: two points, the old one at quant_bits 0, not two seed-0 runs.
+  fake_run(tmp_path, 'dense', 'dense', 16, valid=40.0, test=45.0)
+  fake_run(tmp_path, 'dense_quant_bits4', 'dense', 16, valid=42.0, test=47.0)
+  summary = json.loads((tmp_path / 'dense_quant_bits4' / 'summary.json').read_text())
+  summary['config']['model']['embed']['quant_bits'] = 4
+  (tmp_path / 'dense_quant_bits4' / 'summary.json').write_text(json.dumps(summary))
+  assert 'quant_bits' not in json.loads((tmp_path / 'dense' / 'summary.json').read_text())[
+      'config']['model']['embed']
+  table = sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0])
+  assert list(zip(table['run'], table['quant_bits'], strict=True)) == [
+      ('dense', 0), ('dense_quant_bits4', 4)]
+  groups = sweep_table.aggregate(table)
+  assert list(groups['seeds']) == [1, 1]

@@ -349,14 +349,18 @@ def collect_rows(sweep_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
     if summary is None and (run_dir / 'config.json').exists():
       unfinished.append(run_dir.name)
     runs.append((run_dir, summary))
-  swept = swept_fields([summary['config'] for _, summary in runs if summary])
+  # Migrated: a run saved before a field existed holds the default it computed, so a field
+  # added later (model.embed.quant_bits) is swept where a newer run moved it.
+  configs = {run_dir: migrate_lib.migrate(copy.deepcopy(summary['config']))
+             for run_dir, summary in runs if summary}
+  swept = swept_fields(list(configs.values()))
   rows = []
   for run_dir, summary in runs:
     values, seed = {}, None
     if summary:
       rows.append(_summary_row(run_dir.name, summary))
       seed = rows[-1]['seed']
-      flat = _flat(summary['config'])
+      flat = _flat(configs[run_dir])
       values = {name: flat[field] for field, name in swept.items()}
       rows[-1].update(values)
       rows.extend({**row, **values, QUANT_BITS: row[QUANT_BITS]}
