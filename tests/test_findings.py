@@ -474,6 +474,8 @@ def test_the_headline_reads_the_memory_front_once_a_table_is_stored_other_than_f
   block = headline.render_headline(memory_dir)
   # A post-training width is no setting of the grid: the trained runs' settings only.
   assert "the grid's settings, against dense" in block and 'nan' not in block
+  # dpq's parameters are its codebooks alone: it is sized in bytes, not in the budget table.
+  assert '| tt | 8 |' in block and '| dpq |' not in block
   paragraph = block.split('**Memory**')[1].split('The full findings')[0]
   tests = memory.front(comparison.Points(folders.Folder.load(memory_dir))).tests()
   assert f'These {len(tests)} comparisons are one family, Holm-adjusted.' in paragraph

@@ -11,6 +11,7 @@ import pathlib
 
 import pandas as pd
 
+from factorized import embeddings
 from factorized.analysis import folders, memory, stats
 from factorized.analysis import table as sweep_table
 from factorized.analysis.comparison import (
@@ -42,11 +43,14 @@ def _figure(folder: folders.Folder) -> str:
 
 
 def _budget_points(page: Points, groups: pd.DataFrame) -> list[pd.Series]:
-  """Per factorized kind, its tied point nearest the budget (a fraction of the reference's
-  vocabulary parameters)."""
+  """Per factorized kind whose tables are parameters, its tied point nearest the budget (a
+  fraction of the reference's vocabulary parameters). A kind that stores codes (dpq: its
+  parameters are the codebooks alone) is sized in bytes, on the memory front."""
   budget = page.folder.budget * page.reference['vocab_params']
   rows = []
   for kind in page.factorized_kinds(groups):
+    if embeddings.kind(kind).storage != 'float32':
+      continue
     points = groups[(groups['kind'] == kind) & (groups['head'] == 'tied')
                     & (groups['method'] == sweep_table.TRAINED)]
     if not points.empty:
