@@ -176,3 +176,12 @@ def test_the_bytes_front_draws_one_point_per_row_and_the_front_as_steps(tmp_path
   fake_run(single, 'dense', 'dense', 16)
   sweep_report.write_reports(single)
   assert not (single / sweep_report.BYTES_PNG_FILE).exists()
+
+
+def test_the_parameter_figures_leave_dpq_to_the_bytes_front(tmp_path):
+  fake_run(tmp_path, 'dense', 'dense', 16)
+  fake_run(tmp_path, 'svd_rank8', 'svd', 8)
+  fake_run(tmp_path, 'dpq_rank16', 'dpq', 16)
+  table = sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0])
+  assert list(plots.headline_rows(table)['kind']) == ['dense', 'svd']
+  assert 'dpq' in list(sweep_table.bytes_rows(table)['kind'])

@@ -249,10 +249,12 @@ def _trained(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def headline_rows(table: pd.DataFrame) -> pd.DataFrame:
-  """The aggregate rows a headline panel draws: tied heads of the trained kinds
-  (embeddings.KINDS) at the grid's own settings (table.base_rows), mean and sd over seeds."""
+  """The aggregate rows a headline panel draws: tied heads of the trained kinds whose tables
+  are parameters (embeddings.KINDS of float32 storage; dpq, sized in bytes, is on the bytes
+  front) at the grid's own settings (table.base_rows), mean and sd over seeds."""
   groups = sweep_table.aggregate(sweep_table.base_rows(table))
-  return groups[groups['kind'].isin(embeddings.KINDS) & (groups['head'] == 'tied')
+  kinds = [k for k in embeddings.KINDS if embeddings.kind(k).storage == 'float32']
+  return groups[groups['kind'].isin(kinds) & (groups['head'] == 'tied')
                 & (groups['method'] == sweep_table.TRAINED)]
 
 
