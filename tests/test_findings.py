@@ -554,3 +554,16 @@ def test_every_point_searched_is_compared_at_its_tuned_configuration(tmp_path):
   block = headline.render_headline(tmp_path)
   tuned = block.split('At each kind\'s tuned configuration')[1]
   assert '| svd | 8 | lr 0.003 |' in tuned and '| svd | 16 | lr 0.003 |' in tuned
+
+
+def test_the_same_two_points_at_two_shares_are_one_test_of_the_memory_family(memory_dir):
+  # tt 8 int8 (6.4% of dense float32's bytes) is the best within 10% and within 8%: its
+  # tests against dense and against dpq 16 count once each in the Holm family.
+  (memory_dir / 'findings.json').write_text(json.dumps({'byte_shares': [0.10, 0.08]}))
+  found = memory.front(comparison.Points(folders.Folder.load(memory_dir)))
+  assert [memory.label(b.best) for b in found.budgets] == ['tt 8 int8 post-training'] * 2
+  assert len(found.tests()) == 3  # against dense, against dpq 16, and its compose pair
+  adjusted = found.adjusted()
+  assert adjusted.budgets[0].versus_reference == adjusted.budgets[1].versus_reference
+  assert adjusted.budgets[0].versus_reference.p_adjusted is not None
+  assert 'These 3 comparisons are one family' in headline.render_headline(memory_dir)

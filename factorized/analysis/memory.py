@@ -106,18 +106,32 @@ class Front:
   budgets: list[Budget]
   pairs: list[Pair]
 
+  def _compared(self) -> list[tuple[object, object, stats.TTest | None]]:
+    """(row a, row b, test) of every comparison the front prints, budgets first, each row
+    by its index among the candidates; the same two points at two shares are one
+    comparison."""
+    found = []
+    for b in self.budgets:
+      if b.best is not None:
+        found.append((b.best.name, self.reference.name, b.versus_reference))
+      if b.runner_up is not None:
+        found.append((b.best.name, b.runner_up.name, b.versus_runner_up))
+    return found + [(p.factorized.name, p.reference.name, p.test) for p in self.pairs]
+
   def tests(self) -> list[stats.TTest]:
-    """Every test the front makes, budgets first, in order (a family for stats.adjust)."""
-    found = [t for b in self.budgets for t in (b.versus_reference, b.versus_runner_up) if t]
-    return found + [pair.test for pair in self.pairs]
+    """The distinct tests the front makes, in order (a family for stats.adjust)."""
+    return list({(a, b): test for a, b, test in self._compared()}.values())
 
   def adjusted(self) -> Front:
-    """The front with its tests Holm-adjusted as one family."""
-    tests = iter(stats.adjust(self.tests()))
-    budgets = [dataclasses.replace(
-        b, versus_reference=b.versus_reference and next(tests),
-        versus_runner_up=b.versus_runner_up and next(tests)) for b in self.budgets]
-    pairs = [dataclasses.replace(pair, test=next(tests)) for pair in self.pairs]
+    """The front with its distinct tests Holm-adjusted as one family."""
+    keys = list({(a, b): None for a, b, _ in self._compared()})
+    adjusted = dict(zip(keys, stats.adjust(self.tests()), strict=True))
+    budgets = [b if b.best is None else dataclasses.replace(
+        b, versus_reference=adjusted[b.best.name, self.reference.name],
+        versus_runner_up=None if b.runner_up is None
+        else adjusted[b.best.name, b.runner_up.name]) for b in self.budgets]
+    pairs = [dataclasses.replace(p, test=adjusted[p.factorized.name, p.reference.name])
+             for p in self.pairs]
     return dataclasses.replace(self, budgets=budgets, pairs=pairs)
 
 
