@@ -68,3 +68,16 @@ def test_a_search_that_never_moved_the_learning_rate_is_tuned_over_what_it_moved
   assert tuned.commands(tmp_path, '1+2', []) == [
       'python train.py --config=configs/rank_sweep.py:kinds=dense,lrs=0.006,'
       'axis=model.dropout:0.3,seeds=1+2']  # the one rate, though never swept
+
+
+def test_a_qat_point_keeps_its_precision_beside_runs_saved_before_it_existed(tmp_path):
+  # dense saved before model.embed.quant_bits existed (float32), and int4 dense at two
+  # dropouts: the int4 point's command trains int4.
+  fake_run(tmp_path, 'dense', 'dense', 16, valid=50.0, lr=6e-3)
+  for run, dropout, valid in (('qat', 0.2, 60.0), ('qat_d3', 0.3, 55.0)):
+    fake_run(tmp_path, run, 'dense', 16, valid=valid, lr=6e-3)
+    set_config(tmp_path / run, **{'model.dropout': dropout, 'model.embed.quant_bits': 4})
+  set_config(tmp_path / 'dense', **{'model.dropout': 0.2})
+  assert tuned.commands(tmp_path, '1', []) == [
+      'python train.py --config=configs/rank_sweep.py:kinds=dense,lrs=0.006,'
+      'axis=model.dropout:0.3/model.embed.quant_bits:4,seeds=1']

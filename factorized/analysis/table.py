@@ -105,8 +105,9 @@ def head_label(row) -> str:
   return f'untied {row["head_kind"]}' + ('' if rank is None or pd.isna(rank) else f' {int(rank)}')
 
 
-def _summary_row(run: str, summary: dict) -> dict[str, Any]:
-  config, params = migrate_lib.migrate(copy.deepcopy(summary['config'])), summary['params']
+def _summary_row(run: str, summary: dict, config: dict) -> dict[str, Any]:
+  """A trained run's row from its summary and its migrated config (_config)."""
+  params = summary['params']
   embed = config['model']['embed']
   kind = embed['kind']
   head_kind, head_rank = _head(embed)
@@ -257,7 +258,8 @@ def _posthoc_rows(run: str, run_dir: pathlib.Path, seed: int | None) -> list[dic
   return list(rows.values())
 
 
-def _quant_rows(run: str, run_dir: pathlib.Path, parent: dict) -> list[dict[str, Any]]:
+def _quant_rows(run: str, run_dir: pathlib.Path, parent: dict, min_count: int
+                ) -> list[dict[str, Any]]:
   """One row per bit width of `run`'s post-training quantization (posthoc_quant_<split>.json,
   evaluation/posthoc_quant.py), beside its trained row `parent`: its kind, head, rank, seed,
   parameters and steps, method POSTHOC_QUANT, QUANT_BITS, the quantized vocab_bytes, and the
@@ -278,22 +280,23 @@ def _quant_rows(run: str, run_dir: pathlib.Path, parent: dict) -> list[dict[str,
       if split == 'valid':  # one evaluation: the last is the best
         row['best_valid_ppl'] = ppl
       else:
-        row.update(_quant_groups(result, bits, parent))
+        row.update(_quant_groups(result, bits, parent, min_count))
   return list(rows.values())
 
 
-def _quant_groups(result: dict, bits: str, parent: dict) -> dict[str, float]:
+def _quant_groups(result: dict, bits: str, parent: dict, min_count: int
+                  ) -> dict[str, float]:
   """A post-training width's per-group test columns: each band's and class's perplexity
-  (the file's), their shares (the parent's: the same tokens) and the frequent groups pooled,
-  as _group_columns makes them for a trained run."""
-  counts = [frequent_count(c) for c in parent if frequent_count(c) is not None]
+  (the file's), their shares (the parent's: the same tokens) and the frequent groups pooled
+  from `min_count` (the parent's eval.frequent_count), as _group_columns makes them for a
+  trained run."""
   summary = {}
   for key, prefix in GROUPINGS.items():
     found = (result.get(f'{key.removeprefix("test_")}_ppl_by_bits') or {}).get(bits) or {}
     share = SHARE_PREFIX[prefix]
     summary[key] = {name: {'ppl': ppl, 'tokens': parent.get(share + name) or 0}
                     for name, ppl in found.items()}
-  return _group_columns(summary, counts[0] if counts else None)
+  return _group_columns(summary, min_count)
 
 
 def _sort_key(row: dict) -> tuple:
@@ -337,6 +340,21 @@ def swept_fields(configs: list[dict]) -> dict[str, str]:
           for field, name in zip(fields, names, strict=True)}
 
 
+def _config(summary: dict) -> dict:
+  """A run's config, migrated: a run saved before a field existed holds the default it
+  computed, so a field added later (model.embed.quant_bits) is swept where a newer run
+  moved it."""
+  return migrate_lib.migrate(copy.deepcopy(summary['config']))
+
+
+def sweep_axes(sweep_dir: str | os.PathLike) -> dict[str, str]:
+  """swept_fields of the finished runs of `sweep_dir` (their migrated configs): the columns
+  collect_rows gives them."""
+  return swept_fields([_config(json.loads((run / 'summary.json').read_text()))
+                       for run in run_dirs(pathlib.Path(sweep_dir))
+                       if (run / 'summary.json').exists()])
+
+
 def collect_rows(sweep_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
   """The per-run rows (sorted by head, kind, rank, seed) and the runs without a summary.
   Each row carries the values of the swept fields (`swept_fields`) of its run's config;
@@ -349,22 +367,20 @@ def collect_rows(sweep_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
     if summary is None and (run_dir / 'config.json').exists():
       unfinished.append(run_dir.name)
     runs.append((run_dir, summary))
-  # Migrated: a run saved before a field existed holds the default it computed, so a field
-  # added later (model.embed.quant_bits) is swept where a newer run moved it.
-  configs = {run_dir: migrate_lib.migrate(copy.deepcopy(summary['config']))
-             for run_dir, summary in runs if summary}
+  configs = {run_dir: _config(summary) for run_dir, summary in runs if summary}
   swept = swept_fields(list(configs.values()))
   rows = []
   for run_dir, summary in runs:
     values, seed = {}, None
     if summary:
-      rows.append(_summary_row(run_dir.name, summary))
+      rows.append(_summary_row(run_dir.name, summary, configs[run_dir]))
       seed = rows[-1]['seed']
       flat = _flat(configs[run_dir])
       values = {name: flat[field] for field, name in swept.items()}
       rows[-1].update(values)
       rows.extend({**row, **values, QUANT_BITS: row[QUANT_BITS]}
-                  for row in _quant_rows(run_dir.name, run_dir, rows[-1]))
+                  for row in _quant_rows(run_dir.name, run_dir, rows[-1],
+                                         configs[run_dir]['eval']['frequent_count']))
     rows.extend({**row, **values} for row in _posthoc_rows(run_dir.name, run_dir, seed))
   return sorted(rows, key=_sort_key), unfinished
 

@@ -38,12 +38,6 @@ def _value(value) -> str:
   return f'{value:g}' if isinstance(value, float) else str(value)
 
 
-def _configs(sweep_dir: pathlib.Path) -> list[dict]:
-  """The saved configs of the sweep's finished points."""
-  return [json.loads((run / 'summary.json').read_text())['config']
-          for run in sweep_table.run_dirs(sweep_dir) if (run / 'summary.json').exists()]
-
-
 def _point_arguments(row: pd.Series) -> list[str]:
   """The rank sweep's arguments that make `row`'s point (kind, rank and head) alone."""
   parts = [f'kinds={row["kind"]}']
@@ -63,11 +57,11 @@ def commands(sweep_dir: str | pathlib.Path, seeds: str, extra: list[str]) -> lis
   root = pathlib.Path(sweep_dir)
   table = sweep_table.rows_table(sweep_table.collect_rows(root)[0])
   chosen = sweep_table.tuned(table, over=None)
-  configs = _configs(root)
-  fields = sweep_table.swept_fields(configs)
-  if LR_FIELD not in fields and configs:  # one rate for every point: `lrs=` names it still
-    fields = {LR_FIELD: None, **fields}
-    rate = configs[0]['train']['lr']
+  fields = sweep_table.sweep_axes(root)
+  if LR_FIELD not in fields and not table.empty:  # one rate for every point: `lrs=` names
+    fields = {LR_FIELD: None, **fields}           # it still
+    run = table['run'].iloc[0]
+    rate = json.loads((root / run / 'summary.json').read_text())['config']['train']['lr']
   found = []
   for _, row in chosen.iterrows():
     if row['shape']:
