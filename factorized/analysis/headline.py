@@ -243,7 +243,7 @@ def _memory_paragraph(page: Points) -> list[str]:
   the best point within each share of the reference's float32 bytes and whether
   factorization and quantization compose, its tests Holm-adjusted as one family."""
   found = memory.front(page)
-  if found is None or set(memory.candidates(page)['precision']) == {'float32'}:
+  if found is None or found.precisions == {'float32'}:
     return []
   found, name = found.adjusted(), page.folder.reference
   lines = ['**Memory**: ' + memory.intro(found, name), '',

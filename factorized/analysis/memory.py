@@ -105,6 +105,7 @@ class Front:
   reference: pd.Series  # the reference in float32 at its configuration of lowest valid ppl
   budgets: list[Budget]
   pairs: list[Pair]
+  precisions: frozenset[str]  # how the candidates store their tables (table.precision)
 
   def _compared(self) -> list[tuple[object, object, stats.TTest | None]]:
     """(row a, row b, test) of every comparison the front prints, budgets first, each row
@@ -162,7 +163,7 @@ def front(page: Points) -> Front | None:
                           page.decompose(best, reference)))
   if all(b.best is None for b in budgets):
     return None
-  return Front(reference, budgets, _pairs(page, points))
+  return Front(reference, budgets, _pairs(page, points), frozenset(points['precision']))
 
 
 def _pairs(page: Points, points: pd.DataFrame) -> list[Pair]:
