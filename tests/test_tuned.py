@@ -4,6 +4,8 @@ more seeds, chosen by valid perplexity, named as the seed-0 run of that configur
 import json
 import shlex
 
+import pytest
+
 from configs import rank_sweep
 from factorized.analysis import table as sweep_table
 from factorized.sweeps import tuned
@@ -11,9 +13,14 @@ from tests.test_sweep import fake_run
 
 
 def set_config(run_dir, **fields):
-  """Sets dotted config fields of a fake run's summary.json."""
+  """Sets dotted config fields of a fake run's summary.json, whose model is the rank sweep's
+  (model_dim 128; dense at the config's rank, which it does not use) unless `fields` say."""
   path = run_dir / 'summary.json'
   summary = json.loads(path.read_text())
+  made = rank_sweep.get_config('kinds=dense')
+  fields = {'model.model_dim': made.model.model_dim, **fields}
+  if summary['config']['model']['embed']['kind'] == 'dense':
+    fields = {'model.embed.rank': made.model.embed.rank, **fields}
   for dotted, value in fields.items():
     node = summary['config']
     *parents, last = dotted.split('.')
@@ -81,3 +88,40 @@ def test_a_qat_point_keeps_its_precision_beside_runs_saved_before_it_existed(tmp
   assert tuned.commands(tmp_path, '1', []) == [
       'python train.py --config=configs/rank_sweep.py:kinds=dense,lrs=0.006,'
       'axis=model.dropout:0.3/model.embed.quant_bits:4,seeds=1']
+
+
+def test_a_field_every_run_held_away_from_the_sweeps_value_is_given_too(tmp_path):
+  # Every search command said axis=train.num_steps:3000 and data.vocab_from=train, and only
+  # the dropout moved: num_steps is no axis of the reports, but the seeds must train 3,000
+  # steps; vocab_from is the `--` arguments' to give. dpq's group count is its size, given
+  # as the search gave it.
+  runs = (('dense', 'dense', 16, 0.2, 50.0), ('dense_d3', 'dense', 16, 0.3, 45.0),
+          ('dpq', 'dpq', 64, 0.2, 70.0), ('dpq_d3', 'dpq', 64, 0.3, 75.0))
+  for run, kind, rank, dropout, valid in runs:
+    fake_run(tmp_path, run, kind, rank, valid=valid, lr=6e-3, num_steps=3000)
+    set_config(tmp_path / run, **{'model.dropout': dropout, 'data.vocab_from': 'train'})
+  for run in ('dpq', 'dpq_d3'):
+    set_config(tmp_path / run, **{'model.embed.dpq_groups': 32})
+  assert tuned.commands(tmp_path, '1+2', ['--config.data.vocab_from=train']) == [
+      'python train.py --config=configs/rank_sweep.py:kinds=dense,lrs=0.006,'
+      'axis=model.dropout:0.3/train.num_steps:3000,seeds=1+2 --config.data.vocab_from=train',
+      'python train.py --config=configs/rank_sweep.py:kinds=dpq,ranks=64,lrs=0.006,'
+      'axis=model.dropout:0.2/train.num_steps:3000/model.embed.dpq_groups:32,seeds=1+2 '
+      '--config.data.vocab_from=train']
+  # Without the `--` argument, the command gives the field itself.
+  assert 'data.vocab_from:train' in tuned.commands(tmp_path, '1', [])[0]
+  # What the sweep makes of a command: the tuned run's config but its seed.
+  argument = tuned.commands(tmp_path, '1', [])[1].split()[2].split(':', 1)[1]
+  point, = rank_sweep.get_sweep(argument)
+  assert (point['train.num_steps'], point['model.embed.dpq_groups'], point['seed']) == (
+      3000, 32, 1)
+
+
+def test_a_field_no_axis_can_give_fails_naming_it(tmp_path):
+  for run, dropout, valid in (('tt', 0.2, 50.0), ('tt_d3', 0.3, 45.0)):
+    fake_run(tmp_path, run, 'tt', 16, valid=valid, lr=6e-3)
+    set_config(tmp_path / run, **{'model.dropout': dropout, 'model.embed.tt_vocab_factors':
+                                  [10, 10, 10]})
+  with pytest.raises(ValueError, match=r'tt_d3: model.embed.tt_vocab_factors = \(10, 10, 10\) '
+                     r'differs .* --config.model.embed.tt_vocab_factors='):
+    tuned.commands(tmp_path, '1', [])

@@ -315,22 +315,22 @@ def _sort_key(row: dict) -> tuple:
           quantized, -row[QUANT_BITS] if quantized else 0)
 
 
-def _flat(config: dict, prefix: str = '') -> dict[str, Any]:
+def flat(config: dict, prefix: str = '') -> dict[str, Any]:
   """A saved config as {dotted field: value} (tuples and lists as tuples)."""
-  flat = {}
+  fields = {}
   for key, value in config.items():
     if isinstance(value, dict):
-      flat.update(_flat(value, f'{prefix}{key}.'))
+      fields.update(flat(value, f'{prefix}{key}.'))
     else:
-      flat[f'{prefix}{key}'] = tuple(value) if isinstance(value, list) else value
-  return flat
+      fields[f'{prefix}{key}'] = tuple(value) if isinstance(value, list) else value
+  return fields
 
 
 def swept_fields(configs: list[dict]) -> dict[str, str]:
   """{dotted field: column name} of the config fields whose values differ between the
   runs (a sweep's axes: train.lr -> 'lr'), among those every run's config has (a field
   added to the code later is no axis), NOT_SWEPT aside."""
-  flats = [_flat(config) for config in configs]
+  flats = [flat(config) for config in configs]
   common = set.intersection(*(set(flat) for flat in flats)) if flats else set()
   fields = sorted(field for field in common
                   if not any(field == skip or field.startswith(skip) for skip in NOT_SWEPT)
@@ -347,11 +347,15 @@ def _config(summary: dict) -> dict:
   return migrate_lib.migrate(copy.deepcopy(summary['config']))
 
 
+def run_config(run_dir: str | os.PathLike) -> dict:
+  """The migrated config of the finished run in `run_dir` (its summary.json's)."""
+  return _config(json.loads((pathlib.Path(run_dir) / 'summary.json').read_text()))
+
+
 def sweep_axes(sweep_dir: str | os.PathLike) -> dict[str, str]:
   """swept_fields of the finished runs of `sweep_dir` (their migrated configs): the columns
   collect_rows gives them."""
-  return swept_fields([_config(json.loads((run / 'summary.json').read_text()))
-                       for run in run_dirs(pathlib.Path(sweep_dir))
+  return swept_fields([run_config(run) for run in run_dirs(pathlib.Path(sweep_dir))
                        if (run / 'summary.json').exists()])
 
 
@@ -375,8 +379,8 @@ def collect_rows(sweep_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
     if summary:
       rows.append(_summary_row(run_dir.name, summary, configs[run_dir]))
       seed = rows[-1]['seed']
-      flat = _flat(configs[run_dir])
-      values = {name: flat[field] for field, name in swept.items()}
+      fields = flat(configs[run_dir])
+      values = {name: fields[field] for field, name in swept.items()}
       rows[-1].update(values)
       rows.extend({**row, **values, QUANT_BITS: row[QUANT_BITS]}
                   for row in _quant_rows(run_dir.name, run_dir, rows[-1],

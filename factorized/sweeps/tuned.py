@@ -12,12 +12,17 @@ swept or not; arguments after `--` are added to every command (the other fields 
 fixed on the command line, its workdir). A value equal to the rank sweep's own makes no
 override, so a point's sub-workdir is named as the seed-0 run of its configuration, and the
 reports aggregate the new seeds with it.
+
+Each command reproduces its tuned run's saved config but the seed: a field that every run
+held at a value other than the rank sweep's (`axis=train.num_steps:3000` given to every
+search command: no axis of the reports, since it never varied) is given too, as are a
+kind's size fields (dpq's `model.embed.dpq_groups`); fields the arguments after `--` set
+are theirs. A field that no `axis=` can give (a tuple) fails, naming it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import shlex
 import sys
@@ -26,9 +31,13 @@ import pandas as pd
 
 from factorized import embeddings
 from factorized.analysis import table as sweep_table
+from factorized.config import cli
+from factorized.sweeps import sweep as sweep_lib
 
 SWEEP_CONFIG = 'configs/rank_sweep.py'
 LR_FIELD = 'train.lr'  # the sweep's own `lrs=` argument
+SEED_FIELD = 'seed'
+_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _value(value) -> str:
@@ -52,34 +61,57 @@ def _point_arguments(row: pd.Series) -> list[str]:
   return parts
 
 
+def _extra_fields(extra: list[str]) -> set[str]:
+  """The config fields that `--config.FIELD=VALUE` arguments set."""
+  return {argument.removeprefix('--config.').partition('=')[0] for argument in extra
+          if argument.startswith('--config.')}
+
+
+def _unswept(saved: dict, arg: str, skip: set[str]) -> dict[str, object]:
+  """{field: saved value} where the run's migrated config `saved` differs from the one
+  point the rank sweep makes of `arg`, `skip` and the seed aside."""
+  module = cli.load_module(str(_ROOT / SWEEP_CONFIG))
+  point, *_ = sweep_lib.make_points(module.get_config(arg), module.get_sweep(arg))
+  made = sweep_table.flat(point.config.to_dict())
+  return {field: value for field, value in sweep_table.flat(saved).items()
+          if field in made and value != made[field] and field != SEED_FIELD
+          and field not in skip}
+
+
 def commands(sweep_dir: str | pathlib.Path, seeds: str, extra: list[str]) -> list[str]:
   """One `python train.py` command per tuned point of `sweep_dir` (module docstring)."""
   root = pathlib.Path(sweep_dir)
-  table = sweep_table.rows_table(sweep_table.collect_rows(root)[0])
-  chosen = sweep_table.tuned(table, over=None)
+  rows = sweep_table.rows_table(sweep_table.collect_rows(root)[0])
+  chosen = sweep_table.tuned(rows, over=None)
+  if 'method' in rows:
+    rows = rows[rows['method'] == sweep_table.TRAINED]
   fields = sweep_table.sweep_axes(root)
-  if LR_FIELD not in fields and not table.empty:  # one rate for every point: `lrs=` names
-    fields = {LR_FIELD: None, **fields}           # it still
-    run = table['run'].iloc[0]
-    rate = json.loads((root / run / 'summary.json').read_text())['config']['train']['lr']
+  fixed = _extra_fields(extra)
   found = []
   for _, row in chosen.iterrows():
-    if row['shape']:
-      raise ValueError(f'{root}: {row["kind"]} with {row["shape"]} has no rank-sweep argument '
-                       'for its shape; train its seeds with --config.model.embed overrides.')
+    run = rows.loc[sweep_table.matching(rows, row, [*sweep_table.GROUP, *fields.values()]),
+                   'run'].iloc[0]
+    saved = sweep_table.run_config(root / run)
     parts = _point_arguments(row)
-    axes = []
-    for field, column in fields.items():
-      if field == LR_FIELD:
-        parts.append(f'lrs={_value(rate if column is None else row[column])}')
-      elif not pd.isna(row[column]):
-        axes.append(f'{field}:{_value(row[column])}')
-    if axes:
-      parts.append('axis=' + '/'.join(axes))
-    parts.append(f'seeds={seeds}')
+    parts.append(f'lrs={_value(saved["train"]["lr"])}')
+    axes = {field: row[column] for field, column in fields.items()
+            if field != LR_FIELD and not pd.isna(row[column])}
+    arg = ','.join([*parts, *_axis_argument(axes), 'seeds=0'])
+    for field, value in _unswept(saved, arg, {LR_FIELD, *axes, *fixed}).items():
+      if isinstance(value, (tuple, list, dict)):
+        raise ValueError(f'{root / run}: {field} = {value!r} differs from the rank sweep\'s '
+                         f'and no axis= gives it; add -- --config.{field}=... to the command.')
+      axes[field] = value
+    parts += [*_axis_argument(axes), f'seeds={seeds}']
     found.append(shlex.join(['python', 'train.py', f'--config={SWEEP_CONFIG}:{",".join(parts)}',
                              *extra]))
   return found
+
+
+def _axis_argument(axes: dict[str, object]) -> list[str]:
+  """['axis=F1:V1/F2:V2'], or [] without fields."""
+  return ['axis=' + '/'.join(f'{field}:{_value(value)}' for field, value in axes.items())
+          ] if axes else []
 
 
 def main(argv: list[str] | None = None) -> None:
