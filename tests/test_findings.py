@@ -395,7 +395,7 @@ def test_with_one_seed_a_point_the_headline_says_nothing_is_tested_yet(tmp_path)
   fake_run(tmp_path, 'svd_rank16_seed0', 'svd', 16, test=90.0, bands=bands(90.0))
   block = headline.render_headline(tmp_path)
   assert block.split('\n')[2].startswith('**No difference can be tested yet**')
-  assert 'not yet tested (one seed a side) for svd 16' in block
+  assert 'not yet tested (one seed a side) for svd 16 -10.0%.' in block  # no verdict twice
   assert 'within seed noise of dense for svd 16' not in block
 
 

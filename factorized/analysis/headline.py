@@ -22,6 +22,7 @@ from factorized.analysis.comparison import (
   gap_text,
   input_label,
   mean_sd,
+  p_text,
   point_label,
   table_row,
   tried_text,
@@ -128,7 +129,9 @@ def _headline_reading(page: Points, pairs: list[tuple[pd.Series, pd.Series]], te
         relative = row[f'{page.frequent}_mean'] / base[f'{page.frequent}_mean'] - 1
         verdict = ('untested' if not test.tested else 'within' if not test.real
                    else 'higher' if relative > 0 else 'lower')
-        verdicts[verdict].append(f'{point_label(row)} {gap_text(relative, test)}')
+        # the verdict heads its group: each entry gives the gap and, where tested, p
+        verdicts[verdict].append(f'{point_label(row)} {relative:+.1%}'
+                                 + (f', {p_text(test)}' if test.tested else ''))
     if len(verdicts['higher']) == len(pairs) > 1:
       bullets.append(f'**{where}, every kind has a higher perplexity than {name} on the '
                      'frequent types**, beyond seed noise: ' + '; '.join(verdicts['higher'])
