@@ -34,11 +34,13 @@ def _field_defaults() -> dict[str, Any]:
 
 
 def _corpus_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-  """The fields whose default is the saved corpus's protocol: data.vocab_from."""
+  """The fields the saved corpus's protocol decides, as the run resolved them:
+  data.vocab_from (its own, or the corpus's choice where '' or absent)."""
   from factorized.data import corpora
 
-  name = saved.get('data', {}).get('corpus')
-  return {'data.vocab_from': corpora.corpus(name).vocab_from} if name in corpora.names() else {}
+  data = saved.get('data', {})
+  known = data.get('corpus') in corpora.names()
+  return {'data.vocab_from': corpora.vocab_from(data)} if known else {}
 
 
 def defaults(saved: dict[str, Any]) -> dict[str, Any]:
@@ -54,8 +56,7 @@ def migrate(saved: dict[str, Any]) -> dict[str, Any]:
   records it."""
   for name, value in _corpus_defaults(saved).items():
     section, field = name.split('.')
-    if not saved.setdefault(section, {}).get(field):
-      saved[section][field] = value
+    saved.setdefault(section, {})[field] = value
   for name, value in _field_defaults().items():
     *sections, field = name.split('.')
     tree = saved

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 __all__ = ['EOS', 'SPLITS', 'Corpus', 'Source', 'Split', 'batches', 'check_vocabulary',
@@ -90,9 +90,10 @@ def config_fields() -> dict[str, Any]:
   return {field: default for entry in _REGISTRY.values() for field, default in entry.fields.items()}
 
 
-def vocab_from(data_config) -> str:
-  """data.vocab_from, or the corpus protocol's choice where it is '' (or absent)."""
-  return data_config.get('vocab_from', '') or corpus(data_config.corpus).vocab_from
+def vocab_from(data_config: Mapping[str, Any]) -> str:
+  """data.vocab_from, or the corpus protocol's choice where it is '' (or absent): of a
+  config's data section (a Spec, a ConfigDict or a saved config's dict)."""
+  return data_config.get('vocab_from', '') or corpus(data_config['corpus']).vocab_from
 
 
 def vocab_splits(data_config) -> tuple[str, ...]:
