@@ -7,7 +7,7 @@ smoke runs), gpu (a larger model for accelerators).
 
 Launch commands:
 
-  # The dense baseline (about 30 minutes on a 2-core CPU):
+  # The dense baseline (about 15 minutes on an idle 2-core CPU):
   python train.py --config=configs/brown.py --workdir=runs/dense
   # A factorized embedding, rank 64:
   python train.py --config=configs/brown.py:kind=svd,rank=64 --workdir=runs/svd64

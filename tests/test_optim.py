@@ -97,12 +97,13 @@ def zero_gradient_steps(optimizer, params, steps: int):
 def test_zero_gradient_steps_shrink_every_kinds_table_alike(mode):
   """AdamW's decoupled decay alone (zero gradients): the reconstructed table shrinks by the
   dense factor for every kind and rank under `table`; under `factors`, once per factor
-  matrix in the product (twice as fast; three times for three TT cores)."""
+  matrix in the product (twice as fast; three times for three TT cores; once for dpq's
+  codebook, gathered by codes that the decay does not move)."""
   from flax import nnx
 
   shrink = {}
   for kind, rank in [('dense', 0), ('albert', 8), ('albert', 32), ('svd', 8), ('svd', 32),
-                     ('adaptive', 8), ('adaptive', 32), ('tt', 8)]:
+                     ('adaptive', 8), ('adaptive', 32), ('tt', 8), ('dpq', 8)]:
     config, model, params = model_params(kind, max(rank, 1))
     config.train.update(embed_decay=mode, lr=3e-3, weight_decay=0.1, warmup_steps=0,
                         num_steps=1000, min_lr_ratio=1.0)
@@ -119,7 +120,7 @@ def test_zero_gradient_steps_shrink_every_kinds_table_alike(mode):
     if mode == 'table':
       np.testing.assert_allclose(value, dense, rtol=0.02, err_msg=str(key))
     elif mode == 'factors':  # U and V (A and P, ...) decayed: dense to the number of factors
-      power = 3 if key[0] == 'tt' else 2
+      power = {'tt': 3, 'dpq': 1}.get(key[0], 2)  # dpq's table: codebook rows, one factor
       np.testing.assert_allclose(value, dense ** power, rtol=0.02, err_msg=str(key))
     else:
       np.testing.assert_allclose(value, 1.0, rtol=1e-6, err_msg=str(key))

@@ -125,3 +125,19 @@ def test_a_field_no_axis_can_give_fails_naming_it(tmp_path):
   with pytest.raises(ValueError, match=r'tt_d3: model.embed.tt_vocab_factors = \(10, 10, 10\) '
                      r'differs .* --config.model.embed.tt_vocab_factors='):
     tuned.commands(tmp_path, '1', [])
+
+
+def test_the_new_seeds_are_named_as_the_tuned_run_but_its_seed(tmp_path):
+  # The search gave num_steps before dropout; the seeds' sub-workdirs keep that order.
+  from factorized.sweeps import sweep
+
+  names = {0.1: 'svd_rank32_lr0.006_num_steps3000_dropout0.1_seed0',
+           0.3: 'svd_rank32_lr0.006_num_steps3000_dropout0.3_seed0'}
+  for dropout, run in names.items():
+    fake_run(tmp_path, run, 'svd', 32, valid=50.0 + dropout, lr=6e-3, num_steps=3000)
+    set_config(tmp_path / run, **{'model.dropout': dropout})
+  command, = tuned.commands(tmp_path, '1+2', [])
+  points = rank_sweep.get_sweep(shlex.split(command)[2].split(':', 1)[1])
+  assert [sweep.point_name(point) for point in points] == [
+      'svd_rank32_lr0.006_num_steps3000_dropout0.1_seed1',
+      'svd_rank32_lr0.006_num_steps3000_dropout0.1_seed2']

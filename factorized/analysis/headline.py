@@ -2,7 +2,9 @@
 each kind at its point nearest the folder's vocabulary budget (tied head, the grid's
 settings) against the reference on all tokens and on the frequent types, where each gap
 comes from, and the same at each kind's tuned configuration. Its comparisons with the
-reference are one family: the verdicts printed are Holm-adjusted (stats.holm).
+reference are one family: the verdicts printed are Holm-adjusted (stats.holm). Once a point
+stores its tables other than in float32, a paragraph on the memory front follows
+(memory.py), its comparisons a Holm family of their own.
 """
 
 from __future__ import annotations

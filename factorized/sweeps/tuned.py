@@ -10,8 +10,9 @@ swept field: lowest best-valid perplexity; the test split chooses nothing), at t
 given. The learning rate is always given (`lrs=`, as the sweep names its points by it),
 swept or not; arguments after `--` are added to every command (the other fields the sweep
 fixed on the command line, its workdir). A value equal to the rank sweep's own makes no
-override, so a point's sub-workdir is named as the seed-0 run of its configuration, and the
-reports aggregate the new seeds with it.
+override, and the fields come in the order the tuned run's name gives them, so a point's
+sub-workdirs are named as the seed-0 run of its configuration but the seed; the reports
+aggregate the new seeds with it (by the config's values, whatever the names).
 
 Each command reproduces its tuned run's saved config but the seed: a field that every run
 held at a value other than the rank sweep's (`axis=train.num_steps:3000` given to every
@@ -102,10 +103,20 @@ def commands(sweep_dir: str | pathlib.Path, seeds: str, extra: list[str]) -> lis
         raise ValueError(f'{root / run}: {field} = {value!r} differs from the rank sweep\'s '
                          f'and no axis= gives it; add -- --config.{field}=... to the command.')
       axes[field] = value
-    parts += [*_axis_argument(axes), f'seeds={seeds}']
+    parts += [*_axis_argument(_in_name_order(axes, run)), f'seeds={seeds}']
     found.append(shlex.join(['python', 'train.py', f'--config={SWEEP_CONFIG}:{",".join(parts)}',
                              *extra]))
   return found
+
+
+def _in_name_order(axes: dict[str, object], run: str) -> dict[str, object]:
+  """`axes` in the order their `_<field><value>` parts have in the run's name (those the
+  name leaves out, a value equal to the rank sweep's, last), so the new seeds' sub-workdirs
+  are named as `run` but its seed."""
+  def place(field: str) -> int:
+    found = run.find(f'_{field.rsplit(".", 1)[-1]}{axes[field]}')
+    return len(run) if found < 0 else found
+  return dict(sorted(axes.items(), key=lambda item: place(item[0])))
 
 
 def _axis_argument(axes: dict[str, object]) -> list[str]:
