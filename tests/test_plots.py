@@ -185,3 +185,31 @@ def test_the_parameter_figures_leave_dpq_to_the_bytes_front(tmp_path):
   table = sweep_table.rows_table(sweep_table.collect_rows(tmp_path)[0])
   assert list(plots.headline_rows(table)['kind']) == ['dense', 'svd']
   assert 'dpq' in list(sweep_table.bytes_rows(table)['kind'])
+
+
+def test_the_band_figure_has_a_bytes_twin_with_a_front_per_band(tmp_path):
+  # dense float32, svd 8 float32 and svd 8 trained int8: each band's panel draws the three
+  # (svd's two precisions apart) and its own front: band 1-100's reaches dense, the best
+  # there; band 101-1000's stops at svd float32, dense the worst there.
+  def bands(low, high):
+    return {'1-100': {'ppl': low, 'tokens': 5}, '101-1000': {'ppl': high, 'tokens': 3}}
+
+  fake_run(tmp_path, 'dense', 'dense', 16, bands=bands(10.0, 300.0))
+  fake_run(tmp_path, 'svd_rank8', 'svd', 8, bands=bands(12.0, 200.0))
+  fake_run(tmp_path, 'svd_rank8_quant_bits8', 'svd', 8, bands=bands(13.0, 210.0))
+  for run, bits in (('dense', 0), ('svd_rank8', 0), ('svd_rank8_quant_bits8', 8)):
+    summary = json.loads((tmp_path / run / 'summary.json').read_text())
+    summary['config']['model']['embed']['quant_bits'] = bits
+    if bits:
+      summary['bytes'] = {'embedding': 8600, 'output_head': 0, 'vocab': 8600}
+    (tmp_path / run / 'summary.json').write_text(json.dumps(summary))
+  table = _table(tmp_path)
+  frequent, rare = plots.plot_band_bytes(table).axes
+  assert (frequent.get_title(), rare.get_title()) == ('band 1-100', 'band 101-1000')
+  for ax, front in ((frequent, [8600, 34080, 256000]), (rare, [8600, 34080])):
+    drawn = [c.lines[0] for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert sorted(x for line in drawn for x in line.get_xdata()) == [8600, 34080, 256000]
+    line = next(line for line in ax.get_lines() if line.get_label() == 'Pareto front')
+    np.testing.assert_array_equal(line.get_xdata(), front)
+  sweep_report.write_reports(tmp_path)
+  assert (tmp_path / sweep_report.BAND_BYTES_PNG_FILE).read_bytes()[:4] == b'\x89PNG'

@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from jax.typing import ArrayLike
+from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.container import Container
 from matplotlib.figure import Figure
@@ -522,43 +523,66 @@ def plot_bytes_front(table: pd.DataFrame, split: str = 'test') -> Figure:
   per kind and a marker per precision (PRECISION_MARKERS), one point per row, the Pareto front
   across all of them as a step line, REFERENCE (dense) float32 as a band. A log y axis: int4
   after training can cost several times dense's perplexity."""
-  column, x = f'{split}_ppl', 'vocab_bytes'
-  groups = sweep_table.bytes_rows(table)
-  groups = groups[np.isfinite(groups[f'{column}_mean'].astype(float))]
+  fig, (ax,) = _figure(1, width=6.8, height=4.6)
+  _bytes_panel(fig, [(ax, f'{split}_ppl')], sweep_table.bytes_rows(table),
+               f'{split} perplexity against vocabulary bytes, every precision', split)
+  return fig
+
+
+def plot_band_bytes(table: pd.DataFrame) -> Figure:
+  """plot_bytes_front's twin of plot_band_ppl: test perplexity of each frequency band of the
+  target (one panel per band) against vocabulary bytes, every kind at every precision, each
+  panel with its own Pareto front: which words a byte budget costs."""
+  bands = [c for c in sweep_table.metric_columns(table) if c.startswith(sweep_table.BAND_PREFIX)]
+  fig, axes = _figure(max(1, len(bands)), width=3.8, height=3.8)
+  if not bands:
+    axes[0].set_title('no band perplexities in these summaries')
+    return fig
+  _bytes_panel(fig, list(zip(axes, bands, strict=False)), sweep_table.bytes_rows(table),
+               'band {}', 'test')
+  return fig
+
+
+def _bytes_panel(fig: Figure, panels: list[tuple[Axes, str]], groups: pd.DataFrame,
+                 title: str, split: str) -> None:
+  """Draws each (axis, metric column) of `panels` as plot_bytes_front draws its one: the
+  aggregate rows `groups`, `title` formatted with the column's band name."""
+  x, placed = 'vocab_bytes', []
   groups = groups.assign(precision=[sweep_table.precision(row) for _, row in groups.iterrows()],
                          head_text=[sweep_table.head_label(row) for _, row in groups.iterrows()])
-  fig, (ax,) = _figure(1, width=6.8, height=4.6)
-  for _, row in groups[(groups['kind'] == REFERENCE) & (groups['precision'] == 'float32')
-                       & (groups['head'] == 'tied')].iterrows():
-    _band(ax, row, column)
-  labels = []
-  for (kind, head, stored), rows in groups.groupby(['kind', 'head_text', 'precision'],
-                                                   sort=False):
-    color = KIND_COLORS.get(kind)
-    name = ' '.join(part for part in (kind, '' if head == 'tied' else head, stored) if part)
-    # A marker per method, filled for 8 bits and wider, hollow for fewer (int4).
-    hollow = stored.startswith('int') and int(stored.split()[0][3:]) < 8
-    _error_bars(ax, rows.sort_values(x), x, column, color=color, label=name, zorder=3, ms=5,
-                marker=PRECISION_MARKERS[stored.split()[-1]],
-                mfc='white' if hollow else color, ls='-' if stored == 'float32' else ':')
-    labels += [{'x': row[x], 'y': row[f'{column}_mean'], 'color': color,
-                'text': None if pd.isna(row['rank']) else str(int(row['rank']))}
-               for _, row in rows.iterrows()]
-  front = sweep_table.pareto_front(groups, x, f'{column}_mean')
-  ax.step(front[x], front[f'{column}_mean'], where='post', color='gray', lw=1,
-          label='Pareto front', zorder=2)
-  if groups.empty:
-    ax.set_title('no trained rows in these summaries')
-  else:
-    _log_axis(ax, x, groups[x])
-    _log_y(ax)
-    ax.margins(x=0.08)  # room for the labels of the outermost points
-    ax.set_title(f'{split} perplexity against vocabulary bytes, every precision', fontsize=10)
-  ax.set(xlabel=f'{AXES[x]} (log)', ylabel=f'{split} perplexity (log)')
-  ax.grid(alpha=0.3)
-  _legend(fig, [ax])
-  _place_labels(fig, [(ax, pd.DataFrame(labels, columns=['x', 'y', 'color', 'text']))])
-  return fig
+  for ax, column in panels:
+    rows_here = groups[np.isfinite(groups[f'{column}_mean'].astype(float))]
+    for _, row in rows_here[(rows_here['kind'] == REFERENCE) & (rows_here['head'] == 'tied')
+                            & (rows_here['precision'] == 'float32')].iterrows():
+      _band(ax, row, column)
+    labels = []
+    for (kind, head, stored), rows in rows_here.groupby(['kind', 'head_text', 'precision'],
+                                                        sort=False):
+      color = KIND_COLORS.get(kind)
+      name = ' '.join(part for part in (kind, '' if head == 'tied' else head, stored) if part)
+      # A marker per method, filled for 8 bits and wider, hollow for fewer (int4).
+      hollow = stored.startswith('int') and int(stored.split()[0][3:]) < 8
+      _error_bars(ax, rows.sort_values(x), x, column, color=color, label=name, zorder=3, ms=5,
+                  marker=PRECISION_MARKERS[stored.split()[-1]],
+                  mfc='white' if hollow else color, ls='-' if stored == 'float32' else ':')
+      labels += [{'x': row[x], 'y': row[f'{column}_mean'], 'color': color,
+                  'text': None if pd.isna(row['rank']) else str(int(row['rank']))}
+                 for _, row in rows.iterrows()]
+    front = sweep_table.pareto_front(rows_here, x, f'{column}_mean')
+    ax.step(front[x], front[f'{column}_mean'], where='post', color='gray', lw=1,
+            label='Pareto front', zorder=2)
+    if rows_here.empty:
+      ax.set_title('no trained rows in these summaries')
+    else:
+      _log_axis(ax, x, rows_here[x])
+      _log_y(ax)
+      ax.margins(x=0.08)  # room for the labels of the outermost points
+      ax.set_title(title.format(column.removeprefix(sweep_table.BAND_PREFIX)), fontsize=10)
+    ax.set(xlabel=f'{AXES[x]} (log)', ylabel=f'{split} perplexity (log)')
+    ax.grid(alpha=0.3)
+    placed.append((ax, pd.DataFrame(labels, columns=['x', 'y', 'color', 'text'])))
+  _legend(fig, [ax for ax, _ in panels])
+  _place_labels(fig, placed)
 
 
 def plot_tuning(table: pd.DataFrame, field: str = sweep_table.TUNED) -> Figure:

@@ -36,7 +36,8 @@ and (re)writes:
                      posthoc_vs_scratch_ppl_vs_rank.png (where a dense run was compressed:
                      post-hoc SVD against svd from scratch); ppl_vs_vocab_bytes.png (where
                      rows take two byte sizes or more: test ppl against vocab bytes, every
-                     precision, the Pareto front across them). Bars: sd over seeds;
+                     precision, the Pareto front across them) and band_ppl_vs_vocab_bytes.png
+                     (the same per frequency band). Bars: sd over seeds;
   sweep/             a TensorBoard run of scalars for the Scalars tab (means over seeds):
                      ppl_vs_rank/<series> (test ppl, step = rank),
                      valid_ppl_vs_rank/<series>, ppl_vs_vocab_params/<series> and
@@ -91,6 +92,7 @@ TUNING_PNG_FILE = 'valid_ppl_vs_lr.png'  # written when train.lr is swept
 HEAD_MAP_FILE = 'head_rank_map.png'  # written when untied heads of their own kind ran
 POSTHOC_PNG_FILE = 'posthoc_vs_scratch_ppl_vs_rank.png'  # written when a dense run was compressed
 BYTES_PNG_FILE = 'ppl_vs_vocab_bytes.png'  # written when the rows take two byte sizes or more
+BAND_BYTES_PNG_FILE = 'band_ppl_vs_vocab_bytes.png'  # its twin per band, written with it
 # Written by the findings of a folder whose findings.json names another `beside` it.
 PROTOCOLS_PNG_FILE = 'ppl_vs_vocab_params_protocols.png'
 
@@ -243,6 +245,7 @@ def write_reports(sweep_dir: str | os.PathLike) -> str:
     files.write_atomic(root / POSTHOC_PNG_FILE, plots.png_bytes(plots.plot_posthoc(table)))
   if bytes_rows(table)['vocab_bytes'].nunique() >= 2:
     files.write_atomic(root / BYTES_PNG_FILE, plots.png_bytes(plots.plot_bytes_front(table)))
+    files.write_atomic(root / BAND_BYTES_PNG_FILE, plots.png_bytes(plots.plot_band_bytes(table)))
   write_tensorboard_run(aggregate(base), root, _full_rank(root))
   return report
 
