@@ -567,3 +567,13 @@ def test_the_same_two_points_at_two_shares_are_one_test_of_the_memory_family(mem
   assert adjusted.budgets[0].versus_reference == adjusted.budgets[1].versus_reference
   assert adjusted.budgets[0].versus_reference.p_adjusted is not None
   assert 'These 3 comparisons are one family' in headline.render_headline(memory_dir)
+
+
+def test_the_summary_table_gives_the_valid_perplexity_of_the_checkpoint_tested(sweep_dir):
+  # svd 4 overfits: valid 70 at its best step, 75 at its last; its test perplexity is the
+  # best step's, so the table shows 70.
+  patch(sweep_dir / 'svd_rank4_seed0', valid_ppl=75.0, best_valid_ppl=70.0, best_step=750)
+  text = findings.render(sweep_dir)
+  assert '| frequent-type ppl | best valid ppl |' in text
+  row = next(line for line in text.splitlines() if line.startswith('| svd | tied | 4 |'))
+  assert row.endswith('| 70.0 |')

@@ -68,7 +68,7 @@ MACHINE_FILE = 'machine.json'
 def _summary_table(page: Points) -> list[str]:
   reference = page.reference
   lines = [f'| kind | head | rank | seeds | vocab params | vocab bytes | test ppl | vs '
-           f'{page.folder.reference} | frequent-type ppl | valid ppl |',
+           f'{page.folder.reference} | frequent-type ppl | best valid ppl |',
            '|---|---|---:|---:|---:|---:|---:|---|---:|---:|']
   for _, row in page.every[(page.every['head'] == 'tied')
                            | (page.every['head_kind'] == 'dense')].iterrows():
@@ -85,7 +85,7 @@ def _summary_table(page: Points) -> list[str]:
     lines.append(table_row([
         kind, sweep_table.head_label(row), rank, row['seeds'], f'{int(row["vocab_params"]):,}',
         f'{int(row["vocab_bytes"]):,}', mean_sd(row), versus,
-        mean_sd(row, page.frequent) if page.frequent else '-', mean_sd(row, 'valid_ppl')]))
+        mean_sd(row, page.frequent) if page.frequent else '-', mean_sd(row, 'best_valid_ppl')]))
   return lines
 
 
@@ -391,19 +391,19 @@ def _split(page: Points) -> list[str]:
   near = every[(every['vocab_params'] <= limit)
                & ((every['head'] == 'tied') | (every['head_kind'] != 'dense'))]
   # By valid perplexity; on a tie the smaller point first (the test split chooses nothing).
-  near = near.assign(_valid=near['valid_ppl_mean'].astype(float)).sort_values(
+  near = near.assign(_valid=near['best_valid_ppl_mean'].astype(float)).sort_values(
       ['_valid', 'vocab_params'], kind='stable')
   lines = ['**The output head as its own factorization**: every point within '
            f'{folder.budget * (1 + folder.budget_slack):.0%} of {folder.reference}\'s vocabulary '
            f'parameters ({int(limit):,}), tied or with an untied head of its own kind, by valid '
            'perplexity (the vocabulary parameters are the input\'s plus the head\'s):', '',
-           f'| input | head | vocab params | of {folder.reference} | seeds | valid ppl | test ppl '
-           f'| vs {folder.reference} |', '|---|---|---:|---:|---:|---:|---:|---|']
+           f'| input | head | vocab params | of {folder.reference} | seeds | best valid ppl '
+           f'| test ppl | vs {folder.reference} |', '|---|---|---:|---:|---:|---:|---:|---|']
   for _, row in near.iterrows():
     lines.append(f'| {point_label(row) if row["head"] == "tied" else input_label(row)} | '
                  f'{sweep_table.head_label(row)} | {int(row["vocab_params"]):,} | '
                  f'{row["vocab_params"] / reference["vocab_params"]:.1%} | {row["seeds"]} | '
-                 f'{mean_sd(row, "valid_ppl")} | {mean_sd(row)} | '
+                 f'{mean_sd(row, "best_valid_ppl")} | {mean_sd(row)} | '
                  f'{page.versus(row, reference)} |')
   tied, split = near[near['head'] == 'tied'], near[near['head'] == 'untied']
   if not tied.empty and not split.empty:
