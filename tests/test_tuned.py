@@ -141,3 +141,56 @@ def test_the_new_seeds_are_named_as_the_tuned_run_but_its_seed(tmp_path):
   assert [sweep.point_name(point) for point in points] == [
       'svd_rank32_lr0.006_num_steps3000_dropout0.1_seed1',
       'svd_rank32_lr0.006_num_steps3000_dropout0.1_seed2']
+
+
+def test_a_command_gives_exact_values_and_the_head_rank_its_run_had(tmp_path):
+  # Values that six significant digits would round; an untied svd head at the input's rank
+  # (saved head_rank 0: no head_ranks= argument); a cache directory is where the run read,
+  # not what it computed.
+  for run, dropout, valid in (('svd', 0.123456789, 50.0), ('svd_d3', 0.3, 55.0)):
+    fake_run(tmp_path, run, 'svd', 32, head='untied', head_kind='svd', valid=valid,
+             lr=0.0031622777)
+    set_config(tmp_path / run, **{'model.dropout': dropout, 'data.cache_dir': '/scratch/c'})
+  assert tuned.commands(tmp_path, '1', []) == [
+      'python train.py --config=configs/rank_sweep.py:kinds=svd,ranks=32,head=untied,'
+      'head_kinds=svd,lrs=0.0031622777,axis=model.dropout:0.123456789,seeds=1']
+
+
+def test_a_value_no_axis_can_hold_and_a_point_the_sweep_cannot_make_fail_naming_them(
+    tmp_path):
+  for run, dropout, valid in (('dense', 0.2, 50.0), ('dense_d3', 0.3, 45.0)):
+    fake_run(tmp_path, run, 'dense', 16, valid=valid, lr=6e-3)
+    set_config(tmp_path / run, **{'model.dropout': dropout, 'data.path': '/data/ptb'})
+  with pytest.raises(ValueError, match=r"dense_d3: data.path = '/data/ptb' differs .* "
+                     r'--config.data.path='):
+    tuned.commands(tmp_path, '1', [])
+  given = tuned.commands(tmp_path, '1', ['--config.data.path=/data/ptb'])[0]
+  assert 'data.path:' not in given and given.endswith(' --config.data.path=/data/ptb')
+  # runlocal caps ranks at its model width (32): rank 64 is no point of its sweep.
+  local = tmp_path / 'local'
+  for run, dropout, valid in (('svd', 0.2, 50.0), ('svd_d3', 0.3, 45.0)):
+    fake_run(local, run, 'svd', 64, valid=valid, lr=3e-3, num_steps=30)
+    set_config(local / run, **{'model.dropout': dropout, 'model.model_dim': 32})
+  with pytest.raises(ValueError, match=r"svd_d3: the rank sweep makes no point of .* "
+                     r'--sweep_args'):
+    tuned.commands(local, '1', [], sweep_args='runlocal')
+
+
+def test_the_sweeps_own_arguments_come_first(tmp_path):
+  for run, dropout, valid in (('svd', 0.2, 50.0), ('svd_d3', 0.3, 45.0)):
+    fake_run(tmp_path, run, 'svd', 16, valid=valid, lr=3e-3, num_steps=30)
+    set_config(tmp_path / run, **{'model.dropout': dropout, 'model.model_dim': 32})
+  assert tuned.commands(tmp_path, '1', [], sweep_args='runlocal') == [
+      'python train.py --config=configs/rank_sweep.py:runlocal,kinds=svd,ranks=16,lrs=0.003,'
+      'axis=model.dropout:0.3,seeds=1']
+
+
+def test_a_name_part_is_matched_whole_longer_fields_first():
+  axes = {'train.batch_size': 64, 'model.dropout': 0.1, 'eval.batch_size_x': 64}
+  run = 'dense_eval_batch_size_x64_dropout0.1_batch_size64_seed0'
+  assert list(tuned._in_name_order(axes, run)) == [
+      'eval.batch_size_x', 'model.dropout', 'train.batch_size']
+  # A float field named as the sweep types it ('2.0'), given as the axis writes it ('2').
+  assert list(tuned._in_name_order({'model.dropout': 0.1, 'model.embed.band_factor': 2.0},
+                                   'adaptive_rank128_band_factor2.0_dropout0.1_seed0')) == [
+      'model.embed.band_factor', 'model.dropout']

@@ -51,8 +51,10 @@ TRAINED, FINETUNED = 'trained', 'finetuned'  # the methods that are no post-hoc 
 QUANT_BITS = 'quant_bits'
 # Config fields that never make a swept column: what COLUMNS already say (a kind's size
 # fields: its shape), and fields that do not change what is computed.
-NOT_SWEPT = ('seed', 'overwrite', 'model.embed.kind', 'model.embed.rank', 'model.embed.head',
-             'model.embed.head_kind', 'model.embed.head_rank', 'data.cache_dir', 'launcher.',
+# Config fields of where and how a run ran, never of what it computes.
+MACHINE_ONLY = ('overwrite', 'data.cache_dir', 'launcher.')
+NOT_SWEPT = ('seed', *MACHINE_ONLY, 'model.embed.kind', 'model.embed.rank', 'model.embed.head',
+             'model.embed.head_kind', 'model.embed.head_rank',
              *(f'model.embed.{field}' for kind in embeddings.KINDS
                for field in embeddings.kind(kind).size_fields))
 TUNED = 'lr'  # the swept column the tuning plot draws (train.lr); tuned() chooses over it

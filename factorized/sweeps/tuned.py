@@ -18,7 +18,9 @@ Each command reproduces its tuned run's saved config but the seed: a field that 
 held at a value other than the rank sweep's (`axis=train.num_steps:3000` given to every
 search command: no axis of the reports, since it never varied) is given too, as are a
 kind's size fields (dpq's `model.embed.dpq_groups`); fields the arguments after `--` set
-are theirs. A field that no `axis=` can give (a tuple) fails, naming it.
+are theirs, and those of where a run ran (a cache directory, the launcher) are left out. A
+value no `axis=` can give (a tuple, a path) fails, naming the field. The rank sweep's own
+arguments that the search gave (`gpu`, `runlocal`, `corpus=ptb`) go in `--sweep_args`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pathlib
 import shlex
 import sys
 
+import numpy as np
 import pandas as pd
 
 from factorized import embeddings
@@ -41,15 +44,20 @@ SEED_FIELD = 'seed'
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+_AXIS_SEPARATORS = ('/', '+', ',', ':')  # what an `axis=` value cannot hold
+
+
 def _value(value) -> str:
-  """A swept value as the sweep's `axis=` writes it: '0.006', '3000', 'factors'."""
-  if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
-    return str(int(value))
-  return f'{value:g}' if isinstance(value, float) else str(value)
+  """A value as an `axis=` argument gives it, exactly: '0.006', '3000', 'factors'."""
+  if isinstance(value, (float, np.floating)):
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) >= 1 else repr(value)
+  return str(value)
 
 
-def _point_arguments(row: pd.Series) -> list[str]:
-  """The rank sweep's arguments that make `row`'s point (kind, rank and head) alone."""
+def _point_arguments(row: pd.Series, saved: dict) -> list[str]:
+  """The rank sweep's arguments that make `row`'s point (kind, rank and head) alone; the
+  head's rank as its run `saved` it (0: the input's, given by no argument)."""
   parts = [f'kinds={row["kind"]}']
   if embeddings.ranked(row['kind']):
     parts.append(f'ranks={int(row["rank"])}')
@@ -57,8 +65,8 @@ def _point_arguments(row: pd.Series) -> list[str]:
     parts.append('head=untied')
     if row['head_kind'] != 'dense':
       parts.append(f'head_kinds={row["head_kind"]}')
-      if not pd.isna(row['head_rank']):
-        parts.append(f'head_ranks={int(row["head_rank"])}')
+      if saved['model']['embed'].get('head_rank'):
+        parts.append(f'head_ranks={int(saved["model"]["embed"]["head_rank"])}')
   return parts
 
 
@@ -68,19 +76,32 @@ def _extra_fields(extra: list[str]) -> set[str]:
           if argument.startswith('--config.')}
 
 
-def _unswept(saved: dict, arg: str, skip: set[str]) -> dict[str, object]:
+def _unswept(saved: dict, arg: str, skip: set[str], run: pathlib.Path) -> dict[str, object]:
   """{field: saved value} where the run's migrated config `saved` differs from the one
-  point the rank sweep makes of `arg`, `skip` and the seed aside."""
+  point the rank sweep makes of `arg`, `skip`, the seed and the fields of where it ran
+  aside; a ValueError naming the field where no `axis=` can give its value."""
   module = cli.load_module(str(_ROOT / SWEEP_CONFIG))
-  point, *_ = sweep_lib.make_points(module.get_config(arg), module.get_sweep(arg))
-  made = sweep_table.flat(point.config.to_dict())
-  return {field: value for field, value in sweep_table.flat(saved).items()
-          if field in made and value != made[field] and field != SEED_FIELD
-          and field not in skip}
+  points = sweep_lib.make_points(module.get_config(arg), module.get_sweep(arg))
+  if not points:
+    raise ValueError(f'{run}: the rank sweep makes no point of {arg!r} (a rank above its cap? '
+                     'give the sweep\'s own arguments with --sweep_args, e.g. gpu).')
+  made = sweep_table.flat(points[0].config.to_dict())
+  differ = {field: value for field, value in sweep_table.flat(saved).items()
+            if field in made and value != made[field] and field != SEED_FIELD
+            and field not in skip and not field.startswith(sweep_table.MACHINE_ONLY)}
+  for field, value in differ.items():
+    if isinstance(value, (tuple, list, dict)) or any(
+        separator in str(value) for separator in _AXIS_SEPARATORS):
+      raise ValueError(f'{run}: {field} = {value!r} differs from the rank sweep\'s and no axis= '
+                       f'gives it; add -- --config.{field}=... to the command.')
+  return differ
 
 
-def commands(sweep_dir: str | pathlib.Path, seeds: str, extra: list[str]) -> list[str]:
-  """One `python train.py` command per tuned point of `sweep_dir` (module docstring)."""
+def commands(sweep_dir: str | pathlib.Path, seeds: str, extra: list[str],
+             sweep_args: str = '') -> list[str]:
+  """One `python train.py` command per tuned point of `sweep_dir` (module docstring);
+  `sweep_args`: the rank sweep's own arguments the search gave ('gpu', 'corpus=ptb'), first
+  in every command."""
   root = pathlib.Path(sweep_dir)
   rows = sweep_table.rows_table(sweep_table.collect_rows(root)[0])
   chosen = sweep_table.tuned(rows, over=None)
@@ -93,16 +114,12 @@ def commands(sweep_dir: str | pathlib.Path, seeds: str, extra: list[str]) -> lis
     run = rows.loc[sweep_table.matching(rows, row, [*sweep_table.GROUP, *fields.values()]),
                    'run'].iloc[0]
     saved = sweep_table.run_config(root / run)
-    parts = _point_arguments(row)
-    parts.append(f'lrs={_value(saved["train"]["lr"])}')
+    parts = [*filter(None, sweep_args.split(',')), *_point_arguments(row, saved),
+             f'lrs={_value(saved["train"]["lr"])}']
     axes = {field: row[column] for field, column in fields.items()
             if field != LR_FIELD and not pd.isna(row[column])}
     arg = ','.join([*parts, *_axis_argument(axes), 'seeds=0'])
-    for field, value in _unswept(saved, arg, {LR_FIELD, *axes, *fixed}).items():
-      if isinstance(value, (tuple, list, dict)):
-        raise ValueError(f'{root / run}: {field} = {value!r} differs from the rank sweep\'s '
-                         f'and no axis= gives it; add -- --config.{field}=... to the command.')
-      axes[field] = value
+    axes.update(_unswept(saved, arg, {LR_FIELD, *axes, *fixed}, root / run))
     parts += [*_axis_argument(_in_name_order(axes, run)), f'seeds={seeds}']
     found.append(shlex.join(['python', 'train.py', f'--config={SWEEP_CONFIG}:{",".join(parts)}',
                              *extra]))
@@ -112,11 +129,24 @@ def commands(sweep_dir: str | pathlib.Path, seeds: str, extra: list[str]) -> lis
 def _in_name_order(axes: dict[str, object], run: str) -> dict[str, object]:
   """`axes` in the order their `_<field><value>` parts have in the run's name (those the
   name leaves out, a value equal to the rank sweep's, last), so the new seeds' sub-workdirs
-  are named as `run` but its seed."""
-  def place(field: str) -> int:
-    found = run.find(f'_{field.rsplit(".", 1)[-1]}{axes[field]}')
-    return len(run) if found < 0 else found
-  return dict(sorted(axes.items(), key=lambda item: place(item[0])))
+  are named as `run` but its seed. A part is matched whole (between underscores), longer
+  field names first, each stretch of the name matched once (`_batch_size64` is not inside
+  `_eval_batch_size64`)."""
+  text, taken, place = f'{run}_', [], {}
+  for field in sorted(axes, key=lambda f: -len(f.rsplit('.', 1)[-1])):
+    leaf, value = field.rsplit('.', 1)[-1], axes[field]
+    spellings = {_value(value), str(value)}  # '3000', or '2.0' as a float field names it
+    place[field] = len(text)
+    for token in (f'_{leaf}{spelling}_' for spelling in spellings):
+      start = text.find(token)
+      while start >= 0 and any(start < end and begin < start + len(token) - 1
+                               for begin, end in taken):
+        start = text.find(token, start + 1)
+      if start >= 0:
+        place[field] = start
+        taken.append((start, start + len(token) - 1))
+        break
+  return dict(sorted(axes.items(), key=lambda item: place[item[0]]))
 
 
 def _axis_argument(axes: dict[str, object]) -> list[str]:
@@ -129,12 +159,16 @@ def main(argv: list[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else argv
   ours, extra = (argv[:argv.index('--')], argv[argv.index('--') + 1:]) if '--' in argv else (
       argv, [])
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                   usage='%(prog)s SWEEP_DIR [--seeds=1+2] [-- ARGUMENT ...]')
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      usage='%(prog)s SWEEP_DIR [--seeds=1+2] [--sweep_args=gpu] [-- ARGUMENT ...]')
   parser.add_argument('sweep_dir', help='a sweep directory or results folder')
   parser.add_argument('--seeds', default='1+2', help="the seeds to train, '+'-separated")
+  parser.add_argument('--sweep_args', default='',
+                      help="the rank sweep's own arguments the search gave, e.g. gpu or "
+                           'corpus=ptb: first in every command')
   args = parser.parse_args(ours)
-  for command in commands(args.sweep_dir, args.seeds, extra):
+  for command in commands(args.sweep_dir, args.seeds, extra, args.sweep_args):
     print(command)
 
 
