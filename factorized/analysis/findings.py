@@ -133,20 +133,29 @@ def _thresholds(page: Points) -> list[str]:
     points = points[points['vocab_params'] < reference['vocab_params']]  # compressions only
     if points.empty:
       continue
-    parts = []
+    # Per threshold, the smallest rank at most that far above the reference (below it
+    # counts); thresholds that the same rank first meets share one clause.
+    reached: dict[int | None, list[float]] = {}
     for threshold in page.folder.thresholds:
       within = points[points[f'{TESTED}_mean']
                       <= (1 + threshold) * reference[f'{TESTED}_mean']]
-      if within.empty:
+      reached.setdefault(None if within.empty else within.index[0], []).append(threshold)
+    parts = []
+    for index, thresholds in reached.items():
+      named = ' and '.join(f'{threshold:.0%}' for threshold in thresholds)
+      if index is None:
         best = points.loc[points[f'{TESTED}_mean'].astype(float).idxmin()]
-        parts.append(f'never within {threshold:.0%} up to rank {int(points["rank"].max())} '
+        parts.append(f'never within {named} up to rank {int(points["rank"].max())} '
                      f'(best {ppl_text(best[f"{TESTED}_mean"])} at rank {int(best["rank"])}: '
                      f'{page.versus(best, reference)})')
-      else:
-        first = within.iloc[0]
-        parts.append(f'within {threshold:.0%} from rank {int(first["rank"])} '
-                     f'({ppl_text(first[f"{TESTED}_mean"])}, {int(first["vocab_params"]):,} vocab '
-                     f'parameters: {page.versus(first, reference)})')
+        continue
+      first = points.loc[index]
+      below = (f'below {page.folder.reference} or '
+               if first[f'{TESTED}_mean'] < reference[f'{TESTED}_mean'] else '')
+      parts.append(f'{below}within {named} from rank {int(first["rank"])}'
+                   f' ({ppl_text(first[f"{TESTED}_mean"])}, '
+                   f'{int(first["vocab_params"]):,} vocab parameters: '
+                   f'{page.versus(first, reference)})')
     if not full.empty:
       parts.append(f'rank {", ".join(str(int(r)) for r in full["rank"])} has at least '
                    f"{page.folder.reference}'s vocabulary parameters (no compression)")
