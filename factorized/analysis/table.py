@@ -550,7 +550,7 @@ def with_heads(table: pd.DataFrame) -> pd.DataFrame:
   if 'shape' not in table or table['shape'].isna().any():
     table = table.copy()
     column = table.pop('shape') if 'shape' in table else pd.Series('', index=table.index)
-    table.insert(list(table.columns).index('rank') + 1, 'shape', column.fillna(''))
+    table.insert(list(table.columns).index('rank') + 1, 'shape', column.astype(object).fillna(''))
   if 'head_kind' in table and 'head_rank' in table:
     return table
   table = table.copy()
