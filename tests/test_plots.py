@@ -13,7 +13,7 @@ from factorized import embeddings
 from factorized.analysis import interpret, plots, readers
 from factorized.analysis import report as sweep_report
 from factorized.analysis import table as sweep_table
-from tests.test_sweep import fake_run, quant_sweep
+from tests.test_sweep import fake_run, quant_runs, quant_sweep
 
 DENSE_TESTS = (100.0, 102.0, 104.0)  # dense's three seeds: mean 102, sd 2
 
@@ -194,15 +194,8 @@ def test_the_band_figure_has_a_bytes_twin_with_a_front_per_band(tmp_path):
   def bands(low, high):
     return {'1-100': {'ppl': low, 'tokens': 5}, '101-1000': {'ppl': high, 'tokens': 3}}
 
-  fake_run(tmp_path, 'dense', 'dense', 16, bands=bands(10.0, 300.0))
-  fake_run(tmp_path, 'svd_rank8', 'svd', 8, bands=bands(12.0, 200.0))
-  fake_run(tmp_path, 'svd_rank8_quant_bits8', 'svd', 8, bands=bands(13.0, 210.0))
-  for run, bits in (('dense', 0), ('svd_rank8', 0), ('svd_rank8_quant_bits8', 8)):
-    summary = json.loads((tmp_path / run / 'summary.json').read_text())
-    summary['config']['model']['embed']['quant_bits'] = bits
-    if bits:
-      summary['bytes'] = {'embedding': 8600, 'output_head': 0, 'vocab': 8600}
-    (tmp_path / run / 'summary.json').write_text(json.dumps(summary))
+  quant_runs(tmp_path, {'dense': bands(10.0, 300.0), 'svd_rank8': bands(12.0, 200.0),
+                        'svd_rank8_quant_bits8': bands(13.0, 210.0)})
   table = _table(tmp_path)
   frequent, rare = plots.plot_band_bytes(table).axes
   assert (frequent.get_title(), rare.get_title()) == ('band 1-100', 'band 101-1000')

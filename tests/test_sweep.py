@@ -342,18 +342,25 @@ def test_a_row_carries_the_bytes_its_vocabulary_tables_take_as_stored(tmp_path):
   assert rows['svd_rank4']['vocab_bytes'] == 2345
 
 
-def quant_sweep(root):
-  """dense and svd 8 in float32, svd 8 trained with int8 tables (model.embed.quant_bits
-  swept: a column), and dense quantized after training to int8 and int4 (posthoc_quant)."""
-  fake_run(root, 'dense', 'dense', 16, valid=40.0, test=45.0)
-  fake_run(root, 'svd_rank8', 'svd', 8, valid=70.0, test=75.0)
-  fake_run(root, 'svd_rank8_quant_bits8', 'svd', 8, valid=69.0, test=74.0)
+def quant_runs(root, bands=None):
+  """dense and svd 8 in float32, and svd 8 trained with int8 tables (model.embed.quant_bits
+  swept: a column); `bands`: each run's test_bands, by run name."""
+  bands = bands or {}
+  fake_run(root, 'dense', 'dense', 16, valid=40.0, test=45.0, bands=bands.get('dense'))
+  fake_run(root, 'svd_rank8', 'svd', 8, valid=70.0, test=75.0, bands=bands.get('svd_rank8'))
+  fake_run(root, 'svd_rank8_quant_bits8', 'svd', 8, valid=69.0, test=74.0,
+           bands=bands.get('svd_rank8_quant_bits8'))
   for run, bits in (('dense', 0), ('svd_rank8', 0), ('svd_rank8_quant_bits8', 8)):
     summary = json.loads((root / run / 'summary.json').read_text())
     summary['config']['model']['embed']['quant_bits'] = bits
     if bits:
       summary['bytes'] = {'embedding': 8600, 'output_head': 0, 'vocab': 8600}
     (root / run / 'summary.json').write_text(json.dumps(summary))
+
+
+def quant_sweep(root):
+  """quant_runs, and dense quantized after training to int8 and int4 (posthoc_quant)."""
+  quant_runs(root)
   quantized = {'8': {'embedding': 66000, 'output_head': 0, 'vocab': 66000},
                '4': {'embedding': 34000, 'output_head': 0, 'vocab': 34000}}
   for split, ppl in (('valid', {'8': 41.0, '4': 60.0}), ('test', {'8': 46.0, '4': 65.0})):
