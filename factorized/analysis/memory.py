@@ -107,8 +107,8 @@ class Front:
   pairs: list[Pair]
   precisions: frozenset[str]  # how the candidates store their tables (table.precision)
 
-  def _compared(self) -> list[tuple[object, object, stats.TTest | None]]:
-    """(row a, row b, test) of every comparison the front prints, budgets first, each row
+  def _compared(self) -> dict[tuple[object, object], stats.TTest | None]:
+    """{(row a, row b): test} of every comparison the front prints, budgets first, each row
     by its index among the candidates; the same two points at two shares are one
     comparison."""
     found = []
@@ -117,16 +117,17 @@ class Front:
         found.append((b.best.name, self.reference.name, b.versus_reference))
       if b.runner_up is not None:
         found.append((b.best.name, b.runner_up.name, b.versus_runner_up))
-    return found + [(p.factorized.name, p.reference.name, p.test) for p in self.pairs]
+    found += [(p.factorized.name, p.reference.name, p.test) for p in self.pairs]
+    return {(a, b): test for a, b, test in found}
 
   def tests(self) -> list[stats.TTest]:
     """The distinct tests the front makes, in order (a family for stats.adjust)."""
-    return list({(a, b): test for a, b, test in self._compared()}.values())
+    return list(self._compared().values())
 
   def adjusted(self) -> Front:
     """The front with its distinct tests Holm-adjusted as one family."""
-    keys = list({(a, b): None for a, b, _ in self._compared()})
-    adjusted = dict(zip(keys, stats.adjust(self.tests()), strict=True))
+    compared = self._compared()
+    adjusted = dict(zip(compared, stats.adjust(list(compared.values())), strict=True))
     budgets = [b if b.best is None else dataclasses.replace(
         b, versus_reference=adjusted[b.best.name, self.reference.name],
         versus_runner_up=None if b.runner_up is None

@@ -76,11 +76,11 @@ def _extra_fields(extra: list[str]) -> set[str]:
           if argument.startswith('--config.')}
 
 
-def _unswept(saved: dict, arg: str, skip: set[str], run: pathlib.Path) -> dict[str, object]:
+def _unswept(module, saved: dict, arg: str, skip: set[str], run: pathlib.Path
+             ) -> dict[str, object]:
   """{field: saved value} where the run's migrated config `saved` differs from the one
-  point the rank sweep makes of `arg`, `skip`, the seed and the fields of where it ran
-  aside; a ValueError naming the field where no `axis=` can give its value."""
-  module = cli.load_module(str(_ROOT / SWEEP_CONFIG))
+  point the rank sweep (its config `module`) makes of `arg`, `skip`, the seed and the fields
+  of where it ran aside; a ValueError naming the field where no `axis=` can give its value."""
   points = sweep_lib.make_points(module.get_config(arg), module.get_sweep(arg))
   if not points:
     raise ValueError(f'{run}: the rank sweep makes no point of {arg!r} (a rank above its cap? '
@@ -109,6 +109,7 @@ def commands(sweep_dir: str | pathlib.Path, seeds: str, extra: list[str],
     rows = rows[rows['method'] == sweep_table.TRAINED]
   fields = sweep_table.sweep_axes(root)
   fixed = _extra_fields(extra)
+  module = cli.load_module(str(_ROOT / SWEEP_CONFIG))
   found = []
   for _, row in chosen.iterrows():
     run = rows.loc[sweep_table.matching(rows, row, [*sweep_table.GROUP, *fields.values()]),
@@ -119,7 +120,7 @@ def commands(sweep_dir: str | pathlib.Path, seeds: str, extra: list[str],
     axes = {field: row[column] for field, column in fields.items()
             if field != LR_FIELD and not pd.isna(row[column])}
     arg = ','.join([*parts, *_axis_argument(axes), 'seeds=0'])
-    axes.update(_unswept(saved, arg, {LR_FIELD, *axes, *fixed}, root / run))
+    axes.update(_unswept(module, saved, arg, {LR_FIELD, *axes, *fixed}, root / run))
     parts += [*_axis_argument(_in_name_order(axes, run)), f'seeds={seeds}']
     found.append(shlex.join(['python', 'train.py', f'--config={SWEEP_CONFIG}:{",".join(parts)}',
                              *extra]))
